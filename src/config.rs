@@ -1,0 +1,111 @@
+//! Every default and limit of the server, in one place.
+//!
+//! Each field is also a `tcpchat serve` flag; the `default_value` in its attribute is
+//! the only place its default is written, and [`Config::default`] reads it from there.
+//! Every buffer the server keeps is bounded by one of these numbers.
+
+use std::time::Duration;
+
+use clap::Parser;
+
+/// The server's settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Chat name shown in the welcome line (the original hard-coded "Bad IRC").
+    #[arg(long = "name", default_value = "Bad IRC")]
+    pub chat_name: String,
+
+    /// Time a client has to finish its handshake. Each connection has its own timer,
+    /// so a silent client costs only itself (the original waited forever, and
+    /// blocked everyone while it did).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub handshake_timeout: Duration,
+
+    /// How long a first read that is exactly a seed handshake (`viewer`,
+    /// `name:NAME`, no terminator) waits for a `\n` that would make it line mode.
+    /// Long enough for a line split by the network or typed in pieces; only seed
+    /// clients wait for it, and they never notice.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "250ms")]
+    pub seed_grace: Duration,
+
+    /// Largest handshake, in bytes (the original read 2048 at most; a name and its
+    /// options fit easily in this).
+    #[arg(long, default_value_t = 512)]
+    pub max_handshake_bytes: usize,
+
+    /// Largest message, in bytes: a line-mode line before its `\n` (longer lines get
+    /// the sender closed with an error), and the most a seed-mode read takes at once.
+    #[arg(long, default_value_t = 4096)]
+    pub max_message_bytes: usize,
+
+    /// Longest name, in characters: long enough for real names, short enough that
+    /// every line stays readable.
+    #[arg(long, default_value_t = 32)]
+    pub max_name_chars: usize,
+
+    /// How far, in bytes of its own wire format, a viewer may fall behind the room
+    /// beyond what its socket buffers hold, before it is disconnected as too slow.
+    /// The backlog is shared by all viewers (one copy of each event), so this bounds
+    /// the server's memory whatever the number of slow viewers.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub viewer_backlog_bytes: usize,
+
+    /// Commands waiting for the room (joins, messages, leaves). When it is full,
+    /// connections stop reading their sockets until there is room: a flood is slowed
+    /// by TCP backpressure, never buffered.
+    #[arg(long, default_value_t = 1024)]
+    pub hub_inbox: usize,
+
+    /// Most bytes of events the room encodes into one batch before publishing it.
+    /// Bigger batches mean fewer writes per viewer under load; under light load a
+    /// batch is a single event and goes out at once.
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub max_batch_bytes: usize,
+
+    /// Most connections open at once, handshakes included. By default, as many as the
+    /// process may open files, less a reserve for the listener and the logs (the
+    /// server raises its open-file limit to the hard limit at start). Past it, new
+    /// connections are closed at once.
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+
+    /// How long a peer may stay unreachable (no FIN, no RST: the link is simply gone)
+    /// before its connection is dropped. Enforced by TCP keepalive probes and
+    /// TCP_USER_TIMEOUT, which send nothing a plain `nc` viewer would see.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    pub dead_peer_timeout: Duration,
+
+    /// Quiet time after which a client that asked for `heartbeat` gets `*** ping`.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "15s")]
+    pub heartbeat_interval: Duration,
+
+    /// On SIGINT or SIGTERM, how long to wait for viewers to receive everything
+    /// already accepted before closing whoever is left.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        #[derive(Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            config: Config,
+        }
+        Defaults::parse_from(["tcpchat"]).config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_come_from_the_flag_definitions() {
+        let config = Config::default();
+        assert_eq!(config.chat_name, "Bad IRC");
+        assert_eq!(config.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(config.seed_grace, Duration::from_millis(250));
+        assert_eq!(config.viewer_backlog_bytes, 1 << 20);
+    }
+}

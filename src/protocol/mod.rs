@@ -1,0 +1,19 @@
+//! The wire protocol as pure functions: bytes in, values out.
+//!
+//! Nothing here touches a socket, a runtime or a clock, so every rule can be tested
+//! byte by byte. The server's transports and the clients both use these functions;
+//! neither re-implements the wire.
+//!
+//! - [`handshake`]: a connection's first bytes -> role, mode and options.
+//! - [`line`]: a messenger's stream -> messages (line framing, or seed reads).
+//! - [`name`]: the name rules.
+//! - [`text`]: splitting messages at line breaks and neutralizing control characters.
+//! - [`wire`]: events and notices -> bytes, once per wire format.
+
+pub mod handshake;
+pub mod line;
+pub mod name;
+pub mod text;
+pub mod wire;
+
+pub use handshake::{Hello, Mode, Options};

@@ -1,0 +1,465 @@
+//! The room: who is here, under which name, and the order of everything that happens.
+//!
+//! This is the core of tcpchat. It is a plain struct with synchronous methods that
+//! return events or errors. It performs no I/O, reads no clock, knows no sockets and
+//! no wire format; the hub task owns the only instance, so it needs no lock. Every
+//! rule about membership and text lives here, so that every transport obeys the same
+//! rules: names are unique among connected messengers, the `NAME: ` prefix comes from
+//! the member record, a message with line breaks becomes one event per line, and
+//! sequence numbers are assigned here and nowhere else.
+
+mod event;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use thiserror::Error;
+
+pub use event::{ConnId, Event, EventKind, Role};
+
+use crate::protocol::name::{self, NameError};
+use crate::protocol::text;
+
+/// Why a join was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum JoinError {
+    /// Another connected messenger holds the name.
+    #[error("the name {0:?} is already taken")]
+    NameTaken(String),
+    /// The name breaks a rule.
+    #[error(transparent)]
+    Name(#[from] NameError),
+    /// The connection is already a member (a transport bug, reported, not panicked on).
+    #[error("this connection has already joined")]
+    AlreadyMember,
+}
+
+impl JoinError {
+    /// The stable code that line-mode error notices carry.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NameTaken(_) => "name-taken",
+            Self::Name(NameError::Empty) => "name-empty",
+            Self::Name(NameError::TooLong { .. }) => "name-too-long",
+            Self::Name(NameError::Forbidden(_)) => "name-invalid",
+            Self::AlreadyMember => "already-joined",
+        }
+    }
+}
+
+/// Why a post was refused (transport bugs, reported rather than panicked on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum PostError {
+    /// The connection has not joined, or has left.
+    #[error("not a member of the room")]
+    NotMember,
+    /// Viewers do not send.
+    #[error("viewers cannot send messages")]
+    CannotSend,
+}
+
+#[derive(Debug)]
+struct Member {
+    role: Role,
+    name: Option<Arc<str>>,
+    /// False while a name is only reserved: nobody has been told of this member yet.
+    announced: bool,
+}
+
+/// The state of the chat room. See the module documentation.
+#[derive(Debug)]
+pub struct Room {
+    members: HashMap<ConnId, Member>,
+    names: HashMap<Arc<str>, ConnId>,
+    last_seq: u64,
+    max_name_chars: usize,
+}
+
+impl Room {
+    /// An empty room whose names may be up to `max_name_chars` characters long.
+    pub fn new(max_name_chars: usize) -> Self {
+        Self {
+            members: HashMap::new(),
+            names: HashMap::new(),
+            last_seq: 0,
+            max_name_chars,
+        }
+    }
+
+    /// Holds `name` for `id` without announcing it, while the transport finds out
+    /// whether the client is done with its handshake. A later [`Room::join`] by `id`
+    /// with the same name announces it; with another name, or a [`Room::leave`],
+    /// releases it silently.
+    ///
+    /// # Errors
+    /// As [`Room::join`].
+    pub fn reserve(&mut self, id: ConnId, name: &str) -> Result<(), JoinError> {
+        if self.members.contains_key(&id) {
+            return Err(JoinError::AlreadyMember);
+        }
+        let name = self.claim(id, name)?;
+        self.members.insert(
+            id,
+            Member {
+                role: Role::Messenger,
+                name: Some(name),
+                announced: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// Makes `id` a member in `role`. Messengers and chatters need a `name`, which
+    /// must follow the name rules and be free (or reserved by `id`); their arrival is
+    /// pushed to `out` as [`EventKind::Joined`]. Viewers join silently.
+    ///
+    /// # Errors
+    /// [`JoinError::NameTaken`] or [`JoinError::Name`] for the client;
+    /// [`JoinError::AlreadyMember`] if `id` already joined.
+    pub fn join(
+        &mut self,
+        id: ConnId,
+        role: Role,
+        name: Option<&str>,
+        out: &mut Vec<Event>,
+    ) -> Result<(), JoinError> {
+        let reserved = match self.members.get(&id) {
+            Some(member) if member.announced => return Err(JoinError::AlreadyMember),
+            Some(member) => member.name.clone(),
+            None => None,
+        };
+        let name = if role.sends() {
+            let wanted = name.unwrap_or_default();
+            match reserved {
+                Some(held) if *held == *wanted => Some(held),
+                _ => {
+                    self.release(id);
+                    Some(self.claim(id, wanted)?)
+                }
+            }
+        } else {
+            self.release(id);
+            None
+        };
+        if let Some(name) = &name {
+            let seq = self.next_seq();
+            out.push(Event {
+                seq,
+                kind: EventKind::Joined { name: name.clone() },
+            });
+        }
+        self.members.insert(
+            id,
+            Member {
+                role,
+                name,
+                announced: true,
+            },
+        );
+        Ok(())
+    }
+
+    /// Posts `text` from `id`: one [`EventKind::Posted`] per non-empty line, each
+    /// neutralized by [`text::sanitize`] and prefixed with the member's own name.
+    /// Returns how many events were pushed to `out`.
+    ///
+    /// # Errors
+    /// [`PostError`] if `id` is not a member that sends.
+    pub fn post(
+        &mut self,
+        id: ConnId,
+        bytes: &[u8],
+        out: &mut Vec<Event>,
+    ) -> Result<usize, PostError> {
+        let member = self
+            .members
+            .get(&id)
+            .filter(|m| m.announced)
+            .ok_or(PostError::NotMember)?;
+        let name = match (&member.name, member.role.sends()) {
+            (Some(name), true) => name.clone(),
+            _ => return Err(PostError::CannotSend),
+        };
+        let before = out.len();
+        for line in text::lines(bytes) {
+            let seq = self.next_seq();
+            out.push(Event {
+                seq,
+                kind: EventKind::Posted {
+                    name: name.clone(),
+                    text: text::sanitize(line).into_owned(),
+                },
+            });
+        }
+        Ok(out.len() - before)
+    }
+
+    /// Removes `id`. A messenger's departure is pushed to `out` as
+    /// [`EventKind::Left`] and its name is free at once. Returns whether `id` was here.
+    pub fn leave(&mut self, id: ConnId, out: &mut Vec<Event>) -> bool {
+        let Some(member) = self.members.remove(&id) else {
+            return false;
+        };
+        if let Some(name) = member.name {
+            self.names.remove(&name);
+            if member.announced {
+                let seq = self.next_seq();
+                out.push(Event {
+                    seq,
+                    kind: EventKind::Left { name },
+                });
+            }
+        }
+        true
+    }
+
+    /// The name `id` holds or has reserved, if any.
+    pub fn name_of(&self, id: ConnId) -> Option<&str> {
+        self.members.get(&id)?.name.as_deref()
+    }
+
+    /// How many members are here, reserved names included.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether the room is empty.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// The sequence number of the latest event (0 before the first).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.last_seq += 1;
+        self.last_seq
+    }
+
+    fn claim(&mut self, id: ConnId, name: &str) -> Result<Arc<str>, JoinError> {
+        name::validate(name, self.max_name_chars)?;
+        if self.names.contains_key(name) {
+            return Err(JoinError::NameTaken(name.to_owned()));
+        }
+        let name: Arc<str> = Arc::from(name);
+        self.names.insert(name.clone(), id);
+        Ok(name)
+    }
+
+    fn release(&mut self, id: ConnId) {
+        if let Some(member) = self.members.remove(&id)
+            && let Some(name) = member.name
+        {
+            self.names.remove(&name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const A: ConnId = ConnId(1);
+    const B: ConnId = ConnId(2);
+    const V: ConnId = ConnId(3);
+
+    fn room() -> Room {
+        Room::new(32)
+    }
+
+    fn kinds(events: &[Event]) -> Vec<EventKind> {
+        events.iter().map(|e| e.kind.clone()).collect()
+    }
+
+    fn joined(name: &str) -> EventKind {
+        EventKind::Joined { name: name.into() }
+    }
+
+    fn posted(name: &str, text: &str) -> EventKind {
+        EventKind::Posted {
+            name: name.into(),
+            text: text.into(),
+        }
+    }
+
+    fn left(name: &str) -> EventKind {
+        EventKind::Left { name: name.into() }
+    }
+
+    #[test]
+    fn a_session_produces_numbered_events_in_order() {
+        let mut room = room();
+        let mut out = Vec::new();
+        room.join(V, Role::Viewer, None, &mut out).unwrap();
+        assert!(out.is_empty(), "viewers join silently");
+        room.join(A, Role::Messenger, Some("alice"), &mut out)
+            .unwrap();
+        room.post(A, b"hello world", &mut out).unwrap();
+        room.leave(A, &mut out);
+        assert_eq!(
+            kinds(&out),
+            vec![
+                joined("alice"),
+                posted("alice", "hello world"),
+                left("alice")
+            ]
+        );
+        assert_eq!(out.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert!(room.leave(V, &mut out));
+        assert_eq!(out.len(), 3, "viewers leave silently");
+    }
+
+    #[test]
+    fn names_are_unique_and_free_again_at_once() {
+        let mut room = room();
+        let mut out = Vec::new();
+        room.join(A, Role::Messenger, Some("alice"), &mut out)
+            .unwrap();
+        assert_eq!(
+            room.join(B, Role::Chatter, Some("alice"), &mut out),
+            Err(JoinError::NameTaken("alice".into()))
+        );
+        room.leave(A, &mut out);
+        room.join(B, Role::Messenger, Some("alice"), &mut out)
+            .unwrap();
+        assert_eq!(room.name_of(B), Some("alice"));
+    }
+
+    #[test]
+    fn bad_names_are_refused_by_the_room_too() {
+        let mut room = room();
+        let mut out = Vec::new();
+        for (name, code) in [
+            (None, "name-empty"),
+            (Some(""), "name-empty"),
+            (Some("a:b"), "name-invalid"),
+            (Some("a\u{1b}"), "name-invalid"),
+            (Some(&*"x".repeat(33)), "name-too-long"),
+        ] {
+            let err = room.join(A, Role::Messenger, name, &mut out).unwrap_err();
+            assert_eq!(err.code(), code, "{name:?}");
+        }
+        assert!(out.is_empty() && room.is_empty());
+    }
+
+    #[test]
+    fn a_message_with_line_breaks_becomes_one_line_per_break_with_the_true_prefix() {
+        let mut room = room();
+        let mut out = Vec::new();
+        room.join(A, Role::Messenger, Some("mallory"), &mut out)
+            .unwrap();
+        out.clear();
+        let n = room
+            .post(
+                A,
+                b"hi\nalice: I owe mallory money\r\n\r\nbob has left the chat",
+                &mut out,
+            )
+            .unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(
+            kinds(&out),
+            vec![
+                posted("mallory", "hi"),
+                posted("mallory", "alice: I owe mallory money"),
+                posted("mallory", "bob has left the chat"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bare_carriage_return_cannot_rewrite_the_line() {
+        let mut room = room();
+        let mut out = Vec::new();
+        room.join(A, Role::Messenger, Some("mallory"), &mut out)
+            .unwrap();
+        out.clear();
+        room.post(A, b"\ralice: hi\x1b[1A", &mut out).unwrap();
+        assert_eq!(
+            kinds(&out),
+            vec![posted("mallory", "\u{240D}alice: hi\u{241B}[1A")]
+        );
+    }
+
+    #[test]
+    fn empty_posts_produce_nothing() {
+        let mut room = room();
+        let mut out = Vec::new();
+        room.join(A, Role::Messenger, Some("a"), &mut out).unwrap();
+        out.clear();
+        assert_eq!(room.post(A, b"\r\n\n", &mut out), Ok(0));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn only_senders_may_post() {
+        let mut room = room();
+        let mut out = Vec::new();
+        assert_eq!(room.post(A, b"x", &mut out), Err(PostError::NotMember));
+        room.join(V, Role::Viewer, None, &mut out).unwrap();
+        assert_eq!(room.post(V, b"x", &mut out), Err(PostError::CannotSend));
+        assert_eq!(
+            room.join(V, Role::Viewer, None, &mut out),
+            Err(JoinError::AlreadyMember)
+        );
+    }
+
+    #[test]
+    fn a_reservation_holds_the_name_silently_until_joined() {
+        let mut room = room();
+        let mut out = Vec::new();
+        room.reserve(A, "alice").unwrap();
+        assert_eq!(
+            room.join(B, Role::Messenger, Some("alice"), &mut out),
+            Err(JoinError::NameTaken("alice".into()))
+        );
+        assert_eq!(room.post(A, b"early", &mut out), Err(PostError::NotMember));
+        room.join(A, Role::Messenger, Some("alice"), &mut out)
+            .unwrap();
+        assert_eq!(kinds(&out), vec![joined("alice")]);
+    }
+
+    #[test]
+    fn a_reservation_is_released_by_another_name_or_by_leaving() {
+        let mut room = room();
+        let mut out = Vec::new();
+        room.reserve(A, "al").unwrap();
+        room.join(A, Role::Messenger, Some("alice"), &mut out)
+            .unwrap();
+        room.join(B, Role::Messenger, Some("al"), &mut out).unwrap();
+        assert_eq!(kinds(&out), vec![joined("alice"), joined("al")]);
+
+        out.clear();
+        room.reserve(V, "zed").unwrap();
+        assert!(room.leave(V, &mut out));
+        assert!(out.is_empty(), "nobody was told of the reservation");
+        room.reserve(ConnId(9), "zed").unwrap();
+    }
+
+    proptest! {
+        /// Whatever a sender posts, every event it causes carries its own name and
+        /// no event text holds a character that could start a new terminal line.
+        #[test]
+        fn no_line_can_be_attributed_to_anyone_but_its_sender(
+            text in proptest::collection::vec(any::<u8>(), 0..300)
+        ) {
+            let mut room = room();
+            let mut out = Vec::new();
+            room.join(A, Role::Messenger, Some("mallory"), &mut out).unwrap();
+            room.join(B, Role::Messenger, Some("alice"), &mut out).unwrap();
+            out.clear();
+            room.post(A, &text, &mut out).unwrap();
+            for event in &out {
+                let EventKind::Posted { name, text } = &event.kind else {
+                    panic!("unexpected {event:?}")
+                };
+                prop_assert_eq!(&**name, "mallory");
+                prop_assert!(!text.is_empty());
+                prop_assert!(!text.chars().any(|c| c.is_control() && c != '\t'));
+            }
+        }
+    }
+}
