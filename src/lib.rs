@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod hub;
 pub mod protocol;
 pub mod room;
 

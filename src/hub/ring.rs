@@ -1,0 +1,357 @@
+//! The shared backlog of encoded events that every viewer reads at its own cursor.
+//!
+//! The hub is the only writer: it publishes batches of events, each encoded once per
+//! wire format, in the room's order. Viewers read them without any lock: each slot is
+//! an [`ArcSwapOption`], and each viewer waits on its own [`Subscriber`] waker, which
+//! the hub wakes after every publish. A batch is kept until the backlog passes its
+//! byte bound; a viewer that needs an evicted batch has fallen too far behind.
+//!
+//! Memory is therefore bounded once for the whole server (the retention), not per
+//! viewer, and an idle viewer holds nothing but its cursor.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use arc_swap::ArcSwapOption;
+use atomic_waker::AtomicWaker;
+use bytes::Bytes;
+
+use crate::protocol::Mode;
+
+/// Events encoded once for every wire format, published as one unit.
+#[derive(Debug)]
+pub struct Batch {
+    /// Position of this batch in the ring's history.
+    pub index: u64,
+    /// Sequence number of the last event in the batch.
+    pub last_seq: u64,
+    seed: Bytes,
+    line: Bytes,
+    /// Log offsets of the first byte of `seed` and `line`.
+    seed_start: u64,
+    line_start: u64,
+}
+
+impl Batch {
+    /// The batch as `mode` frames it.
+    pub fn bytes(&self, mode: Mode) -> &Bytes {
+        match mode {
+            Mode::Seed => &self.seed,
+            Mode::Line => &self.line,
+        }
+    }
+
+    /// Offset of the batch's first byte in the `mode` log (all bytes ever published
+    /// in that format, counted from server start).
+    pub fn start(&self, mode: Mode) -> u64 {
+        match mode {
+            Mode::Seed => self.seed_start,
+            Mode::Line => self.line_start,
+        }
+    }
+}
+
+/// Where a new viewer starts reading: the next batch, and the log offsets there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    /// Index of the next batch to read.
+    pub index: u64,
+    seed_offset: u64,
+    line_offset: u64,
+}
+
+impl Cursor {
+    /// The offset in the `mode` log.
+    pub fn offset(&self, mode: Mode) -> u64 {
+        match mode {
+            Mode::Seed => self.seed_offset,
+            Mode::Line => self.line_offset,
+        }
+    }
+}
+
+/// The answer to "what is at index i?".
+#[derive(Debug)]
+pub enum Fetch {
+    /// The batch.
+    Ready(Arc<Batch>),
+    /// Not published yet.
+    Pending,
+    /// Evicted: the reader fell behind the retention.
+    Gone,
+    /// The hub has stopped and everything published has been read.
+    Closed,
+}
+
+/// A viewer's wake-up call. The hub wakes every subscriber after each publish.
+#[derive(Debug, Default)]
+pub struct Subscriber {
+    waker: AtomicWaker,
+}
+
+impl Subscriber {
+    /// Wakes the viewer if it is waiting. Hub task only; never blocks.
+    pub fn wake(&self) {
+        self.waker.wake();
+    }
+
+    /// Registers the current task to be woken at the next publish.
+    pub fn register(&self, cx: &Context<'_>) {
+        self.waker.register(cx.waker());
+    }
+}
+
+/// The shared backlog. See the module documentation.
+#[derive(Debug)]
+pub struct Ring {
+    slots: Box<[ArcSwapOption<Batch>]>,
+    /// Index of the next batch to be published.
+    head: AtomicU64,
+    seed_end: AtomicU64,
+    line_end: AtomicU64,
+    closed: AtomicBool,
+}
+
+impl Ring {
+    /// A ring with room for `slots` batches (rounded up to a power of two).
+    pub fn new(slots: usize) -> Self {
+        let slots = slots.max(2).next_power_of_two();
+        Self {
+            slots: (0..slots).map(|_| ArcSwapOption::empty()).collect(),
+            head: AtomicU64::new(0),
+            seed_end: AtomicU64::new(0),
+            line_end: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// What is at `index`. Never blocks.
+    pub fn fetch(&self, index: u64) -> Fetch {
+        // `closed` before `head`: once closed, `head` is final.
+        let closed = self.closed.load(Ordering::Acquire);
+        let head = self.head.load(Ordering::Acquire);
+        if index >= head {
+            return if closed {
+                Fetch::Closed
+            } else {
+                Fetch::Pending
+            };
+        }
+        if head - index > self.slots.len() as u64 {
+            return Fetch::Gone;
+        }
+        match self.slot(index).load_full() {
+            Some(batch) if batch.index == index => Fetch::Ready(batch),
+            _ => Fetch::Gone,
+        }
+    }
+
+    /// Like [`Ring::fetch`], but registers `subscriber` first when nothing is ready,
+    /// so a publish that races with this call still wakes the caller.
+    pub fn poll_fetch(&self, index: u64, subscriber: &Subscriber, cx: &Context<'_>) -> Poll<Fetch> {
+        match self.fetch(index) {
+            Fetch::Pending => {}
+            ready => return Poll::Ready(ready),
+        }
+        subscriber.register(cx);
+        match self.fetch(index) {
+            Fetch::Pending => Poll::Pending,
+            ready => Poll::Ready(ready),
+        }
+    }
+
+    /// End of the `mode` log: the offset one past the last byte published.
+    pub fn end(&self, mode: Mode) -> u64 {
+        match mode {
+            Mode::Seed => self.seed_end.load(Ordering::Acquire),
+            Mode::Line => self.line_end.load(Ordering::Acquire),
+        }
+    }
+
+    /// Where a viewer joining now starts. Hub task only (the publisher), so that
+    /// the cursor is consistent with the room's order.
+    pub fn cursor(&self) -> Cursor {
+        Cursor {
+            index: self.head.load(Ordering::Relaxed),
+            seed_offset: self.seed_end.load(Ordering::Relaxed),
+            line_offset: self.line_end.load(Ordering::Relaxed),
+        }
+    }
+
+    fn slot(&self, index: u64) -> &ArcSwapOption<Batch> {
+        let mask = self.slots.len() as u64 - 1;
+        &self.slots[(index & mask) as usize]
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+/// The hub's half of the ring: publishes and evicts. Only one exists per ring.
+#[derive(Debug)]
+pub struct Publisher {
+    ring: Arc<Ring>,
+    /// Oldest batch still held.
+    tail: u64,
+    /// Bytes of seed-format backlog to keep (the smaller format, so each format keeps
+    /// at least this much).
+    retention_bytes: u64,
+}
+
+impl Publisher {
+    /// A publisher for `ring`, keeping at least `retention_bytes` of every format.
+    pub fn new(ring: Arc<Ring>, retention_bytes: usize) -> Self {
+        Self {
+            ring,
+            tail: 0,
+            retention_bytes: retention_bytes as u64,
+        }
+    }
+
+    /// The ring this publisher writes.
+    pub fn ring(&self) -> &Arc<Ring> {
+        &self.ring
+    }
+
+    /// Publishes one batch and evicts what falls out of the retention. Does not wake
+    /// anyone: the caller wakes its subscribers once it is done publishing.
+    pub fn publish(&mut self, last_seq: u64, seed: Bytes, line: Bytes) {
+        debug_assert!(!self.ring.is_closed(), "publish after close");
+        let ring = &self.ring;
+        let index = ring.head.load(Ordering::Relaxed);
+        let seed_start = ring.seed_end.load(Ordering::Relaxed);
+        let line_start = ring.line_end.load(Ordering::Relaxed);
+        let seed_end = seed_start + seed.len() as u64;
+        let line_end = line_start + line.len() as u64;
+        // The slot about to be reused, and anything beyond the retention, goes first.
+        let capacity = ring.slots.len() as u64;
+        while self.tail < index
+            && (index - self.tail >= capacity
+                || self.seed_start_of(self.tail) + self.retention_bytes < seed_end)
+        {
+            ring.slot(self.tail).store(None);
+            self.tail += 1;
+        }
+        ring.slot(index).store(Some(Arc::new(Batch {
+            index,
+            last_seq,
+            seed,
+            line,
+            seed_start,
+            line_start,
+        })));
+        ring.seed_end.store(seed_end, Ordering::Release);
+        ring.line_end.store(line_end, Ordering::Release);
+        ring.head.store(index + 1, Ordering::Release);
+    }
+
+    /// Marks the ring finished: readers get [`Fetch::Closed`] once they have read
+    /// everything. The caller wakes its subscribers afterwards.
+    pub fn close(&self) {
+        self.ring.closed.store(true, Ordering::Release);
+    }
+
+    fn seed_start_of(&self, index: u64) -> u64 {
+        self.ring
+            .slot(index)
+            .load()
+            .as_ref()
+            .map_or(0, |batch| batch.seed_start)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publisher(slots: usize, retention: usize) -> Publisher {
+        Publisher::new(Arc::new(Ring::new(slots)), retention)
+    }
+
+    fn ready(fetch: Fetch) -> Arc<Batch> {
+        match fetch {
+            Fetch::Ready(batch) => batch,
+            other => panic!("expected a batch, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn readers_see_batches_in_order_with_offsets_per_format() {
+        let mut p = publisher(8, 1024);
+        let ring = p.ring().clone();
+        assert!(matches!(ring.fetch(0), Fetch::Pending));
+        p.publish(
+            1,
+            Bytes::from_static(b"a: x"),
+            Bytes::from_static(b"a: x\n"),
+        );
+        p.publish(
+            3,
+            Bytes::from_static(b"b: yb: z"),
+            Bytes::from_static(b"b: y\nb: z\n"),
+        );
+        let first = ready(ring.fetch(0));
+        let second = ready(ring.fetch(1));
+        assert_eq!((first.last_seq, second.last_seq), (1, 3));
+        assert_eq!(second.start(Mode::Seed), 4);
+        assert_eq!(second.start(Mode::Line), 5);
+        assert_eq!(&second.bytes(Mode::Line)[..], b"b: y\nb: z\n");
+        assert_eq!((ring.end(Mode::Seed), ring.end(Mode::Line)), (12, 15));
+        assert!(matches!(ring.fetch(2), Fetch::Pending));
+    }
+
+    #[test]
+    fn batches_past_the_retention_are_evicted() {
+        let mut p = publisher(64, 10);
+        let ring = p.ring().clone();
+        for _ in 0..4 {
+            p.publish(
+                0,
+                Bytes::from_static(b"12345"),
+                Bytes::from_static(b"12345\n"),
+            );
+        }
+        // 20 bytes published: a reader at the start of batch 1 would be 15 bytes
+        // behind, past the retention of 10, so batches 0 and 1 are gone.
+        assert!(matches!(ring.fetch(0), Fetch::Gone));
+        assert!(matches!(ring.fetch(1), Fetch::Gone));
+        ready(ring.fetch(2));
+        ready(ring.fetch(3));
+    }
+
+    #[test]
+    fn a_reader_lapped_by_the_slot_count_sees_gone() {
+        let mut p = publisher(4, 1 << 20);
+        let ring = p.ring().clone();
+        for _ in 0..6 {
+            p.publish(0, Bytes::from_static(b"x"), Bytes::from_static(b"x\n"));
+        }
+        assert!(matches!(ring.fetch(1), Fetch::Gone));
+        ready(ring.fetch(2));
+        ready(ring.fetch(5));
+    }
+
+    #[test]
+    fn closing_ends_readers_only_after_the_last_batch() {
+        let mut p = publisher(4, 1024);
+        let ring = p.ring().clone();
+        p.publish(1, Bytes::from_static(b"x"), Bytes::from_static(b"x\n"));
+        p.close();
+        ready(ring.fetch(0));
+        assert!(matches!(ring.fetch(1), Fetch::Closed));
+    }
+
+    #[test]
+    fn a_cursor_starts_after_what_was_published() {
+        let mut p = publisher(4, 1024);
+        p.publish(1, Bytes::from_static(b"abc"), Bytes::from_static(b"abc\n"));
+        let cursor = p.ring().cursor();
+        assert_eq!(cursor.index, 1);
+        assert_eq!(
+            (cursor.offset(Mode::Seed), cursor.offset(Mode::Line)),
+            (3, 4)
+        );
+    }
+}
