@@ -21,5 +21,7 @@ pub mod config;
 pub mod hub;
 pub mod protocol;
 pub mod room;
+pub mod server;
+pub mod socket;
 
 pub use config::Config;

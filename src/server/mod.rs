@@ -1,0 +1,96 @@
+//! The TCP server: the accept loop, one task per connection, and orderly shutdown.
+//!
+//! [`run`] is the seam tests and `main` share: it takes a bound listener, the
+//! configuration and a shutdown future, and returns when the server has stopped.
+
+mod accept;
+mod tcp;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::hub;
+
+/// Counters a person running the server may want to see in the logs.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Viewers disconnected because they fell too far behind.
+    pub slow_viewers: AtomicU64,
+}
+
+/// What every connection task shares.
+#[derive(Debug)]
+struct Shared {
+    config: Config,
+    /// Cancelled when shutdown begins.
+    stop: CancellationToken,
+    stats: Stats,
+}
+
+/// Serves the chat on `listener` until `shutdown` completes, then shuts down in
+/// order: stop accepting; stop reading messengers and let the room finish what it
+/// already accepted; let every viewer receive all of it (within
+/// [`Config::shutdown_timeout`]); close every connection.
+///
+/// # Errors
+/// Only if the server cannot run at all; a failing connection ends that connection.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let max_connections = accept::max_connections(&config);
+    let (hub, hub_task) = hub::spawn(&config);
+    let shared = Arc::new(Shared {
+        config,
+        stop: CancellationToken::new(),
+        stats: Stats::default(),
+    });
+    let tracker = TaskTracker::new();
+    if let Ok(address) = listener.local_addr() {
+        info!(
+            %address,
+            chat = %shared.config.chat_name,
+            max_connections,
+            "listening"
+        );
+    }
+
+    tokio::select! {
+        () = shutdown => {}
+        () = accept::run(listener, hub, shared.clone(), tracker.clone(), max_connections) => {}
+    }
+
+    info!(connections = tracker.len(), "shutting down");
+    shared.stop.cancel();
+    tracker.close();
+    let timeout = shared.config.shutdown_timeout;
+    // Each connection stops itself at the deadline; the margin covers its last close.
+    let margin = std::time::Duration::from_secs(2);
+    if tokio::time::timeout(timeout + margin, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            connections = tracker.len(),
+            "connections still open after the deadline"
+        );
+    }
+    match tokio::time::timeout(margin, hub_task).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "the hub task failed"),
+        Err(_) => warn!("the hub did not stop in time"),
+    }
+    info!(
+        slow_viewers = shared.stats.slow_viewers.load(Ordering::Relaxed),
+        "stopped"
+    );
+    Ok(())
+}
