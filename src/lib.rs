@@ -17,6 +17,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod config;
 pub mod hub;
 pub mod protocol;

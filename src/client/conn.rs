@@ -1,0 +1,239 @@
+//! Connecting to a tcpchat server and reading its lines: what every client shares.
+//!
+//! Clients speak line mode, with the handshake from [`handshake::encode_line_handshake`]
+//! and the server's lines cut by the same [`LineFramer`] the server uses.
+
+use std::collections::VecDeque;
+use std::io;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use crate::protocol::handshake::{self, Options};
+use crate::protocol::line::LineFramer;
+use crate::protocol::text;
+use crate::protocol::wire::Notice;
+use crate::room::Role;
+use crate::socket;
+
+/// Longest line a client accepts from a server: a chat line is a name plus a
+/// message, and servers limit both far below this.
+const MAX_SERVER_LINE: usize = 64 * 1024;
+
+/// How long a client waits for the server's answer to its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a server may stay silent before a client that asked for heartbeats
+/// gives it up (the server pings every 15 s by default).
+pub const SERVER_SILENCE_LIMIT: Duration = Duration::from_secs(60);
+
+/// Dead-peer bound for the client's own socket (TCP keepalive).
+const DEAD_SERVER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a client could not start or had to stop.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// No server at that address.
+    #[error("cannot connect to {address}: {source}")]
+    Unreachable {
+        /// host:port as given.
+        address: String,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// The server said no, and why.
+    #[error("the server refused us: {text}")]
+    Refused {
+        /// The stable error code (`name-taken`, ...).
+        code: String,
+        /// The server's explanation.
+        text: String,
+    },
+    /// The server closed the connection, perhaps saying why.
+    #[error("the server closed the connection{}", .reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
+    Closed {
+        /// The server's goodbye or error text, if it sent one.
+        reason: Option<String>,
+    },
+    /// The server stopped answering.
+    #[error("the server has been silent for {} s; giving up", .0.as_secs())]
+    Silent(Duration),
+    /// The connection failed.
+    #[error("lost the connection to the server: {0}")]
+    Io(#[from] io::Error),
+    /// The server sent something no tcpchat server sends.
+    #[error("unexpected answer from the server: {0:?}")]
+    Unexpected(String),
+}
+
+/// Reads the server's lines.
+#[derive(Debug)]
+pub struct LineReader {
+    half: OwnedReadHalf,
+    buf: BytesMut,
+    framer: LineFramer,
+    lines: VecDeque<String>,
+}
+
+impl LineReader {
+    fn new(half: OwnedReadHalf) -> Self {
+        Self {
+            half,
+            buf: BytesMut::new(),
+            framer: LineFramer::new(MAX_SERVER_LINE),
+            lines: VecDeque::new(),
+        }
+    }
+
+    /// The next line from the server, without its `\n`. `Ok(None)` when the server
+    /// closed the connection.
+    ///
+    /// # Errors
+    /// When the connection fails or the server sends an absurdly long line.
+    pub async fn next_line(&mut self) -> io::Result<Option<String>> {
+        loop {
+            if let Some(line) = self.lines.pop_front() {
+                return Ok(Some(line));
+            }
+            let chunk = self
+                .framer
+                .next_chunk(&mut self.buf)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            if let Some(chunk) = chunk {
+                // Even a server's text is shown only once neutralized.
+                self.lines
+                    .extend(text::lines(&chunk).map(|l| text::sanitize(l).into_owned()));
+                continue;
+            }
+            self.buf.reserve(4096);
+            if self.half.read_buf(&mut self.buf).await? == 0 {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The next chat line, skipping pings; a notice that ends the conversation, or
+    /// the server closing, becomes the matching [`ClientError`]. With `silence`, a
+    /// server quiet for that long counts as gone.
+    ///
+    /// # Errors
+    /// [`ClientError`] when the conversation is over.
+    pub async fn next_chat_line(
+        &mut self,
+        silence: Option<Duration>,
+    ) -> Result<String, ClientError> {
+        loop {
+            let line = match silence {
+                Some(limit) => tokio::time::timeout(limit, self.next_line())
+                    .await
+                    .map_err(|_| ClientError::Silent(limit))??,
+                None => self.next_line().await?,
+            };
+            let Some(line) = line else {
+                return Err(ClientError::Closed { reason: None });
+            };
+            match Notice::parse(&line) {
+                None => return Ok(line),
+                Some(Notice::Ping | Notice::Ok { .. }) => {}
+                Some(Notice::Bye { text }) => {
+                    return Err(ClientError::Closed { reason: Some(text) });
+                }
+                Some(Notice::Error { text, .. }) => {
+                    return Err(ClientError::Closed { reason: Some(text) });
+                }
+            }
+        }
+    }
+}
+
+/// An open, accepted connection.
+#[derive(Debug)]
+pub struct Connection {
+    /// The server's lines.
+    pub reader: LineReader,
+    /// Where our lines go.
+    pub writer: OwnedWriteHalf,
+    /// The server's first line: the welcome for viewers and chatters, the
+    /// acknowledgement for messengers.
+    pub greeting: String,
+}
+
+impl Connection {
+    /// Connects to `host:port`, asks for `role` (under `name` for messengers and
+    /// chatters) with heartbeats and goodbyes, and waits for the server's answer.
+    ///
+    /// # Errors
+    /// [`ClientError::Unreachable`], [`ClientError::Refused`] (with the server's
+    /// reason, such as a taken name), or a failure on the way.
+    pub async fn open(
+        host: &str,
+        port: u16,
+        role: Role,
+        name: Option<&str>,
+    ) -> Result<Self, ClientError> {
+        let address = format!("{host}:{port}");
+        let stream =
+            TcpStream::connect((host, port))
+                .await
+                .map_err(|source| ClientError::Unreachable {
+                    address: address.clone(),
+                    source,
+                })?;
+        // Without keepalive a vanished server is only noticed when we next write.
+        let _ = socket::configure(&stream, DEAD_SERVER_TIMEOUT);
+        let (read, mut writer) = stream.into_split();
+        let options = Options {
+            heartbeat: true,
+            goodbye: true,
+        };
+        let hello = handshake::encode_line_handshake(role, name, options);
+        writer.write_all(hello.as_bytes()).await?;
+        let mut reader = LineReader::new(read);
+        let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.next_line())
+            .await
+            .map_err(|_| ClientError::Silent(HANDSHAKE_TIMEOUT))??;
+        let Some(greeting) = first else {
+            return Err(ClientError::Closed { reason: None });
+        };
+        match Notice::parse(&greeting) {
+            Some(Notice::Error { code, text }) => Err(ClientError::Refused { code, text }),
+            Some(Notice::Ok { .. }) if role == Role::Messenger => Ok(Self {
+                reader,
+                writer,
+                greeting,
+            }),
+            None if role != Role::Messenger => Ok(Self {
+                reader,
+                writer,
+                greeting,
+            }),
+            _ => Err(ClientError::Unexpected(greeting)),
+        }
+    }
+}
+
+/// Whether a typed line means "leave": `quit` or `exit` in any case, as in the
+/// original Messenger (and `/quit`, as chat users expect).
+pub fn is_quit(line: &str) -> bool {
+    let line = line.trim();
+    line.eq_ignore_ascii_case("quit") || line.eq_ignore_ascii_case("exit") || line == "/quit"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quit_words_match_the_original_messenger() {
+        for word in ["quit", "QUIT", "Exit", " exit ", "/quit"] {
+            assert!(is_quit(word), "{word}");
+        }
+        for word in ["quitter", "exit now", "bye", ""] {
+            assert!(!is_quit(word), "{word}");
+        }
+    }
+}
