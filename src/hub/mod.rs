@@ -152,6 +152,7 @@ pub fn spawn(config: &Config) -> (HubHandle, tokio::task::JoinHandle<()>) {
         line: BytesMut::new(),
         batch_last_seq: 0,
         max_batch_bytes: config.max_batch_bytes.max(1),
+        published: 0,
     };
     let task = tokio::spawn(hub.run(rx));
     (HubHandle { tx, ring }, task)
@@ -168,16 +169,35 @@ struct Hub {
     line: BytesMut,
     batch_last_seq: u64,
     max_batch_bytes: usize,
+    /// Batches published so far.
+    published: u64,
 }
 
 impl Hub {
     async fn run(mut self, mut inbox: mpsc::Receiver<Command>) {
+        // Taken from the inbox in order, kept reversed so that a turn can stop early.
         let mut commands = Vec::with_capacity(COMMANDS_PER_TURN);
-        while inbox.recv_many(&mut commands, COMMANDS_PER_TURN).await > 0 {
-            for command in commands.drain(..) {
+        loop {
+            if commands.is_empty() {
+                if inbox.recv_many(&mut commands, COMMANDS_PER_TURN).await == 0 {
+                    break;
+                }
+                commands.reverse();
+            }
+            // A turn ends once it has published a full batch, so that under a flood
+            // the viewers get to write between batches instead of finding themselves
+            // megabytes behind when they first run.
+            let published = self.published;
+            while let Some(command) = commands.pop() {
                 self.handle(command);
+                if self.published != published {
+                    break;
+                }
             }
             self.flush();
+            if self.published != published {
+                tokio::task::yield_now().await;
+            }
         }
         self.flush();
         self.publisher.close();
@@ -252,6 +272,7 @@ impl Hub {
         let seed = self.seed.split().freeze();
         let line = self.line.split().freeze();
         self.publisher.publish(self.batch_last_seq, seed, line);
+        self.published += 1;
         self.wake_all();
     }
 

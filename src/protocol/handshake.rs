@@ -258,11 +258,16 @@ impl HandshakeReader {
     }
 
     fn first_read(&mut self) -> Step {
+        let classified = classify_first_read(&self.buf, self.max_name_chars);
         if self.buf.len() > self.max_bytes {
             let max_bytes = self.max_bytes;
-            return self.refuse(Mode::Seed, HandshakeError::TooLong { max_bytes });
+            let mode = match classified {
+                FirstRead::LineInProgress => Mode::Line,
+                _ => Mode::Seed,
+            };
+            return self.refuse(mode, HandshakeError::TooLong { max_bytes });
         }
-        match classify_first_read(&self.buf, self.max_name_chars) {
+        match classified {
             FirstRead::Seed { role, name } => {
                 self.state = State::SeedCandidate {
                     first_read: self.buf.len(),
@@ -389,6 +394,11 @@ fn parse_line(line: &[u8], max_name_chars: usize) -> Result<Hello, HandshakeErro
         match word {
             "heartbeat" => options.heartbeat = true,
             "goodbye" => options.goodbye = true,
+            // After a name, an unknown word is most likely the rest of a name with a
+            // space in it, and that is what the person needs to hear.
+            _ if name.is_some() => {
+                return Err(NameError::Forbidden(name::ForbiddenChar(' ')).into());
+            }
             other => return Err(HandshakeError::UnknownOption(other.to_owned())),
         }
     }
@@ -534,7 +544,14 @@ mod tests {
             (b"hello\n", HandshakeError::Unknown),
             (b"VIEWER\n", HandshakeError::Unknown),
             (b"name:\n", NameError::Empty.into()),
-            (b"name:a b\n", HandshakeError::UnknownOption("b".to_owned())),
+            (
+                b"name:John Smith\n",
+                NameError::Forbidden(name::ForbiddenChar(' ')).into(),
+            ),
+            (
+                b"name:bob heartbeat goodbye typo\n",
+                NameError::Forbidden(name::ForbiddenChar(' ')).into(),
+            ),
             (
                 b"name:a:b\n",
                 NameError::Forbidden(name::ForbiddenChar(':')).into(),
@@ -697,6 +714,14 @@ mod tests {
         assert_eq!(
             feed(&[past.as_bytes()]),
             refused(Mode::Line, too_long.clone())
+        );
+        // Without its newline, a long first read is refused in the mode it looks like.
+        let line_ish = &past.as_bytes()[..MAX + 1];
+        assert_eq!(feed(&[line_ish]), refused(Mode::Line, too_long.clone()));
+        let seed_ish = format!("name:{}", "x".repeat(MAX));
+        assert_eq!(
+            feed(&[seed_ish.as_bytes()]),
+            refused(Mode::Seed, too_long.clone())
         );
         // In pieces: refused as soon as the limit is passed, without a newline.
         let pieces: Vec<&[u8]> = past.as_bytes()[..MAX + 1].chunks(5).collect();

@@ -44,6 +44,14 @@ use crate::socket;
 /// How long a refused or closing client gets to read its last line and close its end.
 const LINGER: Duration = Duration::from_secs(1);
 
+/// How long a viewer disconnected as too slow has to read its way to the notice
+/// that says why: its socket buffers are full of chat it has not read yet.
+const SLOW_VIEWER_LINGER: Duration = Duration::from_secs(10);
+
+/// How much of a closing client's input is read and dropped while it lingers. A
+/// client still flooding past this is cut off with a reset.
+const LINGER_BYTES: usize = 64 * 1024;
+
 /// Reads of a viewer's (ignored) input per wake-up, so a viewer that floods cannot
 /// keep its task busy forever.
 const VIEWER_READS_PER_WAKE: usize = 8;
@@ -109,7 +117,9 @@ pub(super) async fn serve(
         delivered: cursor.offset(hello.mode),
         backlog: shared.config.viewer_backlog_bytes as u64,
     });
-    let mut session = Session::new(stream, hello, rest, &hub, feed, membership, shared);
+    // The session takes the hub's inbox only if it posts: at shutdown the hub stops
+    // once every sender is gone, and a viewer must not keep it waiting.
+    let mut session = Session::new(stream, hello, rest, hub, feed, membership, shared);
     let end = session.run().await;
     session.finish(end).await;
 }
@@ -330,7 +340,7 @@ impl Session {
         stream: TcpStream,
         hello: Hello,
         rest: Vec<Bytes>,
-        hub: &HubHandle,
+        hub: HubHandle,
         feed: Option<Feed>,
         membership: Membership,
         shared: Arc<Shared>,
@@ -602,6 +612,17 @@ impl Session {
 
     /// Logs the end, tells the room, and closes the connection as the end requires.
     async fn finish(mut self, end: End) {
+        // Whatever was still to be written is abandoned: let go of it (and of the
+        // ring) before lingering, so a closing connection holds no chat.
+        self.out = Bytes::new();
+        self.feed = None;
+        self.input = None;
+        let linger = match end {
+            End::TooSlow { .. } => SLOW_VIEWER_LINGER,
+            // Shutdown's deadline has passed: close now.
+            End::Deadline => Duration::ZERO,
+            _ => LINGER,
+        };
         let notice = match end {
             End::PeerClosed => {
                 info!("left");
@@ -660,7 +681,7 @@ impl Session {
                 line
             }
         });
-        close_gracefully(&self.stream, last_words, LINGER).await;
+        close_gracefully(&self.stream, last_words, linger).await;
     }
 }
 
@@ -749,7 +770,7 @@ async fn write_all(stream: &TcpStream, mut bytes: Bytes) -> io::Result<()> {
 
 /// Sends `last_words`, then FIN, then reads until the peer closes too, so data it
 /// sent meanwhile does not turn the close into a reset that could destroy the last
-/// words. Gives up after `within`.
+/// words. Gives up after `within`, or after [`LINGER_BYTES`] of further input.
 async fn close_gracefully(stream: &TcpStream, last_words: Option<Bytes>, within: Duration) {
     let closing = async {
         if let Some(bytes) = last_words {
@@ -757,15 +778,17 @@ async fn close_gracefully(stream: &TcpStream, last_words: Option<Bytes>, within:
         }
         SockRef::from(stream).shutdown(std::net::Shutdown::Write)?;
         let mut scratch = [0u8; 512];
-        loop {
+        let mut drained = 0;
+        while drained < LINGER_BYTES {
             stream.readable().await?;
             match stream.try_read(&mut scratch) {
                 Ok(0) => return Ok(()),
-                Ok(_) => {}
+                Ok(n) => drained += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }
         }
+        Ok(())
     };
     let result: Result<io::Result<()>, _> = tokio::time::timeout(within, closing).await;
     if let Ok(Err(error)) = result {

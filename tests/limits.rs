@@ -1,0 +1,137 @@
+//! Limits: a client that is silent, slow or too big costs only itself.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_is_closed_at_the_handshake_timeout_and_delays_nobody() {
+    let server = start_server(Config {
+        handshake_timeout: Duration::from_millis(500),
+        ..config()
+    })
+    .await;
+    let connected = Instant::now();
+    let mut silent = Client::connect(server.addr).await;
+    let mut half = Client::connect(server.addr).await;
+    half.send(b"vie").await;
+
+    // Meanwhile the room works as usual.
+    let mut viewer = Client::viewer(server.addr).await;
+    let mut amy = Client::messenger(server.addr, "amy").await;
+    amy.send(b"not waiting for anyone\n").await;
+    assert_eq!(viewer.line().await, "amy has joined the chat.");
+    assert_eq!(viewer.line().await, "amy: not waiting for anyone");
+    assert!(connected.elapsed() < Duration::from_millis(500));
+
+    // Said nothing at all: it may be a person at a telnet prompt, so it is told.
+    assert_eq!(
+        silent.line().await,
+        "*** error handshake-timeout: no handshake received in time"
+    );
+    silent.expect_closed().await;
+    let waited = connected.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500) && waited < Duration::from_secs(2),
+        "closed after {waited:?}"
+    );
+    assert_eq!(
+        half.line().await,
+        "*** error handshake-timeout: no handshake received in time"
+    );
+    half.expect_closed().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_handshake_that_never_ends_is_cut_at_the_size_limit() {
+    let server = start_server(Config {
+        max_handshake_bytes: 64,
+        ..config()
+    })
+    .await;
+    let mut client = Client::connect(server.addr).await;
+    client.send(b"viewer ").await;
+    client.send(&[b'x'; 60]).await;
+    assert_eq!(
+        client.line().await,
+        "*** error handshake-too-long: a handshake is limited to 64 bytes"
+    );
+    client.expect_closed().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_at_the_size_limit_passes_and_one_byte_more_closes_the_sender() {
+    let server = start_server(Config {
+        max_message_bytes: 100,
+        ..config()
+    })
+    .await;
+    let mut viewer = Client::viewer(server.addr).await;
+    let mut kim = Client::messenger(server.addr, "kim").await;
+    assert_eq!(viewer.line().await, "kim has joined the chat.");
+    let at_limit = "a".repeat(100);
+    kim.send(format!("{at_limit}\nbefore\n{}\nafter\n", "b".repeat(101)).as_bytes())
+        .await;
+    assert_eq!(viewer.line().await, format!("kim: {at_limit}"));
+    assert_eq!(viewer.line().await, "kim: before");
+    assert_eq!(viewer.line().await, "kim has left the chat");
+    assert_eq!(
+        kim.line().await,
+        "*** error message-too-long: lines are limited to 100 bytes"
+    );
+    kim.expect_closed().await;
+}
+
+/// A sender that never ends its line is stopped at the limit, without the server
+/// buffering the rest of what it sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_line_is_stopped_at_the_limit() {
+    let server = start_server(Config {
+        max_message_bytes: 1000,
+        ..config()
+    })
+    .await;
+    let mut lee = Client::messenger(server.addr, "lee").await;
+    let flood = vec![b'z'; 64 * 1024];
+    let writer = async {
+        use tokio::io::AsyncWriteExt;
+        for _ in 0..1024 {
+            if lee.stream.write_all(&flood).await.is_err() {
+                return true;
+            }
+        }
+        false
+    };
+    let stopped = within("the flood to be cut off", writer).await;
+    assert!(stopped, "the server took 64 MiB of one line");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_are_closed_at_once() {
+    let server = start_server(Config {
+        max_connections: Some(2),
+        ..config()
+    })
+    .await;
+    let mut viewer = Client::viewer(server.addr).await;
+    let _max = Client::messenger(server.addr, "max").await;
+    let mut extra = Client::connect(server.addr).await;
+    extra.expect_closed().await;
+    // Once one leaves, there is room again (as soon as its socket is closed).
+    drop(_max);
+    assert_eq!(viewer.line().await, "max has joined the chat.");
+    assert_eq!(viewer.line().await, "max has left the chat");
+    within("a free slot", async {
+        loop {
+            let mut next = Client::connect(server.addr).await;
+            next.send(b"name:next\n").await;
+            if next.try_line().await.is_some() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert_eq!(viewer.line().await, "next has joined the chat.");
+}
