@@ -135,7 +135,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(async {
         let address = SocketAddr::new(args.bind, args.port);
         let listener = listen(address).with_context(|| format!("cannot listen on {address}"))?;
-        server::run(listener, args.config, shutdown_signal()).await
+        let shutdown = shutdown_signal().context("cannot handle signals")?;
+        server::run(listener, args.config, shutdown).await
     })
 }
 
@@ -150,27 +151,19 @@ fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Completes on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
+/// A future that completes on SIGINT (Ctrl-C) or SIGTERM. The handlers are installed
+/// here, before the server says it is listening, so that no signal sent after that
+/// can take the default action and kill the process.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).ok();
-    let terminated = async {
-        match &mut terminate {
-            Some(terminate) => {
-                terminate.recv().await;
-            }
-            None => std::future::pending().await,
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
         }
-    };
-    let interrupted = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::select! {
-        () = interrupted => {}
-        () = terminated => {}
-    }
+    })
 }
 
 /// Every connection is a file descriptor: take all the operating system allows.

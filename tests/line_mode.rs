@@ -144,7 +144,13 @@ async fn clients_that_ask_get_heartbeats_and_a_goodbye() {
     let mut frank = Client::connect(server.addr).await;
     frank.send(b"name:frank goodbye\n").await;
     assert_eq!(frank.line().await, "*** ok: joined as frank");
+    let mut gus = Client::connect(server.addr).await;
+    gus.send(b"chat:gus goodbye\n").await;
+    assert_eq!(gus.line().await, WELCOME);
+    assert_eq!(gus.line().await, "gus has joined the chat.");
     server.shutdown().await.unwrap();
+    assert_eq!(gus.line().await, "*** bye: the server is shutting down");
+    gus.expect_closed().await;
     let rest = String::from_utf8(viewer.rest().await).unwrap();
     assert!(
         rest.ends_with("*** bye: the server is shutting down\n"),

@@ -2,6 +2,8 @@
 
 use std::io::Write;
 
+use tokio::signal::unix::{SignalKind, signal};
+
 use super::conn::{ClientError, Connection, SERVER_SILENCE_LIMIT};
 use crate::room::Role;
 
@@ -11,10 +13,10 @@ use crate::room::Role;
 /// # Errors
 /// [`ClientError`].
 pub async fn run(host: &str, port: u16) -> Result<(), ClientError> {
+    // Registered before anything is shown, so a Ctrl-C is never the default "kill".
+    let mut interrupt = signal(SignalKind::interrupt())?;
     let mut conn = Connection::open(host, port, Role::Viewer, None).await?;
     let mut stdout = std::io::stdout();
-    let interrupted = tokio::signal::ctrl_c();
-    tokio::pin!(interrupted);
     let mut line = conn.greeting.clone();
     loop {
         if writeln!(stdout, "{line}").is_err() {
@@ -22,7 +24,7 @@ pub async fn run(host: &str, port: u16) -> Result<(), ClientError> {
             return Ok(());
         }
         line = tokio::select! {
-            _ = &mut interrupted => return Ok(()),
+            _ = interrupt.recv() => return Ok(()),
             line = conn.reader.next_chat_line(Some(SERVER_SILENCE_LIMIT)) => line?,
         };
     }

@@ -5,7 +5,7 @@
 //! neither re-implements the wire.
 //!
 //! - [`handshake`]: a connection's first bytes -> role, mode and options.
-//! - [`line`]: a messenger's stream -> messages (line framing, or seed reads).
+//! - [`mod@line`]: a messenger's stream -> messages (line framing, or seed reads).
 //! - [`name`]: the name rules.
 //! - [`text`]: splitting messages at line breaks and neutralizing control characters.
 //! - [`wire`]: events and notices -> bytes, once per wire format.

@@ -492,7 +492,7 @@ impl Session {
         self.drain_deadline = Some(Box::pin(sleep(self.shared.config.shutdown_timeout)));
         self.membership.forget();
         if let Some(input) = &mut self.input {
-            input.eof = true;
+            // Nothing more is read once the inbox is let go (see `wants_read`).
             if let Some(framer) = &mut input.framer {
                 while let Ok(Some(chunk)) = framer.next_chunk(&mut input.buf) {
                     input.posts.push_back(chunk);

@@ -1,0 +1,423 @@
+//! The `tcpchat` binary as a user runs it: exit codes, one-line errors, signals, and
+//! the clients against a real server process.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+const WAIT: Duration = Duration::from_secs(10);
+const WELCOME: &str = "Welcome to the \"Bad IRC\" Chat Server!";
+
+fn tcpchat() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tcpchat"));
+    command.env_remove("RUST_LOG");
+    command
+}
+
+/// Runs to completion and returns (exit code, stdout, stderr).
+fn run(command: &mut Command) -> (i32, String, String) {
+    let output = command.stdin(Stdio::null()).output().expect("run tcpchat");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Waits for a child to exit, for at most [`WAIT`].
+fn exit_of(mut child: Child) -> ExitStatus {
+    let (tx, rx) = mpsc::channel();
+    let pid = child.id();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    match rx.recv_timeout(WAIT) {
+        Ok(status) => status.expect("wait"),
+        Err(_) => {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            panic!("tcpchat (pid {pid}) did not exit within {WAIT:?}");
+        }
+    }
+}
+
+fn signal(child: &Child, signal: Signal) {
+    kill(Pid::from_raw(child.id() as i32), signal).expect("kill");
+}
+
+/// A `tcpchat serve` process on an ephemeral loopback port.
+struct ServerProcess {
+    child: Option<Child>,
+    addr: SocketAddr,
+}
+
+impl ServerProcess {
+    fn start() -> Self {
+        let mut child = tcpchat()
+            .args([
+                "serve",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--seed-grace",
+                "50ms",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start server");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        // Keep draining the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let addr = loop {
+            let line = rx.recv_timeout(WAIT).expect("the server's listening line");
+            if let Some(rest) = line.split("address=").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap_or_default();
+                break addr.parse().expect("listening address");
+            }
+        };
+        Self {
+            child: Some(child),
+            addr,
+        }
+    }
+
+    fn port(&self) -> String {
+        self.addr.port().to_string()
+    }
+
+    /// Sends `sig` and returns how the server exited.
+    fn stop(mut self, sig: Signal) -> ExitStatus {
+        let child = self.child.take().expect("running");
+        signal(&child, sig);
+        exit_of(child)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A raw line-mode connection.
+struct Raw {
+    reader: BufReader<TcpStream>,
+}
+
+impl Raw {
+    fn connect(addr: SocketAddr, handshake: &str) -> Self {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(WAIT)).expect("timeout");
+        stream.write_all(handshake.as_bytes()).expect("write");
+        Self {
+            reader: BufReader::new(stream),
+        }
+    }
+
+    fn viewer(addr: SocketAddr) -> Self {
+        let mut raw = Self::connect(addr, "viewer\n");
+        assert_eq!(raw.line(), WELCOME);
+        raw
+    }
+
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).expect("read a line");
+        assert!(line.ends_with('\n'), "incomplete line {line:?}");
+        line.pop();
+        line
+    }
+
+    fn send(&mut self, text: &str) {
+        self.reader
+            .get_mut()
+            .write_all(text.as_bytes())
+            .expect("write");
+    }
+
+    fn expect_closed(&mut self) {
+        let mut rest = Vec::new();
+        self.reader.read_to_end(&mut rest).expect("read to end");
+        assert!(
+            rest.is_empty(),
+            "more input: {:?}",
+            String::from_utf8_lossy(&rest)
+        );
+    }
+}
+
+/// Reads a child's stdout line by line, each wait bounded.
+struct Lines(mpsc::Receiver<String>);
+
+impl Lines {
+    fn of(stdout: ChildStdout) -> Self {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Self(rx)
+    }
+
+    fn next(&self) -> String {
+        self.0.recv_timeout(WAIT).expect("a line on stdout")
+    }
+}
+
+fn one_line(stderr: &str) -> &str {
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected one line on stderr, got {stderr:?}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    lines[0]
+}
+
+#[test]
+fn a_port_in_use_is_one_line_and_exit_code_1() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let (code, _, stderr) = run(tcpchat().args(["serve", "--bind", "127.0.0.1", "--port", &port]));
+    assert_eq!(code, 1);
+    let line = one_line(&stderr);
+    assert!(
+        line.starts_with(&format!("tcpchat: cannot listen on 127.0.0.1:{port}: ")),
+        "{line}"
+    );
+    assert!(line.contains("in use"), "{line}");
+}
+
+#[test]
+fn an_invalid_port_is_one_line_and_exit_code_2() {
+    for (bad, says) in [("70000", "--port"), ("abc", "--port"), ("-1", "'-1'")] {
+        let (code, _, stderr) = run(tcpchat().args(["serve", "--port", bad]));
+        assert_eq!(code, 2, "--port {bad}");
+        let line = one_line(&stderr);
+        assert!(
+            line.starts_with("tcpchat: ") && line.contains(says),
+            "{line}"
+        );
+    }
+    let (code, _, stderr) = run(tcpchat().args(["serve", "--handshake-timeout", "soon"]));
+    assert_eq!(code, 2);
+    one_line(&stderr);
+}
+
+#[test]
+fn sigterm_and_sigint_stop_the_server_with_exit_code_0() {
+    for sig in [Signal::SIGTERM, Signal::SIGINT] {
+        let server = ServerProcess::start();
+        let mut viewer = Raw::viewer(server.addr);
+        let mut messenger = Raw::connect(server.addr, "name:ann\n");
+        assert_eq!(messenger.line(), "*** ok: joined as ann");
+        messenger.send("last words\n");
+        assert_eq!(viewer.line(), "ann has joined the chat.");
+        assert_eq!(viewer.line(), "ann: last words");
+        let status = server.stop(sig);
+        assert_eq!(status.code(), Some(0), "{sig:?}");
+        viewer.expect_closed();
+        messenger.expect_closed();
+    }
+}
+
+#[test]
+fn clients_say_when_the_server_is_unreachable() {
+    let port = {
+        let unused = TcpListener::bind("127.0.0.1:0").unwrap();
+        unused.local_addr().unwrap().port().to_string()
+    };
+    let target = ["--host", "127.0.0.1", "--port", &port];
+    for args in [
+        vec!["viewer"],
+        vec!["messenger", "--name", "x"],
+        vec!["chat", "--name", "x"],
+    ] {
+        let (code, _, stderr) = run(tcpchat().args(&args).args(target));
+        assert_eq!(code, 1, "{args:?}");
+        let line = one_line(&stderr);
+        assert!(
+            line.starts_with(&format!("tcpchat: cannot connect to 127.0.0.1:{port}: ")),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn a_taken_name_is_reported_in_words() {
+    let server = ServerProcess::start();
+    let mut holder = Raw::connect(server.addr, "name:alice\n");
+    assert_eq!(holder.line(), "*** ok: joined as alice");
+    for client in ["messenger", "chat"] {
+        let (code, _, stderr) = run(tcpchat().args([
+            client,
+            "--name",
+            "alice",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &server.port(),
+        ]));
+        assert_eq!(code, 1, "{client}");
+        assert_eq!(
+            one_line(&stderr),
+            "tcpchat: the server refused us: the name \"alice\" is already taken"
+        );
+    }
+}
+
+#[test]
+fn a_piped_messenger_sends_each_line_until_quit() {
+    let server = ServerProcess::start();
+    let mut viewer = Raw::viewer(server.addr);
+    let mut messenger = tcpchat()
+        .args([
+            "messenger",
+            "--name",
+            "bob",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &server.port(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = messenger.stdin.take().unwrap();
+    stdin
+        .write_all(b"hello\n\nworld, and \x1b[31mred\nQuit\nnot sent\n")
+        .unwrap();
+    drop(stdin);
+    assert_eq!(exit_of(messenger).code(), Some(0));
+    assert_eq!(viewer.line(), "bob has joined the chat.");
+    assert_eq!(viewer.line(), "bob: hello");
+    assert_eq!(viewer.line(), "bob: world, and \u{241B}[31mred");
+    assert_eq!(viewer.line(), "bob has left the chat");
+}
+
+#[test]
+fn the_messenger_asks_for_a_name_when_none_is_given() {
+    let server = ServerProcess::start();
+    let mut viewer = Raw::viewer(server.addr);
+    let output = {
+        let mut child = tcpchat()
+            .args(["messenger", "--host", "127.0.0.1", "--port", &server.port()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"\ncarol\nhi\n")
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "Enter a name to use: Enter a name to use: "
+    );
+    assert_eq!(viewer.line(), "carol has joined the chat.");
+    assert_eq!(viewer.line(), "carol: hi");
+}
+
+#[test]
+fn the_viewer_prints_the_room_and_says_when_the_server_goes_away() {
+    let server = ServerProcess::start();
+    let mut child = tcpchat()
+        .args(["viewer", "--host", "127.0.0.1", "--port", &server.port()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Lines::of(child.stdout.take().unwrap());
+    assert_eq!(lines.next(), WELCOME);
+    let mut dee = Raw::connect(server.addr, "name:dee\n");
+    assert_eq!(dee.line(), "*** ok: joined as dee");
+    dee.send("anyone?\n");
+    assert_eq!(lines.next(), "dee has joined the chat.");
+    assert_eq!(lines.next(), "dee: anyone?");
+    assert_eq!(server.stop(Signal::SIGTERM).code(), Some(0));
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(exit_of(child).code(), Some(1));
+    assert_eq!(
+        one_line(&stderr),
+        "tcpchat: the server closed the connection: the server is shutting down"
+    );
+}
+
+#[test]
+fn the_viewer_leaves_on_ctrl_c_with_exit_code_0() {
+    let server = ServerProcess::start();
+    let mut child = tcpchat()
+        .args(["viewer", "--host", "127.0.0.1", "--port", &server.port()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = Lines::of(child.stdout.take().unwrap());
+    assert_eq!(lines.next(), WELCOME);
+    signal(&child, Signal::SIGINT);
+    assert_eq!(exit_of(child).code(), Some(0));
+}
+
+#[test]
+fn chat_shows_the_room_and_sends_what_is_typed() {
+    let server = ServerProcess::start();
+    let mut child = tcpchat()
+        .args([
+            "chat",
+            "--name",
+            "eve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &server.port(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Lines::of(child.stdout.take().unwrap());
+    let mut stdin = child.stdin.take().unwrap();
+    assert_eq!(lines.next(), WELCOME);
+    assert_eq!(lines.next(), "eve has joined the chat.");
+    let mut fay = Raw::connect(server.addr, "name:fay\n");
+    assert_eq!(fay.line(), "*** ok: joined as fay");
+    assert_eq!(lines.next(), "fay has joined the chat.");
+    fay.send("hi eve\n");
+    assert_eq!(lines.next(), "fay: hi eve");
+    stdin.write_all(b"hi fay\n").unwrap();
+    assert_eq!(lines.next(), "eve: hi fay");
+    stdin.write_all(b"/quit\n").unwrap();
+    assert_eq!(exit_of(child).code(), Some(0));
+}
