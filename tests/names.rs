@@ -56,16 +56,22 @@ async fn a_seed_name_is_held_during_the_grace_period() {
     .await;
     let mut seed = Client::connect(server.addr).await;
     seed.send(b"name:zed").await;
-    // The reservation is made before the hub answers anything else from us.
+    // What the original Messenger does next: wait 10 ms and take "still connected"
+    // as accepted. From then on the name must be its own, grace or not.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    seed.assert_nothing_buffered();
     let mut rival = Client::connect(server.addr).await;
     rival.send(b"name:zed\n").await;
     assert_eq!(
         rival.line().await,
         "*** error name-taken: the name \"zed\" is already taken"
     );
-    drop(seed);
-    // The reserved name is released without anyone having been told of it.
+    // A seed messenger that closes during the grace was still a seed messenger: like
+    // the original, the room hears it join and leave, and the name is free again.
     let mut viewer = Client::viewer(server.addr).await;
+    drop(seed);
+    assert_eq!(viewer.line().await, "zed has joined the chat.");
+    assert_eq!(viewer.line().await, "zed has left the chat");
     let _zed = Client::messenger(server.addr, "zed").await;
     assert_eq!(viewer.line().await, "zed has joined the chat.");
 }
