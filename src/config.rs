@@ -69,6 +69,29 @@ pub struct Config {
     #[arg(long)]
     pub max_connections: Option<usize>,
 
+    /// Most connections open at once from one IP address (for IPv6, from one /64,
+    /// the block a single site is given), so one host cannot take every slot.
+    /// Past it, new connections from that address are closed at once.
+    #[arg(long, default_value_t = 32)]
+    pub max_connections_per_ip: usize,
+
+    /// Messages per second a messenger may sustain, counted in lines. Past its burst,
+    /// the server stops reading the sender's socket until the rate allows more: TCP
+    /// backpressure slows it down; nothing is dropped and nothing piles up.
+    #[arg(long, default_value_t = 5.0)]
+    pub flood_rate: f64,
+
+    /// Lines a messenger may send at once before the rate applies, so that someone
+    /// pasting a few lines is not slowed at all.
+    #[arg(long, default_value_t = 20)]
+    pub flood_burst: u32,
+
+    /// Apply the per-address limit and flood control to loopback clients too. By
+    /// default they are exempt, as the operator's own bots, bridges and benchmarks
+    /// connect from there (mature IRC servers exempt localhost the same way).
+    #[arg(long)]
+    pub no_loopback_exemption: bool,
+
     /// How long a peer may stay unreachable (no FIN, no RST: the link is simply gone)
     /// before its connection is dropped. Enforced by TCP keepalive probes and
     /// TCP_USER_TIMEOUT, which send nothing a plain `nc` viewer would see.

@@ -135,3 +135,143 @@ async fn connections_past_the_limit_are_closed_at_once() {
     .await;
     assert_eq!(viewer.line().await, "next has joined the chat.");
 }
+
+/// Limits that exempt loopback by default are tested with the exemption removed.
+fn limited(config: Config) -> Config {
+    Config {
+        no_loopback_exemption: true,
+        ..config
+    }
+}
+
+async fn connect_from(source: &str, addr: std::net::SocketAddr) -> Client {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    Client::from_stream(stream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_address_are_limited_at_the_bound() {
+    let server = start_server(limited(Config {
+        max_connections_per_ip: 2,
+        ..config()
+    }))
+    .await;
+    let mut viewer = Client::viewer(server.addr).await;
+    let _one = Client::messenger(server.addr, "one").await;
+    assert_eq!(viewer.line().await, "one has joined the chat.");
+    // One past the bound, from the same address: closed at once.
+    let mut third = Client::connect(server.addr).await;
+    third.expect_closed().await;
+    // Another address has its own count.
+    let mut elsewhere = connect_from("127.0.0.2", server.addr).await;
+    elsewhere.send(b"name:two\n").await;
+    assert_eq!(elsewhere.line().await, "*** ok: joined as two");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_is_exempt_from_the_address_limit_by_default() {
+    let server = start_server(Config {
+        max_connections_per_ip: 2,
+        ..config()
+    })
+    .await;
+    let mut viewer = Client::viewer(server.addr).await;
+    let mut crowd = Vec::new();
+    for i in 0..5 {
+        crowd.push(Client::messenger(server.addr, &format!("bot{i}")).await);
+        assert_eq!(viewer.line().await, format!("bot{i} has joined the chat."));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paste_within_the_burst_is_not_slowed() {
+    let server = start_server(limited(config())).await;
+    let mut viewer = Client::viewer(server.addr).await;
+    let mut paster = Client::messenger(server.addr, "paster").await;
+    assert_eq!(viewer.line().await, "paster has joined the chat.");
+    let sent = Instant::now();
+    let paste: String = (0..10).map(|i| format!("line {i}\n")).collect();
+    paster.send(paste.as_bytes()).await;
+    for i in 0..10 {
+        assert_eq!(viewer.line().await, format!("paster: line {i}"));
+    }
+    assert!(
+        sent.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        sent.elapsed()
+    );
+}
+
+/// Past the burst, a flood is slowed to the rate: nothing is dropped, nothing is
+/// out of order, and the sender's writes are held back by TCP, not buffered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_is_slowed_to_the_rate_without_loss() {
+    let server = start_server(limited(Config {
+        flood_rate: 20.0,
+        flood_burst: 5,
+        ..config()
+    }))
+    .await;
+    let mut viewer = Client::viewer(server.addr).await;
+    let mut flooder = Client::messenger(server.addr, "flooder").await;
+    assert_eq!(viewer.line().await, "flooder has joined the chat.");
+    let sent = Instant::now();
+    let flood: String = (0..45).map(|i| format!("{i}\n")).collect();
+    flooder.send(flood.as_bytes()).await;
+    for i in 0..45 {
+        assert_eq!(viewer.line().await, format!("flooder: {i}"));
+        if i == 4 {
+            assert!(
+                sent.elapsed() < Duration::from_millis(500),
+                "the burst was slowed"
+            );
+        }
+    }
+    // 40 lines past the burst at 20 per second.
+    let took = sent.elapsed();
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_secs(4),
+        "45 lines took {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_sender_meets_backpressure_and_the_room_goes_on() {
+    let server = start_server(limited(config())).await;
+    let mut viewer = Client::viewer(server.addr).await;
+    let mut flooder = Client::messenger(server.addr, "flooder").await;
+    // 64 MiB of lines: far more than socket buffers hold.
+    let chunk = "flood\n".repeat(64 * 1024 / 6);
+    let writing = async {
+        use tokio::io::AsyncWriteExt;
+        for _ in 0..1024 {
+            flooder.stream.write_all(chunk.as_bytes()).await.unwrap();
+        }
+    };
+    let blocked = tokio::time::timeout(Duration::from_secs(2), writing).await;
+    assert!(
+        blocked.is_err(),
+        "the server took 64 MiB from a rate-limited sender"
+    );
+    // Everyone else is unaffected.
+    let mut calm = connect_from("127.0.0.3", server.addr).await;
+    calm.send(b"name:calm\n").await;
+    assert_eq!(calm.line().await, "*** ok: joined as calm");
+    calm.send(b"still fine\n").await;
+    assert_eq!(viewer.line().await, "flooder has joined the chat.");
+    let mut saw_calm = false;
+    for _ in 0..100 {
+        let line = viewer.line().await;
+        if line == "calm: still fine" {
+            saw_calm = true;
+            break;
+        }
+        assert!(
+            line == "flooder: flood" || line == "calm has joined the chat.",
+            "{line}"
+        );
+    }
+    assert!(saw_calm);
+}

@@ -43,7 +43,10 @@ fn compiled() -> Option<&'static Path> {
                 .join("tests/compat")
                 .join(format!("{client}.cs"));
             let status = std::process::Command::new("mcs")
-                .arg(format!("-out:{}", dir.join(format!("{client}.exe")).display()))
+                .arg(format!(
+                    "-out:{}",
+                    dir.join(format!("{client}.exe")).display()
+                ))
                 .arg(source)
                 .stdout(Stdio::null())
                 .status()
@@ -109,7 +112,9 @@ async fn the_original_viewer_and_messenger_work_unchanged() {
     assert_eq!(shown.line().await, WELCOME);
 
     // Fed from a pipe, the Messenger writes its lines and quits within milliseconds.
-    let mut piped = original(dir, "Messenger", port).spawn().expect("start Messenger");
+    let mut piped = original(dir, "Messenger", port)
+        .spawn()
+        .expect("start Messenger");
     let mut stdin = piped.stdin.take().unwrap();
     stdin
         .write_all(b"alice\nhello world\n\nsecond line\nQUIT\n")
@@ -124,7 +129,9 @@ async fn the_original_viewer_and_messenger_work_unchanged() {
         .await;
 
     // Typed by a person: lines come long after the handshake.
-    let mut typed = original(dir, "Messenger", port).spawn().expect("start Messenger");
+    let mut typed = original(dir, "Messenger", port)
+        .spawn()
+        .expect("start Messenger");
     let mut keyboard = typed.stdin.take().unwrap();
     keyboard.write_all(b"bob\n").await.unwrap();
     shown.stream("bob has joined the chat.").await;

@@ -17,6 +17,29 @@ pub fn lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|line| !line.is_empty())
 }
 
+/// Byte offset just past the `n`-th line that [`lines`] would yield (its terminator
+/// included), or the length of `bytes` if it holds fewer. Cutting there splits a
+/// message between two posts without changing the events it makes.
+pub fn end_of_lines(bytes: &[u8], n: usize) -> usize {
+    if n == 0 {
+        return 0;
+    }
+    let mut seen = 0;
+    let mut start = 0;
+    while start < bytes.len() {
+        let end = memchr::memchr(b'\n', &bytes[start..]).map_or(bytes.len(), |at| start + at);
+        let line = &bytes[start..end];
+        if !line.strip_suffix(b"\r").unwrap_or(line).is_empty() {
+            seen += 1;
+            if seen == n {
+                return (end + 1).min(bytes.len());
+            }
+        }
+        start = end + 1;
+    }
+    bytes.len()
+}
+
 /// Decodes one line as UTF-8 (invalid sequences become U+FFFD, as the original's
 /// decoder did) and neutralizes every character that could move a terminal's cursor
 /// or rewrite what is on screen.
@@ -66,6 +89,23 @@ mod tests {
         assert_eq!(all_lines(b""), Vec::<&[u8]>::new());
         assert_eq!(all_lines(b"\n\r\n"), Vec::<&[u8]>::new());
         assert_eq!(all_lines(b"  "), vec![&b"  "[..]]);
+    }
+
+    #[test]
+    fn cutting_after_n_lines_keeps_the_events_the_same() {
+        let bytes = b"a\n\r\nb\r\n\nc";
+        assert_eq!(end_of_lines(bytes, 0), 0);
+        assert_eq!(end_of_lines(bytes, 1), 2);
+        assert_eq!(end_of_lines(bytes, 2), 7);
+        assert_eq!(end_of_lines(bytes, 3), bytes.len());
+        assert_eq!(end_of_lines(bytes, 9), bytes.len());
+        for n in 0..4 {
+            let (head, tail) = bytes.split_at(end_of_lines(bytes, n));
+            let mut rejoined: Vec<&[u8]> = lines(head).collect();
+            assert_eq!(rejoined.len(), n.min(3));
+            rejoined.extend(lines(tail));
+            assert_eq!(rejoined, all_lines(bytes));
+        }
     }
 
     #[test]

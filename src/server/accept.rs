@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
+use super::limits::{AddressSlot, PerAddress};
 use super::{Shared, tcp};
 use crate::config::Config;
 use crate::hub::HubHandle;
@@ -36,6 +37,7 @@ pub(super) async fn run(
     max_connections: usize,
 ) {
     let permits = Arc::new(Semaphore::new(max_connections));
+    let per_address = PerAddress::new(shared.config.max_connections_per_ip);
     let mut next_id = 0;
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -51,10 +53,40 @@ pub(super) async fn run(
             info!(conn = %id, %peer, max_connections, "refused: connection limit reached");
             continue;
         };
+        // Loopback clients are the operator's own, unless told otherwise.
+        let limited = !peer.ip().is_loopback() || shared.config.no_loopback_exemption;
+        let address = if limited {
+            let Some(slot) = per_address.try_acquire(peer.ip()) else {
+                info!(
+                    conn = %id,
+                    %peer,
+                    max_connections_per_ip = shared.config.max_connections_per_ip,
+                    "refused: too many connections from this address"
+                );
+                continue;
+            };
+            Some(slot)
+        } else {
+            None
+        };
+        let admission = Admission {
+            _permit: permit,
+            _address: address,
+            flood_controlled: limited,
+        };
         let span = info_span!("conn", id = next_id, %peer);
-        let connection = tcp::serve(stream, id, hub.clone(), shared.clone(), permit);
+        let connection = tcp::serve(stream, id, hub.clone(), shared.clone(), admission);
         tracker.spawn(connection.instrument(span));
     }
+}
+
+/// What a connection holds for being let in: its place under the limits, given back
+/// when it ends.
+pub(super) struct Admission {
+    _permit: OwnedSemaphorePermit,
+    _address: Option<AddressSlot>,
+    /// Whether its posts go through flood control.
+    pub(super) flood_controlled: bool,
 }
 
 /// Waits after an accept error, so a persistent one (out of file descriptors) does

@@ -4,6 +4,7 @@
 //! configuration and a shutdown future, and returns when the server has stopped.
 
 mod accept;
+pub mod limits;
 mod tcp;
 
 use std::future::Future;

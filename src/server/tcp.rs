@@ -27,15 +27,18 @@ use bytes::{Buf, Bytes, BytesMut};
 use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep, sleep};
 use tracing::{debug, info, warn};
 
 use super::Shared;
+use super::accept::Admission;
+use super::limits::TokenBucket;
 use crate::hub::ring::{Fetch, Ring, Subscriber};
 use crate::hub::{Command, HubError, HubHandle};
 use crate::protocol::handshake::{HandshakeReader, Outcome, Step};
 use crate::protocol::line::{LineFramer, LineTooLong, take_seed_message};
+use crate::protocol::text;
 use crate::protocol::wire::{self, Notice};
 use crate::protocol::{Hello, Mode};
 use crate::room::{ConnId, Role};
@@ -62,7 +65,7 @@ pub(super) async fn serve(
     id: ConnId,
     hub: HubHandle,
     shared: Arc<Shared>,
-    _permit: OwnedSemaphorePermit,
+    admission: Admission,
 ) {
     if let Err(error) = socket::configure(&stream, shared.config.dead_peer_timeout) {
         debug!(%error, "could not set socket options");
@@ -117,11 +120,25 @@ pub(super) async fn serve(
         delivered: cursor.offset(hello.mode),
         backlog: shared.config.viewer_backlog_bytes as u64,
     });
+    let bucket = admission.flood_controlled.then(|| {
+        TokenBucket::new(
+            shared.config.flood_rate,
+            shared.config.flood_burst,
+            std::time::Instant::now(),
+        )
+    });
+    let joined = Joined {
+        hello,
+        rest,
+        feed,
+        bucket,
+    };
     // The session takes the hub's inbox only if it posts: at shutdown the hub stops
     // once every sender is gone, and a viewer must not keep it waiting.
-    let mut session = Session::new(stream, hello, rest, hub, feed, membership, shared);
+    let mut session = Session::new(stream, joined, hub, membership, shared);
     let end = session.run().await;
     session.finish(end).await;
+    drop(admission);
 }
 
 enum Handshaken {
@@ -258,6 +275,17 @@ impl Drop for Membership {
     }
 }
 
+/// What a connection brings to its session once the room has let it in.
+struct Joined {
+    hello: Hello,
+    /// Bytes received after the handshake.
+    rest: Vec<Bytes>,
+    /// For receiving roles.
+    feed: Option<Feed>,
+    /// Flood control, for sending roles that are not exempt.
+    bucket: Option<TokenBucket>,
+}
+
 /// A receiving member's position in the shared ring.
 struct Feed {
     ring: Arc<Ring>,
@@ -282,8 +310,12 @@ struct Input {
     framer: Option<LineFramer>,
     /// Bytes read but not yet framed. Empty (no allocation) while idle.
     buf: BytesMut,
-    /// Framed messages waiting for room in the hub's inbox.
+    /// Framed messages waiting for room in the hub's inbox (or for flood control).
     posts: VecDeque<Bytes>,
+    /// Flood control; `None` for exempt (loopback) clients.
+    bucket: Option<TokenBucket>,
+    /// Set while flood control holds the next post back.
+    throttle: Option<Pin<Box<Sleep>>>,
     read_size: usize,
     eof: bool,
 }
@@ -311,6 +343,8 @@ enum Wake {
     Ready(io::Result<tokio::io::Ready>),
     Feed(Result<(), End>),
     Heartbeat,
+    /// Flood control lets the next post go.
+    Throttled,
 }
 
 struct Session {
@@ -338,13 +372,17 @@ struct Session {
 impl Session {
     fn new(
         stream: TcpStream,
-        hello: Hello,
-        rest: Vec<Bytes>,
+        joined: Joined,
         hub: HubHandle,
-        feed: Option<Feed>,
         membership: Membership,
         shared: Arc<Shared>,
     ) -> Self {
+        let Joined {
+            hello,
+            rest,
+            feed,
+            bucket,
+        } = joined;
         let mode = hello.mode;
         let config = &shared.config;
         let out = match (hello.role, mode) {
@@ -360,6 +398,8 @@ impl Session {
                 framer: (mode == Mode::Line).then(|| LineFramer::new(config.max_message_bytes)),
                 buf: BytesMut::new(),
                 posts: VecDeque::new(),
+                bucket,
+                throttle: None,
                 // Seed mode: one read is one message, so it is also the size limit.
                 read_size: match mode {
                     Mode::Seed => config.max_message_bytes,
@@ -420,10 +460,14 @@ impl Session {
                     Ok(())
                 }
                 Wake::Permit(Some(permit)) => {
-                    if let Some(bytes) = self.input.as_mut().and_then(|i| i.posts.pop_front()) {
-                        permit.send(Command::Post { id: self.id, bytes });
-                    }
+                    self.post(permit);
                     self.frame()
+                }
+                Wake::Throttled => {
+                    if let Some(input) = &mut self.input {
+                        input.throttle = None;
+                    }
+                    Ok(())
                 }
                 Wake::Permit(None) => Err(End::ShutDown),
                 Wake::Ready(Ok(ready)) if ready.is_readable() || ready.is_read_closed() => {
@@ -457,7 +501,11 @@ impl Session {
         if writing {
             interest = Some(interest.map_or(Interest::WRITABLE, |i| i | Interest::WRITABLE));
         }
-        let posting = self.input.as_ref().is_some_and(|i| !i.posts.is_empty());
+        let posting = self
+            .input
+            .as_ref()
+            .is_some_and(|i| !i.posts.is_empty() && i.throttle.is_none());
+        let throttle = self.input.as_mut().and_then(|i| i.throttle.as_mut());
         let draining = self.drain_deadline.is_some();
         let mode = self.mode;
         let stream = &self.stream;
@@ -475,6 +523,7 @@ impl Session {
             ready = ready(stream, interest) => Wake::Ready(ready),
             result = poll_fn(|cx| poll_feed(feed.as_ref(), mode, writing, cx)) => Wake::Feed(result),
             () = elapsed_pinned(heartbeat) => Wake::Heartbeat,
+            () = elapsed_pinned(throttle) => Wake::Throttled,
         }
     }
 
@@ -492,6 +541,9 @@ impl Session {
         self.drain_deadline = Some(Box::pin(sleep(self.shared.config.shutdown_timeout)));
         self.membership.forget();
         if let Some(input) = &mut self.input {
+            // What was already read is delivered at once: the server is closing anyway.
+            input.bucket = None;
+            input.throttle = None;
             // Nothing more is read once the inbox is let go (see `wants_read`).
             if let Some(framer) = &mut input.framer {
                 while let Ok(Some(chunk)) = framer.next_chunk(&mut input.buf) {
@@ -562,6 +614,30 @@ impl Session {
             Fetch::Gone => Err(End::TooSlow {
                 behind: feed.behind(self.mode),
             }),
+        }
+    }
+
+    /// Sends the next post, as much of it as flood control allows; the rest waits.
+    fn post(&mut self, permit: mpsc::OwnedPermit<Command>) {
+        let Some(input) = &mut self.input else {
+            return;
+        };
+        let Some(mut bytes) = input.posts.pop_front() else {
+            return;
+        };
+        if let Some(bucket) = &mut input.bucket {
+            let now = std::time::Instant::now();
+            let wanted = text::lines(&bytes).count();
+            let granted = bucket.take(wanted, now);
+            if granted < wanted {
+                let rest = bytes.split_off(text::end_of_lines(&bytes, granted));
+                input.posts.push_front(rest);
+                input.throttle = Some(Box::pin(sleep(bucket.next_token_in(now))));
+                debug!(wanted, granted, "flood control: slowing the sender");
+            }
+        }
+        if !bytes.is_empty() {
+            permit.send(Command::Post { id: self.id, bytes });
         }
     }
 

@@ -87,6 +87,14 @@ impl Client {
         }
     }
 
+    pub fn from_stream(stream: TcpStream) -> Self {
+        stream.set_nodelay(true).expect("nodelay");
+        Self {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
     /// A line-mode viewer, welcomed.
     pub async fn viewer(addr: SocketAddr) -> Self {
         let mut client = Self::connect(addr).await;
