@@ -189,6 +189,14 @@ impl Ring {
     }
 }
 
+/// The slow-viewer policy: a viewer `behind` bytes behind the end of its log (bytes
+/// published for it that its socket has not taken) is dropped once that exceeds its
+/// `backlog`. The ring keeps at least `backlog` bytes, so a viewer within the bound
+/// always finds its next batch.
+pub fn is_too_far_behind(behind: u64, backlog: u64) -> bool {
+    behind > backlog
+}
+
 /// The hub's half of the ring: publishes and evicts. Only one exists per ring.
 #[derive(Debug)]
 pub struct Publisher {
@@ -319,6 +327,29 @@ mod tests {
         assert!(matches!(ring.fetch(1), Fetch::Gone));
         ready(ring.fetch(2));
         ready(ring.fetch(3));
+    }
+
+    /// A viewer exactly `backlog` bytes behind is kept and finds its next batch; one
+    /// byte further behind, it is too slow, and the ring may have let go of it.
+    #[test]
+    fn the_backlog_bound_holds_at_the_bound_and_one_past_it() {
+        const BACKLOG: usize = 100;
+        let mut p = publisher(1024, BACKLOG);
+        let ring = p.ring().clone();
+        let ten = Bytes::from_static(b"0123456789");
+        for _ in 0..30 {
+            p.publish(0, ten.clone(), Bytes::from_static(b"012345678\n"));
+        }
+        let end = ring.end(Mode::Seed);
+        assert_eq!(end, 300);
+        // At the bound: the viewer's next batch starts at `end - BACKLOG`.
+        let at_bound = end - BACKLOG as u64;
+        assert!(!is_too_far_behind(end - at_bound, BACKLOG as u64));
+        let index = at_bound / 10;
+        assert_eq!(ready(ring.fetch(index)).start(Mode::Seed), at_bound);
+        // One byte past the bound.
+        assert!(is_too_far_behind(end - (at_bound - 1), BACKLOG as u64));
+        assert!(matches!(ring.fetch(index - 1), Fetch::Gone));
     }
 
     #[test]

@@ -34,7 +34,7 @@ use tracing::{debug, info, warn};
 use super::Shared;
 use super::accept::Admission;
 use super::limits::TokenBucket;
-use crate::hub::ring::{Fetch, Ring, Subscriber};
+use crate::hub::ring::{self, Fetch, Ring, Subscriber};
 use crate::hub::{Command, HubError, HubHandle};
 use crate::protocol::handshake::{HandshakeReader, Outcome, Step};
 use crate::protocol::line::{LineFramer, LineTooLong, take_seed_message};
@@ -301,6 +301,16 @@ struct Feed {
 impl Feed {
     fn behind(&self, mode: Mode) -> u64 {
         self.ring.end(mode).saturating_sub(self.delivered)
+    }
+
+    /// The slow-viewer policy: `Err` once this member is past its backlog.
+    fn check(&self, mode: Mode) -> Result<(), End> {
+        let behind = self.behind(mode);
+        if ring::is_too_far_behind(behind, self.backlog) {
+            Err(End::TooSlow { behind })
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -601,10 +611,7 @@ impl Session {
         };
         match feed.ring.fetch(feed.next) {
             Fetch::Ready(batch) => {
-                let behind = feed.behind(self.mode);
-                if behind > feed.backlog {
-                    return Err(End::TooSlow { behind });
-                }
+                feed.check(self.mode)?;
                 feed.next += 1;
                 self.out = batch.bytes(self.mode).clone();
                 self.out_from_feed = true;
@@ -775,11 +782,9 @@ fn poll_feed(
     };
     if writing {
         feed.subscriber.register(cx);
-        let behind = feed.behind(mode);
-        return if behind > feed.backlog {
-            Poll::Ready(Err(End::TooSlow { behind }))
-        } else {
-            Poll::Pending
+        return match feed.check(mode) {
+            Ok(()) => Poll::Pending,
+            Err(end) => Poll::Ready(Err(end)),
         };
     }
     feed.ring
