@@ -46,7 +46,8 @@ pub struct Config {
     /// How far, in bytes of its own wire format, a viewer may fall behind the room
     /// beyond what its socket buffers hold, before it is disconnected as too slow.
     /// The backlog is shared by all viewers (one copy of each event), so this bounds
-    /// the server's memory whatever the number of slow viewers.
+    /// the server's memory whatever the number of slow viewers. It also holds at most
+    /// one batch of events per 256 bytes of it (4096 single events by default).
     #[arg(long, default_value_t = 1 << 20)]
     pub viewer_backlog_bytes: usize,
 

@@ -13,6 +13,7 @@
 //!   translating between its socket and the hub; orderly shutdown.
 //! - [`client`]: the `viewer`, `messenger` and `chat` programs.
 //! - [`config`]: every default and limit, in one place.
+//! - [`soak`]: `tcpchat soak`, many misbehaving clients against a real server, checked.
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![warn(missing_docs)]
@@ -23,6 +24,7 @@ pub mod hub;
 pub mod protocol;
 pub mod room;
 pub mod server;
+pub mod soak;
 pub mod socket;
 
 pub use config::Config;

@@ -237,3 +237,26 @@ async fn a_viewers_own_input_is_ignored() {
     assert_eq!(viewer.line().await, "jo has joined the chat.");
     assert_eq!(viewer.line().await, "jo: hi");
 }
+
+/// A chatter that says goodbye (FIN) still receives the room up to its own leave,
+/// so it sees its last lines come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chatter_saying_goodbye_receives_the_room_up_to_its_own_leave() {
+    let server = start_server(config()).await;
+    for round in 0..20 {
+        let name = format!("kit{round}");
+        let mut kit = Client::connect(server.addr).await;
+        kit.send(format!("chat:{name}\n").as_bytes()).await;
+        assert_eq!(kit.line().await, WELCOME);
+        let lines: String = (0..20).map(|i| format!("{i}\n")).collect();
+        kit.send(lines.as_bytes()).await;
+        kit.stream.shutdown().await.unwrap();
+        let rest = String::from_utf8(kit.rest().await).unwrap();
+        let mut expected = format!("{name} has joined the chat.\n");
+        for i in 0..20 {
+            expected.push_str(&format!("{name}: {i}\n"));
+        }
+        expected.push_str(&format!("{name} has left the chat\n"));
+        assert_eq!(rest, expected, "round {round}");
+    }
+}

@@ -61,6 +61,9 @@ pub enum Command {
     Leave {
         /// Who.
         id: ConnId,
+        /// If given, told the ring index just past the batch that announces the
+        /// leave, so a leaving chatter can receive the room up to its own departure.
+        published: Option<oneshot::Sender<u64>>,
     },
 }
 
@@ -139,9 +142,11 @@ const COMMANDS_PER_TURN: usize = 512;
 /// publishes what it still has, closes the ring and wakes every viewer.
 pub fn spawn(config: &Config) -> (HubHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(config.hub_inbox.max(1));
-    // Slots for batches of 16 bytes on average; the byte bound is the one that
-    // binds in practice, the slot bound only caps the ring's own footprint.
-    let slots = (config.viewer_backlog_bytes / 16).clamp(1024, 1 << 20);
+    // Each batch held costs about 128 bytes besides its text; one slot per 256
+    // bytes of backlog keeps that overhead to half the backlog at most. Under load
+    // batches are large and the byte bound binds; when events trickle in one per
+    // batch, the slot bound does (4096 events behind, by default).
+    let slots = (config.viewer_backlog_bytes / 256).clamp(1024, 1 << 16);
     let ring = Arc::new(Ring::new(slots));
     let hub = Hub {
         room: Room::new(config.max_name_chars),
@@ -243,10 +248,14 @@ impl Hub {
                 }
                 self.encode_events();
             }
-            Command::Leave { id } => {
+            Command::Leave { id, published } => {
                 self.room.leave(id, &mut self.events);
                 self.subscribers.remove(id);
                 self.encode_events();
+                if let Some(published) = published {
+                    self.flush();
+                    let _ = published.send(self.publisher.ring().cursor().index);
+                }
             }
         }
     }

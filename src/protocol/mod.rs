@@ -11,6 +11,8 @@
 //! - [`wire`]: events and notices -> bytes, once per wire format.
 
 pub mod handshake;
+#[doc(hidden)]
+pub mod invariants;
 pub mod line;
 pub mod name;
 pub mod text;

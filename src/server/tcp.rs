@@ -27,7 +27,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Sleep, sleep};
 use tracing::{debug, info, warn};
 
@@ -119,6 +119,7 @@ pub(super) async fn serve(
         next: cursor.index,
         delivered: cursor.offset(hello.mode),
         backlog: shared.config.viewer_backlog_bytes as u64,
+        until: None,
     });
     let bucket = admission.flood_controlled.then(|| {
         TokenBucket::new(
@@ -246,8 +247,26 @@ impl Membership {
     async fn leave(&mut self) {
         if let Some(tx) = self.tx.take() {
             // Fails only if the hub has stopped, and then the room is gone anyway.
-            let _ = tx.send(Command::Leave { id: self.id }).await;
+            let _ = tx
+                .send(Command::Leave {
+                    id: self.id,
+                    published: None,
+                })
+                .await;
         }
+    }
+
+    /// Leaves and returns the ring index just past the leave's own announcement
+    /// (`None` if the hub has stopped).
+    async fn leave_and_wait(&mut self) -> Option<u64> {
+        let tx = self.tx.take()?;
+        let (published, index) = oneshot::channel();
+        let leave = Command::Leave {
+            id: self.id,
+            published: Some(published),
+        };
+        tx.send(leave).await.ok()?;
+        index.await.ok()
     }
 
     /// At shutdown the room ends with the server: nobody is announced as leaving,
@@ -264,9 +283,10 @@ impl Drop for Membership {
         };
         // Only reached when a task ends without `leave` (cancelled, or a bug): the
         // name must still be freed.
-        if let Err(mpsc::error::TrySendError::Full(leave)) =
-            tx.try_send(Command::Leave { id: self.id })
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        if let Err(mpsc::error::TrySendError::Full(leave)) = tx.try_send(Command::Leave {
+            id: self.id,
+            published: None,
+        }) && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             runtime.spawn(async move {
                 let _ = tx.send(leave).await;
@@ -296,6 +316,8 @@ struct Feed {
     delivered: u64,
     /// How far behind the room this member may fall.
     backlog: u64,
+    /// Once a chatter has said goodbye: the batch index it is delivered up to.
+    until: Option<u64>,
 }
 
 impl Feed {
@@ -460,7 +482,21 @@ impl Session {
                 && input.eof
                 && input.posts.is_empty()
             {
-                return End::PeerClosed;
+                match &mut self.feed {
+                    None => return End::PeerClosed,
+                    // A chatter said goodbye: it still gets the room up to its own
+                    // leave, so it sees its last lines come back.
+                    Some(feed) if feed.until.is_none() => {
+                        feed.until = Some(self.membership.leave_and_wait().await.unwrap_or(0));
+                        continue;
+                    }
+                    Some(feed) => {
+                        if self.out.is_empty() && feed.until.is_some_and(|until| feed.next >= until)
+                        {
+                            return End::PeerClosed;
+                        }
+                    }
+                }
             }
             let wake = self.wait().await;
             let result = match wake {
@@ -609,6 +645,9 @@ impl Session {
         let Some(feed) = &mut self.feed else {
             return Ok(false);
         };
+        if feed.until.is_some_and(|until| feed.next >= until) {
+            return Ok(false);
+        }
         match feed.ring.fetch(feed.next) {
             Fetch::Ready(batch) => {
                 feed.check(self.mode)?;
