@@ -56,6 +56,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 const SEED_GRACE: Duration = Duration::from_millis(250);
 /// Any single wait of a soak client.
 const WAIT: Duration = Duration::from_secs(15);
+/// Messages the final blast may have sent ahead of the slowest steady viewer.
+const BLAST_WINDOW: u64 = 20_000;
 /// Steady line-mode viewers (plus one seed-mode viewer).
 const STEADY_LINE_VIEWERS: usize = 3;
 
@@ -150,7 +152,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
     let (ended_complete, ended_reset) = check_completeness(&server, &steady, &ledger).await?;
 
     // Last: stop the server under full load.
-    let exit_code = shutdown_under_load(&mut server, &ledger).await?;
+    let exit_code = shutdown_under_load(&mut server, &ledger, &steady).await?;
     let mut histories = Vec::new();
     for viewer in steady {
         histories.push(viewer.finish(&ledger).await);
@@ -208,6 +210,8 @@ struct Ledger {
     next_session: AtomicU64,
     sent: AtomicU64,
     sessions: RwLock<HashMap<u64, SessionRecord>>,
+    /// Names held right now by one-off sessions (targets for name collisions).
+    held: Mutex<HashMap<u64, String>>,
     fault_count: AtomicU64,
     faults: Mutex<Vec<String>>,
     kinds: Mutex<HashMap<&'static str, u64>>,
@@ -218,8 +222,6 @@ struct SessionRecord {
     name: String,
     sent: u64,
     ending: Ending,
-    /// The server has accepted the name.
-    joined: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,7 +261,6 @@ impl Ledger {
                     name: name.clone(),
                     sent: 0,
                     ending: Ending::Open,
-                    joined: false,
                 },
             );
         }
@@ -276,15 +277,20 @@ impl Ledger {
         }
     }
 
+    /// The server has accepted `session`'s name.
     fn joined(&self, session: u64) {
-        if let Ok(mut sessions) = self.sessions.write()
-            && let Some(record) = sessions.get_mut(&session)
+        // Rejoiners' names are left alone: they must find them free again.
+        if let Some(name) = self.name_of(session).filter(|n| n.starts_with('c'))
+            && let Ok(mut held) = self.held.lock()
         {
-            record.joined = true;
+            held.insert(session, name);
         }
     }
 
     fn end(&self, session: u64, ending: Ending) {
+        if let Ok(mut held) = self.held.lock() {
+            held.remove(&session);
+        }
         if let Ok(mut sessions) = self.sessions.write()
             && let Some(record) = sessions.get_mut(&session)
         {
@@ -300,16 +306,11 @@ impl Ledger {
             .map(|r| r.name.clone())
     }
 
-    /// The name of some one-off session that holds its name right now (rejoiners'
-    /// names are left alone: they must find them free when they come back).
+    /// The name of some one-off session that holds its name right now.
     fn some_held_name(&self, rng: &mut fastrand::Rng) -> Option<String> {
-        let sessions = self.sessions.read().ok()?;
-        let open: Vec<&SessionRecord> = sessions
-            .values()
-            .filter(|r| r.ending == Ending::Open && r.joined && r.name.starts_with('c'))
-            .take(64)
-            .collect();
-        (!open.is_empty()).then(|| open[rng.usize(..open.len())].name.clone())
+        let held = self.held.lock().ok()?;
+        let skip = rng.usize(..held.len().max(1));
+        held.values().nth(skip).cloned()
     }
 }
 
@@ -672,6 +673,8 @@ async fn rejoiner(
 struct Checker {
     /// Last token number seen per session.
     last: HashMap<u64, u64>,
+    /// Each session's name, once looked up (it never changes).
+    names: HashMap<u64, String>,
     hash: Fnv,
     seed_hash: Fnv,
     lines: u64,
@@ -707,11 +710,16 @@ impl Checker {
                 ledger.fault(format!("unparseable message {line:?}"));
                 continue;
             };
-            match ledger.name_of(session) {
-                Some(owner) if owner == name => {}
-                owner => ledger.fault(format!(
+            let owner = match self.names.get(&session) {
+                Some(owner) => Some(owner.as_str()),
+                None => ledger
+                    .name_of(session)
+                    .map(|owner| &**self.names.entry(session).or_insert(owner)),
+            };
+            if owner != Some(name) {
+                ledger.fault(format!(
                     "{token} of session {session} ({owner:?}) shown as from {name}"
-                )),
+                ));
             }
             let last = self.last.entry(session).or_insert(0);
             // A viewer that joined late may start in the middle of a session.
@@ -923,8 +931,21 @@ async fn check_completeness(
 async fn shutdown_under_load(
     server: &mut ServerProcess,
     ledger: &Arc<Ledger>,
+    steady: &[SteadyViewer],
 ) -> anyhow::Result<Option<i32>> {
     let stop = Arc::new(AtomicBool::new(false));
+    // Full load, but no more than the steady viewers can take: past that they would
+    // rightly be dropped as too slow, which is another test's business.
+    let seen: Vec<Arc<AtomicU64>> = steady.iter().map(|v| v.lines.clone()).collect();
+    let slowest = move || {
+        seen.iter()
+            .map(|l| l.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0)
+    };
+    let sent_before = ledger.sent.load(Ordering::Relaxed);
+    let seen_before = slowest();
+    let slowest = Arc::new(slowest);
     let mut senders = Vec::new();
     for _ in 0..8 {
         let (session, name) = ledger.open(None);
@@ -933,9 +954,16 @@ async fn shutdown_under_load(
         conn.line().await?;
         let stop = stop.clone();
         let ledger = ledger.clone();
+        let slowest = slowest.clone();
         senders.push(tokio::spawn(async move {
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
+                let in_flight = (ledger.sent.load(Ordering::Relaxed) - sent_before)
+                    .saturating_sub(slowest() - seen_before);
+                if in_flight > BLAST_WINDOW {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
+                }
                 let mut batch = String::new();
                 for _ in 0..50 {
                     n += 1;

@@ -175,3 +175,47 @@ fn assert_same(what: &str, left: &str, right: &str) {
         context(right)
     );
 }
+
+/// The case that matters: at the stop, a viewer is legitimately behind (its socket is
+/// full, its backlog is not). Everything the room accepted must still reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_behind_at_shutdown_still_receives_everything_accepted() {
+    // About 10 MB: more than the kernel buffers between the server and the viewer
+    // hold, so most of it is still in the room's backlog when the stop comes.
+    const MESSAGES: usize = 100_000;
+    let mut server = start_server(Config {
+        viewer_backlog_bytes: 64 << 20,
+        shutdown_timeout: Duration::from_secs(30),
+        ..config()
+    })
+    .await;
+    let mut behind = {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        Client::from_stream(socket.connect(server.addr).await.unwrap())
+    };
+    behind.send(b"viewer\n").await;
+    assert_eq!(behind.line().await, WELCOME);
+    let mut fast = Client::viewer(server.addr).await;
+    let mut talker = Client::messenger(server.addr, "talker").await;
+    let padding = "p".repeat(90);
+    let all: String = (0..MESSAGES).map(|i| format!("{i} {padding}\n")).collect();
+    talker.send(all.as_bytes()).await;
+    // Every message is in the room: the fast viewer has them all.
+    assert_eq!(fast.line().await, "talker has joined the chat.");
+    for i in 0..MESSAGES {
+        assert_eq!(fast.line().await, format!("talker: {i} {padding}"));
+    }
+
+    let stopping = Instant::now();
+    server.begin_shutdown();
+    let got = within("the lagging viewer's stream to end", behind.rest()).await;
+    let got = String::from_utf8(got).unwrap();
+    let mut expected = String::from("talker has joined the chat.\n");
+    for i in 0..MESSAGES {
+        expected.push_str(&format!("talker: {i} {padding}\n"));
+    }
+    assert_same("the lagging viewer's history", &got, &expected);
+    server.shutdown().await.unwrap();
+    assert!(stopping.elapsed() < Duration::from_secs(5));
+}
