@@ -75,6 +75,13 @@ struct Target {
     port: u16,
 }
 
+// jemalloc: its size classes are naturally aligned, so the 128-byte-aligned I/O
+// registration tokio allocates per connection costs its size and no more (about a
+// sixth of an idle connection's footprint with the system allocator), and it gives
+// memory freed after a burst of connections back to the system on its own.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Pending connections the kernel may queue before the server accepts them.
 const LISTEN_BACKLOG: u32 = 4096;
 

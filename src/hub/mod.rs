@@ -18,6 +18,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::config::Config;
@@ -45,8 +46,9 @@ pub enum Command {
         role: Role,
         /// The name, for messengers and chatters.
         name: Option<String>,
-        /// For roles that receive: the waker the hub calls after each publish.
-        subscriber: Option<Arc<Subscriber>>,
+        /// The member's waker: called after each publish for roles that receive,
+        /// and for everyone when shutdown begins.
+        waker: Arc<Subscriber>,
         /// Where to start reading the ring, or why not.
         reply: oneshot::Sender<Result<Cursor, JoinError>>,
     },
@@ -118,7 +120,7 @@ impl HubHandle {
         id: ConnId,
         role: Role,
         name: Option<String>,
-        subscriber: Option<Arc<Subscriber>>,
+        waker: Arc<Subscriber>,
     ) -> Result<Cursor, HubError> {
         let (reply, answer) = oneshot::channel();
         self.tx
@@ -126,7 +128,7 @@ impl HubHandle {
                 id,
                 role,
                 name,
-                subscriber,
+                waker,
                 reply,
             })
             .await
@@ -138,9 +140,10 @@ impl HubHandle {
 /// Most commands taken from the inbox per turn.
 const COMMANDS_PER_TURN: usize = 512;
 
-/// Starts the hub task. It runs until every [`HubHandle`] clone is dropped, then
-/// publishes what it still has, closes the ring and wakes every viewer.
-pub fn spawn(config: &Config) -> (HubHandle, tokio::task::JoinHandle<()>) {
+/// Starts the hub task. When `stop` is cancelled it wakes every member, so each can
+/// see that shutdown has begun; it runs until every [`HubHandle`] clone is dropped,
+/// then publishes what it still has, closes the ring and wakes every viewer.
+pub fn spawn(config: &Config, stop: CancellationToken) -> (HubHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(config.hub_inbox.max(1));
     // Each batch held costs about 128 bytes besides its text; one slot per 256
     // bytes of backlog keeps that overhead to half the backlog at most. Under load
@@ -151,7 +154,8 @@ pub fn spawn(config: &Config) -> (HubHandle, tokio::task::JoinHandle<()>) {
     let hub = Hub {
         room: Room::new(config.max_name_chars),
         publisher: Publisher::new(ring.clone(), config.viewer_backlog_bytes),
-        subscribers: Subscribers::default(),
+        receivers: Subscribers::default(),
+        senders: Subscribers::default(),
         events: Vec::new(),
         seed: BytesMut::new(),
         line: BytesMut::new(),
@@ -159,14 +163,17 @@ pub fn spawn(config: &Config) -> (HubHandle, tokio::task::JoinHandle<()>) {
         max_batch_bytes: config.max_batch_bytes.max(1),
         published: 0,
     };
-    let task = tokio::spawn(hub.run(rx));
+    let task = tokio::spawn(hub.run(rx, stop));
     (HubHandle { tx, ring }, task)
 }
 
 struct Hub {
     room: Room,
     publisher: Publisher,
-    subscribers: Subscribers,
+    /// Woken after every publish.
+    receivers: Subscribers,
+    /// Messengers: woken only when shutdown begins.
+    senders: Subscribers,
     /// Events of the command being handled (kept to reuse its allocation).
     events: Vec<Event>,
     /// The batch being built, once per wire format.
@@ -179,12 +186,23 @@ struct Hub {
 }
 
 impl Hub {
-    async fn run(mut self, mut inbox: mpsc::Receiver<Command>) {
+    async fn run(mut self, mut inbox: mpsc::Receiver<Command>, stop: CancellationToken) {
         // Taken from the inbox in order, kept reversed so that a turn can stop early.
         let mut commands = Vec::with_capacity(COMMANDS_PER_TURN);
+        let mut stopping = false;
         loop {
             if commands.is_empty() {
-                if inbox.recv_many(&mut commands, COMMANDS_PER_TURN).await == 0 {
+                let received = tokio::select! {
+                    received = inbox.recv_many(&mut commands, COMMANDS_PER_TURN) => received,
+                    () = stop.cancelled(), if !stopping => {
+                        // Members hold no waiter of their own for this: tell them all.
+                        stopping = true;
+                        self.wake_all();
+                        self.wake_senders();
+                        continue;
+                    }
+                };
+                if received == 0 {
                     break;
                 }
                 commands.reverse();
@@ -222,10 +240,10 @@ impl Hub {
                 id,
                 role,
                 name,
-                subscriber,
+                waker,
                 reply,
             } => {
-                if subscriber.is_some() {
+                if role.receives() {
                     // A viewer sees what happens after it joins, and nothing before.
                     self.flush();
                 }
@@ -237,8 +255,10 @@ impl Hub {
                     if joined {
                         self.room.leave(id, &mut self.events);
                     }
-                } else if let (true, Some(subscriber)) = (joined, subscriber) {
-                    self.subscribers.add(id, subscriber);
+                } else if joined && role.receives() {
+                    self.receivers.add(id, waker);
+                } else if joined {
+                    self.senders.add(id, waker);
                 }
                 self.encode_events();
             }
@@ -250,7 +270,8 @@ impl Hub {
             }
             Command::Leave { id, published } => {
                 self.room.leave(id, &mut self.events);
-                self.subscribers.remove(id);
+                self.receivers.remove(id);
+                self.senders.remove(id);
                 self.encode_events();
                 if let Some(published) = published {
                     self.flush();
@@ -286,7 +307,13 @@ impl Hub {
     }
 
     fn wake_all(&self) {
-        for (_, subscriber) in &self.subscribers.list {
+        for (_, subscriber) in &self.receivers.list {
+            subscriber.wake();
+        }
+    }
+
+    fn wake_senders(&self) {
+        for (_, subscriber) in &self.senders.list {
             subscriber.wake();
         }
     }

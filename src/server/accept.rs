@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{info, warn};
 
 use super::limits::{AddressSlot, PerAddress};
 use super::{Shared, tcp};
@@ -74,9 +74,10 @@ pub(super) async fn run(
             _address: address,
             flood_controlled: limited,
         };
-        let span = info_span!("conn", id = next_id, %peer);
-        let connection = tcp::serve(stream, id, hub.clone(), shared.clone(), admission);
-        tracker.spawn(connection.instrument(span));
+        // No span per connection: it would be kept for the connection's whole life, a
+        // few hundred bytes each; events carry `conn` (and `peer` at join) instead.
+        let connection = tcp::serve(stream, peer, id, hub.clone(), shared.clone(), admission);
+        tracker.spawn(connection);
     }
 }
 

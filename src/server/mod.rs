@@ -5,6 +5,7 @@
 
 mod accept;
 pub mod limits;
+mod session;
 mod tcp;
 
 use std::future::Future;
@@ -16,8 +17,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use bytes::Bytes;
+
 use crate::config::Config;
 use crate::hub;
+use crate::hub::ring::Ring;
+use crate::protocol::{Mode, wire};
 
 /// Counters a person running the server may want to see in the logs.
 #[derive(Debug, Default)]
@@ -33,6 +38,34 @@ struct Shared {
     /// Cancelled when shutdown begins.
     stop: CancellationToken,
     stats: Stats,
+    /// The welcome line, encoded once per mode.
+    welcome: [Bytes; 2],
+    /// The room's shared backlog, read by every viewer.
+    ring: Arc<Ring>,
+}
+
+impl Shared {
+    fn new(config: Config, stop: CancellationToken, ring: Arc<Ring>) -> Self {
+        let welcome = [
+            wire::welcome(&config.chat_name, Mode::Seed),
+            wire::welcome(&config.chat_name, Mode::Line),
+        ];
+        Self {
+            config,
+            stop,
+            stats: Stats::default(),
+            welcome,
+            ring,
+        }
+    }
+
+    /// The welcome line in `mode` (a cheap clone).
+    fn welcome(&self, mode: Mode) -> Bytes {
+        match mode {
+            Mode::Seed => self.welcome[0].clone(),
+            Mode::Line => self.welcome[1].clone(),
+        }
+    }
 }
 
 /// Serves the chat on `listener` until `shutdown` completes, then shuts down in
@@ -48,12 +81,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let max_connections = accept::max_connections(&config);
-    let (hub, hub_task) = hub::spawn(&config);
-    let shared = Arc::new(Shared {
-        config,
-        stop: CancellationToken::new(),
-        stats: Stats::default(),
-    });
+    let stop = CancellationToken::new();
+    let (hub, hub_task) = hub::spawn(&config, stop.clone());
+    let shared = Arc::new(Shared::new(config, stop, hub.ring().clone()));
     let tracker = TaskTracker::new();
     if let Ok(address) = listener.local_addr() {
         info!(
