@@ -13,11 +13,13 @@
 //!   translating between its socket and the hub; orderly shutdown.
 //! - [`client`]: the `viewer`, `messenger` and `chat` programs.
 //! - [`config`]: every default and limit, in one place.
+//! - [`bench`]: `tcpchat bench`, a load generator for tcpchat and its peers.
 //! - [`soak`]: `tcpchat soak`, many misbehaving clients against a real server, checked.
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod hub;

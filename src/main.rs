@@ -38,6 +38,9 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Benchmark a server (tcpchat, Redis, NATS or IRC) under load.
+    #[command(subcommand)]
+    Bench(tcpchat::bench::BenchCommand),
     /// Soak a server: many clients misbehaving at once, every message checked.
     Soak(tcpchat::soak::SoakArgs),
     /// Show the room and send what you type, in one program.
@@ -100,6 +103,12 @@ fn main() -> ExitCode {
             run_client(|| client::chat::run(&target.host, target.port, &name))
         }
         Command::Soak(args) => soak(args),
+        Command::Bench(command) => {
+            init_logging("warn");
+            // Tens of thousands of connections need as many file descriptors.
+            raise_open_file_limit();
+            tcpchat::bench::run(command)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,7 +10,7 @@ mod tcp;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -35,8 +35,11 @@ pub struct Stats {
 #[derive(Debug)]
 struct Shared {
     config: Config,
-    /// Cancelled when shutdown begins.
+    /// Cancelled when shutdown begins (for futures that wait for it).
     stop: CancellationToken,
+    /// Set when shutdown begins, before anyone is woken to see it: sessions check it
+    /// on every wake-up, and the token's own check takes a lock.
+    stopping: AtomicBool,
     stats: Stats,
     /// The welcome line, encoded once per mode.
     welcome: [Bytes; 2],
@@ -53,10 +56,16 @@ impl Shared {
         Self {
             config,
             stop,
+            stopping: AtomicBool::new(false),
             stats: Stats::default(),
             welcome,
             ring,
         }
+    }
+
+    /// Whether shutdown has begun. Cheap: one atomic load.
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
     }
 
     /// The welcome line in `mode` (a cheap clone).
@@ -100,6 +109,7 @@ pub async fn run(
     }
 
     info!(connections = tracker.len(), "shutting down");
+    shared.stopping.store(true, Ordering::Release);
     shared.stop.cancel();
     tracker.close();
     let timeout = shared.config.shutdown_timeout;

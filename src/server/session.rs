@@ -275,7 +275,7 @@ impl Session {
     /// did, every source has registered to wake us.
     fn round(&mut self, cx: &mut Context<'_>) -> Result<bool, End> {
         let mut progress = false;
-        if self.drain_deadline.is_none() && self.shared.stop.is_cancelled() {
+        if self.drain_deadline.is_none() && self.shared.is_stopping() {
             self.begin_drain();
             progress = true;
         }
@@ -286,9 +286,18 @@ impl Session {
         }
         progress |= self.poll_posts(cx)?;
         progress |= self.poll_read(cx)?;
-        progress |= self.write_now()?;
+        if self.out.is_empty()
+            && let Some(heartbeat) = &mut self.heartbeat
+            && heartbeat.as_mut().poll_due(cx)
+        {
+            self.out = Notice::Ping.to_line();
+            self.out_from_feed = false;
+        }
+        // Last, so that whatever became ready above goes out in this same round.
+        self.write_now()?;
         if !self.out.is_empty() {
             match self.stream.poll_write_ready(cx) {
+                // Room again since the last attempt: go round once more.
                 Poll::Ready(Ok(())) => progress = true,
                 Poll::Ready(Err(error)) => return Err(End::PeerError(error)),
                 Poll::Pending => {}
@@ -300,14 +309,6 @@ impl Session {
                     self.shared.config.viewer_backlog_bytes,
                 )?;
             }
-        }
-        if self.out.is_empty()
-            && let Some(heartbeat) = &mut self.heartbeat
-            && heartbeat.as_mut().poll_due(cx)
-        {
-            self.out = Notice::Ping.to_line();
-            self.out_from_feed = false;
-            progress = true;
         }
         if self.is_done() {
             return Err(End::ShutDown);
@@ -506,6 +507,10 @@ impl Session {
             self.consume(written, &batches[..gathered]);
             if let Some(heartbeat) = &mut self.heartbeat {
                 heartbeat.as_mut().restart();
+            }
+            if self.out.is_empty() && gathered < BATCHES_PER_WRITE {
+                // Everything that was ready went out; a later publish wakes us.
+                return Ok(true);
             }
         }
     }

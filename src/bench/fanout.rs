@@ -1,0 +1,426 @@
+//! The `fanout` workload: V viewers join, then M senders send K messages of S bytes
+//! each, and every viewer checks every message.
+//!
+//! Without `--rate`, senders go as fast as the slowest viewer allows: at most
+//! `--window` messages may be sent and not yet received by every viewer, so the
+//! run measures the rate the server sustains with nobody falling behind (past a
+//! server's slow-subscriber limit, messages would be lost instead). With `--rate`,
+//! each sender sends that many messages per second, at evenly staggered phases.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::BytesMut;
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::task::AbortOnDropHandle;
+
+use super::proto::{MIN_PAYLOAD, Payload, Target, connect};
+use super::{PARALLEL_SETUP, Progress, connect_all, source_address};
+
+/// What `tcpchat bench fanout` takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FanoutArgs {
+    /// The kind of server.
+    #[arg(long, value_enum, default_value_t = Target::Tcpchat)]
+    pub target: Target,
+    /// Its address.
+    #[arg(long, default_value = "127.0.0.1:6000")]
+    pub addr: SocketAddr,
+    /// Viewers (receivers).
+    #[arg(long, default_value_t = 100)]
+    pub viewers: usize,
+    /// Senders.
+    #[arg(long, default_value_t = 4)]
+    pub senders: usize,
+    /// Messages per sender.
+    #[arg(long, default_value_t = 10_000)]
+    pub messages: u32,
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// Messages per second per sender; without it, as fast as the window allows.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Most messages in flight (sent, not yet received by every viewer).
+    #[arg(long, default_value_t = 2_000)]
+    pub window: u64,
+    /// Give up after this long, setting up included.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "300s")]
+    pub timeout: Duration,
+    /// A label for the results (the workload's name).
+    #[arg(long, default_value = "fanout")]
+    pub label: String,
+}
+
+/// The outcome of a fanout run.
+#[derive(Debug, serde::Serialize)]
+pub struct FanoutReport {
+    workload: String,
+    target: Target,
+    viewers: usize,
+    senders: usize,
+    messages_per_sender: u32,
+    size: usize,
+    rate_per_sender: Option<f64>,
+    complete: bool,
+    expected_deliveries: u64,
+    deliveries: u64,
+    lost: u64,
+    duplicated_or_reordered: u64,
+    seconds: f64,
+    deliveries_per_sec: f64,
+    latency_us: Latency,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Latency {
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+}
+
+impl FanoutReport {
+    /// Whether every message reached every viewer exactly once and in order.
+    pub fn is_clean(&self) -> bool {
+        self.complete && self.lost == 0 && self.duplicated_or_reordered == 0
+    }
+
+    /// A few readable lines.
+    pub fn summary(&self) -> String {
+        let rate = match self.rate_per_sender {
+            Some(rate) => format!(" at {rate} msg/s each"),
+            None => String::new(),
+        };
+        format!(
+            "{} on {}: {} senders{rate} x {} messages of {} B into {} viewers\n  \
+             {:.0} deliveries/s ({} of {} in {:.2} s); lost {}, duplicated or reordered {}\n  \
+             latency us: p50 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}",
+            self.workload,
+            self.target,
+            self.senders,
+            self.messages_per_sender,
+            self.size,
+            self.viewers,
+            self.deliveries_per_sec,
+            self.deliveries,
+            self.expected_deliveries,
+            self.seconds,
+            self.lost,
+            self.duplicated_or_reordered,
+            self.latency_us.p50,
+            self.latency_us.p99,
+            self.latency_us.p999,
+            self.latency_us.max,
+        )
+    }
+}
+
+/// What every viewer shares with the senders (one thread, so `Cell`s).
+struct Shared {
+    start: Instant,
+    /// Deliveries per viewer.
+    received: Vec<Cell<u64>>,
+    histogram: RefCell<Histogram<u64>>,
+    lost: Cell<u64>,
+    disordered: Cell<u64>,
+    /// Time of the last delivery.
+    last: Cell<Duration>,
+    /// Messages sent by all senders.
+    sent: Cell<u64>,
+    /// Notified when viewers received something (senders waiting on the window).
+    progressed: tokio::sync::Notify,
+}
+
+impl Shared {
+    fn slowest(&self) -> u64 {
+        self.received.iter().map(Cell::get).min().unwrap_or(0)
+    }
+}
+
+/// Runs the workload, all of it (setting up included) within `--timeout`; must run
+/// inside a `LocalSet`.
+///
+/// # Errors
+/// When clients cannot connect or join in time.
+pub async fn run(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
+    if args.size < MIN_PAYLOAD {
+        bail!("--size must be at least {MIN_PAYLOAD}");
+    }
+    let deadline = tokio::time::Instant::now() + args.timeout;
+    let setup = tokio::time::timeout_at(deadline, set_up(&args))
+        .await
+        .context("setting up took longer than --timeout")??;
+    measure(args, setup, deadline).await
+}
+
+/// Clients of a run, connected and joined.
+struct Setup {
+    owner: Option<TcpStream>,
+    viewers: Vec<TcpStream>,
+    senders: Vec<TcpStream>,
+}
+
+async fn set_up(args: &FanoutArgs) -> anyhow::Result<Setup> {
+    let owner = args
+        .target
+        .open_room(args.addr)
+        .await
+        .context("cannot prepare the room")?;
+    let viewers = connect_all(args.viewers, PARALLEL_SETUP, |id| {
+        let (target, addr) = (args.target, args.addr);
+        async move {
+            let mut stream = connect(addr, Some(source_address(id))).await?;
+            target.subscribe(&mut stream, id).await?;
+            Ok(stream)
+        }
+    })
+    .await
+    .context("a viewer cannot subscribe")?;
+    let mut senders = Vec::with_capacity(args.senders);
+    for sender in 0..args.senders {
+        let mut stream = connect(args.addr, None)
+            .await
+            .with_context(|| format!("sender {sender} cannot connect"))?;
+        let id = u16::try_from(sender).context("too many senders")?;
+        args.target
+            .join_sender(&mut stream, id)
+            .await
+            .with_context(|| format!("sender {sender} cannot join"))?;
+        senders.push(stream);
+    }
+    Ok(Setup {
+        owner,
+        viewers,
+        senders,
+    })
+}
+
+async fn measure(
+    args: FanoutArgs,
+    setup: Setup,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<FanoutReport> {
+    let Setup {
+        owner,
+        viewers,
+        senders,
+    } = setup;
+    let expected_per_viewer = args.senders as u64 * u64::from(args.messages);
+    let shared = Rc::new(Shared {
+        start: Instant::now(),
+        received: (0..args.viewers).map(|_| Cell::new(0)).collect(),
+        histogram: RefCell::new(Histogram::new_with_bounds(1, 60_000_000_000, 3)?),
+        lost: Cell::new(0),
+        disordered: Cell::new(0),
+        last: Cell::new(Duration::ZERO),
+        sent: Cell::new(0),
+        progressed: tokio::sync::Notify::new(),
+    });
+    let progress = Progress::new(expected_per_viewer * args.viewers as u64, &args.label);
+    let mut watching = Vec::new();
+    for (index, stream) in viewers.into_iter().enumerate() {
+        watching.push(tokio::task::spawn_local(view(
+            stream,
+            index,
+            args.clone(),
+            shared.clone(),
+            progress.clone(),
+        )));
+    }
+    let mut sending = Vec::new();
+    for (sender, stream) in senders.into_iter().enumerate() {
+        sending.push(tokio::task::spawn_local(send(
+            stream,
+            sender,
+            args.clone(),
+            shared.clone(),
+        )));
+    }
+    // Done when every viewer has everything (or the time is up).
+    let finished = tokio::time::timeout_at(deadline, async {
+        for task in watching {
+            let _ = task.await;
+        }
+    })
+    .await
+    .is_ok();
+    progress.finish();
+    for task in sending {
+        task.abort();
+    }
+    drop(owner);
+
+    let deliveries: u64 = shared.received.iter().map(Cell::get).sum();
+    let expected = expected_per_viewer * args.viewers as u64;
+    // Messages a viewer never saw count as lost, whether or not a later one came.
+    let lost = shared.lost.get() + expected.saturating_sub(deliveries + shared.lost.get());
+    let seconds = shared.last.get().as_secs_f64();
+    let histogram = shared.histogram.borrow();
+    let us = |ns: u64| ns as f64 / 1000.0;
+    Ok(FanoutReport {
+        workload: args.label,
+        target: args.target,
+        viewers: args.viewers,
+        senders: args.senders,
+        messages_per_sender: args.messages,
+        size: args.size,
+        rate_per_sender: args.rate,
+        complete: finished && deliveries == expected,
+        expected_deliveries: expected,
+        deliveries,
+        lost,
+        duplicated_or_reordered: shared.disordered.get(),
+        seconds,
+        deliveries_per_sec: if seconds > 0.0 {
+            deliveries as f64 / seconds
+        } else {
+            0.0
+        },
+        latency_us: Latency {
+            p50: us(histogram.value_at_quantile(0.5)),
+            p99: us(histogram.value_at_quantile(0.99)),
+            p999: us(histogram.value_at_quantile(0.999)),
+            max: us(histogram.max()),
+        },
+    })
+}
+
+/// One viewer: reads, finds every payload, checks order, records latency.
+async fn view(
+    mut stream: TcpStream,
+    index: usize,
+    args: FanoutArgs,
+    shared: Rc<Shared>,
+    progress: Progress,
+) {
+    let expected_total = args.senders as u64 * u64::from(args.messages);
+    let mut next = vec![0u32; args.senders];
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut filled = 0;
+    let mut received = 0u64;
+    while received < expected_total {
+        let read = match stream.read(&mut buf[filled..]).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        let now = shared.start.elapsed();
+        let now_ns = now.as_nanos() as u64;
+        filled += read;
+        let mut start = 0;
+        let mut histogram = shared.histogram.borrow_mut();
+        let mut got = 0u64;
+        while let Some(end) = memchr::memchr(b'\n', &buf[start..filled]) {
+            let line = &buf[start..start + end];
+            start += end + 1;
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some(payload) = Payload::find(line, args.size) else {
+                continue;
+            };
+            let Some(expected) = next.get_mut(usize::from(payload.sender)) else {
+                continue;
+            };
+            if payload.seq == *expected {
+                *expected += 1;
+            } else if payload.seq > *expected {
+                shared
+                    .lost
+                    .set(shared.lost.get() + u64::from(payload.seq - *expected));
+                *expected = payload.seq + 1;
+            } else {
+                shared.disordered.set(shared.disordered.get() + 1);
+                continue;
+            }
+            got += 1;
+            let _ = histogram.record(now_ns.saturating_sub(payload.sent_ns).max(1));
+        }
+        drop(histogram);
+        buf.copy_within(start..filled, 0);
+        filled -= start;
+        if filled == buf.len() {
+            // A line longer than the buffer is not ours: drop it.
+            filled = 0;
+        }
+        received += got;
+        let cell = &shared.received[index];
+        cell.set(cell.get() + got);
+        shared.progressed.notify_waiters();
+        progress.add(got);
+        if shared.last.get() < now {
+            shared.last.set(now);
+        }
+    }
+}
+
+/// One sender: sends its messages, windowed or at a fixed rate, and discards what
+/// the server sends back (Redis counts receivers after every PUBLISH). Runs until
+/// aborted at the end of the run, so the connection stays open until then.
+async fn send(stream: TcpStream, sender: usize, args: FanoutArgs, shared: Rc<Shared>) {
+    let (mut read, mut write) = stream.into_split();
+    let target = args.target;
+    let _drain = AbortOnDropHandle::new(tokio::task::spawn_local(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = read.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    }));
+    let id = u16::try_from(sender).unwrap_or(u16::MAX);
+    let mut out = BytesMut::with_capacity(64 * 1024);
+    let mut ticker = args.rate.map(|rate| {
+        let period = Duration::from_secs_f64(1.0 / rate.max(0.001));
+        // Stagger the senders evenly across one period.
+        let phase = period.mul_f64(sender as f64 / args.senders.max(1) as f64);
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        ticker
+    });
+    let mut seq = 0u32;
+    while seq < args.messages {
+        let batch = match &mut ticker {
+            Some(ticker) => {
+                ticker.tick().await;
+                1
+            }
+            None => {
+                let progressed = shared.progressed.notified();
+                tokio::pin!(progressed);
+                progressed.as_mut().enable();
+                let in_flight = shared.sent.get().saturating_sub(shared.slowest());
+                if in_flight >= args.window {
+                    progressed.await;
+                    continue;
+                }
+                (args.window - in_flight)
+                    .min(64)
+                    .min(u64::from(args.messages - seq)) as u32
+            }
+        };
+        let sent_ns = shared.start.elapsed().as_nanos() as u64;
+        for _ in 0..batch {
+            target.encode(
+                &Payload {
+                    sender: id,
+                    seq,
+                    sent_ns,
+                },
+                args.size,
+                &mut out,
+            );
+            seq += 1;
+        }
+        shared.sent.set(shared.sent.get() + u64::from(batch));
+        if write.write_all(&out).await.is_err() {
+            break;
+        }
+        out.clear();
+    }
+    // Keep the connection (and the draining) until the run ends and aborts us.
+    std::future::pending::<()>().await;
+}

@@ -1,0 +1,132 @@
+//! `tcpchat bench`: a load generator for tcpchat and the servers people would use
+//! instead (Redis pub/sub, NATS, an IRC server), bounded in count and time.
+//!
+//! - [`fanout`]: viewers and senders; every viewer checks every message; deliveries
+//!   per second, latency percentiles, losses.
+//! - [`conns`]: many idle viewers; the server's memory per connection; one message
+//!   to all.
+//! - [`report`]: turns the JSON lines of many runs into tables and a chart.
+//!
+//! It runs on one thread (pin it to a core of its own): the server under test gets
+//! the other. Each run prints a readable summary on stderr and one JSON line on
+//! stdout, and fails (exit code 1) if any message was lost, duplicated or reordered
+//! or the run did not complete: it asserts completeness, never speed.
+
+pub mod conns;
+pub mod fanout;
+pub mod proto;
+pub mod report;
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use anyhow::bail;
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// `tcpchat bench` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchCommand {
+    /// Viewers and senders: throughput, latency, and every message checked.
+    Fanout(fanout::FanoutArgs),
+    /// Many idle viewers: memory per connection, and one message to all of them.
+    Conns(conns::ConnsArgs),
+    /// Summarize JSON results into tables and a chart.
+    Report(report::ReportArgs),
+}
+
+/// Runs a bench subcommand.
+///
+/// # Errors
+/// When the run cannot be set up, or it was incomplete or lossy.
+pub fn run(command: BenchCommand) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    let (json, complete) = match command {
+        BenchCommand::Report(args) => return report::run(&args),
+        BenchCommand::Fanout(args) => {
+            let report = runtime.block_on(local.run_until(fanout::run(args)))?;
+            eprintln!("{}", report.summary());
+            (serde_json::to_string(&report)?, report.is_clean())
+        }
+        BenchCommand::Conns(args) => {
+            let report = runtime.block_on(local.run_until(conns::run(args)))?;
+            eprintln!("{}", report.summary());
+            (serde_json::to_string(&report)?, report.is_clean())
+        }
+    };
+    println!("{json}");
+    if !complete {
+        bail!("the run was incomplete, or lost, duplicated or reordered messages");
+    }
+    Ok(())
+}
+
+/// Clients connecting and joining at once during a run's set-up (some servers take
+/// a while to register each, IRC servers a whole second).
+pub const PARALLEL_SETUP: usize = 256;
+
+/// Runs `connect(i)` for `i` in `0..count`, at most `parallel` at a time, and returns
+/// the connections in order. Must run inside a `LocalSet`.
+///
+/// # Errors
+/// The first failure.
+pub async fn connect_all<F, Fut>(
+    count: usize,
+    parallel: usize,
+    connect: F,
+) -> std::io::Result<Vec<tokio::net::TcpStream>>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<tokio::net::TcpStream>> + 'static,
+{
+    let gate = std::rc::Rc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+    let tasks: Vec<_> = (0..count)
+        .map(|i| {
+            let gate = gate.clone();
+            let connecting = connect(i);
+            tokio::task::spawn_local(async move {
+                let _permit = gate.acquire().await;
+                connecting.await
+            })
+        })
+        .collect();
+    let mut streams = Vec::with_capacity(count);
+    for task in tasks {
+        streams.push(task.await.map_err(std::io::Error::other)??);
+    }
+    Ok(streams)
+}
+
+/// The loopback address connection `id` comes from: 127.0.0.2 and up, so that tens
+/// of thousands of connections never run out of ephemeral ports.
+pub fn source_address(id: usize) -> IpAddr {
+    const SPREAD: usize = 250;
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (id % SPREAD) as u8))
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+#[derive(Debug, Clone)]
+pub struct Progress(ProgressBar);
+
+impl Progress {
+    fn new(total: u64, label: &str) -> Self {
+        let bar = ProgressBar::new(total);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg} [{bar:40}] {human_pos}/{human_len} {per_sec} ETA {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_message(label.to_owned());
+        Self(bar)
+    }
+
+    fn add(&self, n: u64) {
+        self.0.inc(n);
+    }
+
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}

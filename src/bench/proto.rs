@@ -1,0 +1,321 @@
+//! How the load generator speaks to each target: tcpchat's line mode, Redis pub/sub,
+//! NATS and IRC. One room (channel, subject) per run.
+//!
+//! Every message's payload is `PAYLOAD_LEN`.. bytes at the very end of its line, in
+//! every protocol, and starts with `P`: so one parser finds it in any of them.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+
+use bytes::{BufMut, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// The server under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// tcpchat, line mode.
+    Tcpchat,
+    /// redis-server, SUBSCRIBE / PUBLISH.
+    Redis,
+    /// nats-server, SUB / PUB.
+    Nats,
+    /// An IRC server (InspIRCd), JOIN / PRIVMSG.
+    Irc,
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tcpchat => "tcpchat",
+            Self::Redis => "redis",
+            Self::Nats => "nats",
+            Self::Irc => "irc",
+        })
+    }
+}
+
+/// The smallest payload: `P`, 4 hex digits of sender, 8 of sequence, 16 of timestamp.
+pub const MIN_PAYLOAD: usize = 29;
+
+/// A message as the load generator encodes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Payload {
+    /// Which sender.
+    pub sender: u16,
+    /// Its position in that sender's stream, from 0.
+    pub seq: u32,
+    /// When it was sent: nanoseconds since the run's start.
+    pub sent_ns: u64,
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+impl Payload {
+    /// Appends the payload, padded with `x` to `size` bytes.
+    pub fn encode(&self, size: usize, out: &mut BytesMut) {
+        out.put_u8(b'P');
+        for shift in (0..4).rev() {
+            out.put_u8(HEX[usize::from((self.sender >> (shift * 4)) & 0xf)]);
+        }
+        for shift in (0..8).rev() {
+            out.put_u8(HEX[((self.seq >> (shift * 4)) & 0xf) as usize]);
+        }
+        for shift in (0..16).rev() {
+            out.put_u8(HEX[((self.sent_ns >> (shift * 4)) & 0xf) as usize]);
+        }
+        out.put_bytes(b'x', size.saturating_sub(MIN_PAYLOAD));
+    }
+
+    /// Finds the payload at the end of `line` (without its line terminator).
+    pub fn find(line: &[u8], size: usize) -> Option<Self> {
+        let start = line.len().checked_sub(size)?;
+        let payload = &line[start..];
+        if payload.first() != Some(&b'P') {
+            return None;
+        }
+        Some(Self {
+            sender: u16::try_from(hex(&payload[1..5])?).ok()?,
+            seq: u32::try_from(hex(&payload[5..13])?).ok()?,
+            sent_ns: hex(&payload[13..29])?,
+        })
+    }
+}
+
+fn hex(digits: &[u8]) -> Option<u64> {
+    digits.iter().try_fold(0u64, |acc, &d| {
+        let v = match d {
+            b'0'..=b'9' => d - b'0',
+            b'a'..=b'f' => d - b'a' + 10,
+            _ => return None,
+        };
+        Some(acc << 4 | u64::from(v))
+    })
+}
+
+/// The room every client of a run uses.
+const ROOM: &str = "bench";
+
+/// Opens a connection from `source` (a loopback address, so that tens of thousands
+/// of connections do not run out of ephemeral ports).
+///
+/// # Errors
+/// When the connection fails.
+pub async fn connect(addr: SocketAddr, source: Option<std::net::IpAddr>) -> io::Result<TcpStream> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    if let Some(source) = source {
+        socket.bind(SocketAddr::new(source, 0))?;
+    }
+    let stream = socket.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Reads until `done` says the handshake is over, answering pings on the way.
+async fn read_until(
+    stream: &mut TcpStream,
+    what: &str,
+    mut done: impl FnMut(&str) -> bool,
+) -> io::Result<()> {
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        while let Some(end) = buf.iter().position(|&b| b == b'\n') {
+            let line = buf.split_to(end + 1);
+            let line = String::from_utf8_lossy(&line);
+            let line = line.trim_end();
+            if let Some(token) = line.strip_prefix("PING") {
+                stream
+                    .write_all(format!("PONG{token}\r\n").as_bytes())
+                    .await?;
+            }
+            if done(line) {
+                return Ok(());
+            }
+        }
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("closed while waiting for {what}"),
+            ));
+        }
+    }
+}
+
+impl Target {
+    /// Makes `stream` a member of the room that receives every message.
+    ///
+    /// # Errors
+    /// When the server refuses or closes.
+    pub async fn subscribe(self, stream: &mut TcpStream, id: usize) -> io::Result<()> {
+        match self {
+            Self::Tcpchat => {
+                stream.write_all(b"viewer\n").await?;
+                read_until(stream, "the welcome", |l| l.starts_with("Welcome")).await
+            }
+            Self::Redis => {
+                stream
+                    .write_all(format!("SUBSCRIBE {ROOM}\r\n").as_bytes())
+                    .await?;
+                // *3 $9 subscribe $5 bench :1
+                read_until(stream, "the subscription", |l| l.starts_with(':')).await
+            }
+            Self::Nats => {
+                stream
+                    .write_all(
+                        format!(
+                            "CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nSUB {ROOM} 1\r\nPING\r\n"
+                        )
+                        .as_bytes(),
+                    )
+                    .await?;
+                read_until(stream, "PONG", |l| l == "PONG").await
+            }
+            Self::Irc => {
+                irc_register(stream, &format!("v{id}")).await?;
+                stream
+                    .write_all(format!("JOIN #{ROOM}\r\n").as_bytes())
+                    .await?;
+                // 366: end of the member list.
+                read_until(stream, "the join", |l| irc_numeric(l) == Some("366")).await
+            }
+        }
+    }
+
+    /// Makes `stream` a sender. The first IRC sender also makes the channel quiet
+    /// about joins (auditorium mode), so a big channel is not a join storm.
+    ///
+    /// # Errors
+    /// When the server refuses or closes.
+    pub async fn join_sender(self, stream: &mut TcpStream, sender: u16) -> io::Result<()> {
+        match self {
+            Self::Tcpchat => {
+                stream
+                    .write_all(format!("name:b{sender}\n").as_bytes())
+                    .await?;
+                read_until(stream, "the acknowledgement", |l| l.starts_with("*** ok")).await
+            }
+            Self::Redis => Ok(()),
+            Self::Nats => {
+                stream
+                    .write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPING\r\n")
+                    .await?;
+                read_until(stream, "PONG", |l| l == "PONG").await
+            }
+            Self::Irc => {
+                irc_register(stream, &format!("s{sender}")).await?;
+                stream
+                    .write_all(format!("JOIN #{ROOM}\r\n").as_bytes())
+                    .await?;
+                read_until(stream, "the join", |l| irc_numeric(l) == Some("366")).await
+            }
+        }
+    }
+
+    /// Prepares the room before anyone joins (IRC: channel modes set by its first
+    /// member, who stays).
+    ///
+    /// # Errors
+    /// When the server refuses or closes.
+    pub async fn open_room(self, addr: SocketAddr) -> io::Result<Option<TcpStream>> {
+        if self != Self::Irc {
+            return Ok(None);
+        }
+        let mut owner = connect(addr, None).await?;
+        irc_register(&mut owner, "owner").await?;
+        owner
+            .write_all(format!("JOIN #{ROOM}\r\nMODE #{ROOM} +u\r\n").as_bytes())
+            .await?;
+        read_until(&mut owner, "the mode change", |l| {
+            l.contains(" MODE ") && l.contains("+u")
+        })
+        .await?;
+        Ok(Some(owner))
+    }
+
+    /// Appends one message carrying `payload` to `out`, as a sender sends it.
+    pub fn encode(self, payload: &Payload, size: usize, out: &mut BytesMut) {
+        match self {
+            Self::Tcpchat => {
+                payload.encode(size, out);
+                out.put_u8(b'\n');
+            }
+            Self::Redis => {
+                out.put_slice(
+                    format!("*3\r\n$7\r\nPUBLISH\r\n$5\r\n{ROOM}\r\n${size}\r\n").as_bytes(),
+                );
+                payload.encode(size, out);
+                out.put_slice(b"\r\n");
+            }
+            Self::Nats => {
+                out.put_slice(format!("PUB {ROOM} {size}\r\n").as_bytes());
+                payload.encode(size, out);
+                out.put_slice(b"\r\n");
+            }
+            Self::Irc => {
+                out.put_slice(format!("PRIVMSG #{ROOM} :").as_bytes());
+                payload.encode(size, out);
+                out.put_slice(b"\r\n");
+            }
+        }
+    }
+}
+
+async fn irc_register(stream: &mut TcpStream, nick: &str) -> io::Result<()> {
+    stream
+        .write_all(format!("NICK {nick}\r\nUSER {nick} 0 * :{nick}\r\n").as_bytes())
+        .await?;
+    // 001: welcome; registration is complete.
+    read_until(stream, "registration", |l| irc_numeric(l) == Some("001")).await
+}
+
+fn irc_numeric(line: &str) -> Option<&str> {
+    let mut words = line.split(' ');
+    let first = words.next()?;
+    if first.starts_with(':') {
+        words.next()
+    } else {
+        Some(first)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_round_trip_at_the_end_of_any_protocol_line() {
+        let payload = Payload {
+            sender: 0xbeef,
+            seq: 123_456,
+            sent_ns: 9_876_543_210,
+        };
+        for target in [Target::Tcpchat, Target::Redis, Target::Nats, Target::Irc] {
+            let mut out = BytesMut::new();
+            target.encode(&payload, 64, &mut out);
+            let text = String::from_utf8(out.to_vec()).unwrap();
+            let last = text.trim_end().lines().last().unwrap();
+            assert_eq!(
+                Payload::find(last.as_bytes(), 64),
+                Some(payload),
+                "{target}"
+            );
+        }
+        // As a viewer sees it from each server.
+        let mut p = BytesMut::new();
+        payload.encode(64, &mut p);
+        let p = String::from_utf8(p.to_vec()).unwrap();
+        for line in [
+            format!("b7: {p}"),
+            p.clone(),
+            format!(":s1!s1@127.0.0.1 PRIVMSG #bench :{p}"),
+        ] {
+            assert_eq!(Payload::find(line.as_bytes(), 64), Some(payload));
+        }
+        assert_eq!(Payload::find(b"b7 has joined the chat.", 64), None);
+    }
+}

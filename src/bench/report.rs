@@ -1,0 +1,399 @@
+//! `tcpchat bench report`: medians of many runs as Markdown tables, and a chart.
+//!
+//! Reads the JSON lines that `fanout` and `conns` print, groups them by workload and
+//! server, and takes the median of each figure over the runs. Throughput is also
+//! given as a ratio to Redis measured in the same runs: absolute figures on a shared
+//! machine move with its load, ratios much less.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use serde_json::Value;
+
+/// What `tcpchat bench report` takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReportArgs {
+    /// A file of JSON lines from `tcpchat bench fanout` and `tcpchat bench conns`.
+    pub results: PathBuf,
+    /// Also draw the medians as an SVG chart into this file.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+}
+
+const SERVERS: [&str; 4] = ["tcpchat", "redis", "nats", "irc"];
+
+/// The runs of one workload on one server.
+#[derive(Debug, Default)]
+struct Runs(Vec<Value>);
+
+impl Runs {
+    fn clean(&self) -> bool {
+        self.0.iter().all(|r| {
+            r["complete"].as_bool() == Some(true)
+                && r["lost"].as_u64().unwrap_or(0) == 0
+                && r["duplicated_or_reordered"].as_u64().unwrap_or(0) == 0
+        })
+    }
+
+    fn median(&self, pointer: &str) -> Option<f64> {
+        let mut values: Vec<f64> = self
+            .0
+            .iter()
+            .filter_map(|r| r.pointer(pointer)?.as_f64())
+            .collect();
+        if values.is_empty() {
+            return None;
+        }
+        values.sort_by(f64::total_cmp);
+        let mid = values.len() / 2;
+        Some(if values.len() % 2 == 1 {
+            values[mid]
+        } else {
+            (values[mid - 1] + values[mid]) / 2.0
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Throughput,
+    Latency,
+    Connections,
+}
+
+/// Workloads in the order they first appear, each with its runs per server.
+#[derive(Debug, Default)]
+struct Results {
+    order: Vec<String>,
+    kinds: BTreeMap<String, Kind>,
+    runs: BTreeMap<(String, String), Runs>,
+}
+
+impl Results {
+    fn parse(text: &str) -> anyhow::Result<Self> {
+        let mut results = Self::default();
+        for (number, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let run: Value = serde_json::from_str(line)
+                .with_context(|| format!("line {} is not JSON", number + 1))?;
+            let workload = run["workload"].as_str().unwrap_or("?").to_owned();
+            let target = run["target"].as_str().unwrap_or("?").to_owned();
+            let kind = if run.get("server_bytes_per_connection").is_some() {
+                Kind::Connections
+            } else if run["rate_per_sender"].is_null() {
+                Kind::Throughput
+            } else {
+                Kind::Latency
+            };
+            if !results.order.contains(&workload) {
+                results.order.push(workload.clone());
+            }
+            results.kinds.insert(workload.clone(), kind);
+            results
+                .runs
+                .entry((workload, target))
+                .or_default()
+                .0
+                .push(run);
+        }
+        Ok(results)
+    }
+
+    fn of(&self, workload: &str, server: &str) -> Option<&Runs> {
+        self.runs.get(&(workload.to_owned(), server.to_owned()))
+    }
+
+    fn workloads(&self, kind: Kind) -> impl Iterator<Item = &String> {
+        self.order
+            .iter()
+            .filter(move |w| self.kinds.get(*w) == Some(&kind))
+    }
+}
+
+fn number(value: Option<f64>, decimals: usize) -> String {
+    match value {
+        Some(v) if decimals == 0 => group_thousands(v.round() as u64),
+        Some(v) => format!("{v:.decimals$}"),
+        None => "-".to_owned(),
+    }
+}
+
+fn group_thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn tables(results: &Results) -> String {
+    let mut out = String::new();
+    let mut table = |kind: Kind, header: &str, row: &dyn Fn(&str, &str, &Runs) -> String| {
+        let workloads: Vec<&String> = results.workloads(kind).collect();
+        if workloads.is_empty() {
+            return;
+        }
+        out.push_str(header);
+        for workload in workloads {
+            for server in SERVERS {
+                if let Some(runs) = results.of(workload, server) {
+                    out.push_str(&row(workload, server, runs));
+                }
+            }
+        }
+        out.push('\n');
+    };
+    table(
+        Kind::Throughput,
+        "| Workload | Server | Runs | Nothing lost | Deliveries/s (median) | vs Redis | p99 latency (us) |\n\
+         | --- | --- | --- | --- | --- | --- | --- |\n",
+        &|workload, server, runs| {
+            let rate = runs.median("/deliveries_per_sec");
+            let redis = results
+                .of(workload, "redis")
+                .and_then(|r| r.median("/deliveries_per_sec"));
+            let ratio = match (rate, redis) {
+                (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+                _ => "-".to_owned(),
+            };
+            format!(
+                "| {workload} | {server} | {} | {} | {} | {ratio} | {} |\n",
+                runs.0.len(),
+                yes_no(runs.clean()),
+                number(rate, 0),
+                number(runs.median("/latency_us/p99"), 0),
+            )
+        },
+    );
+    table(
+        Kind::Latency,
+        "| Workload | Server | Runs | Nothing lost | p50 (us) | p99 (us) | p99.9 (us) | max (us) |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        &|workload, server, runs| {
+            format!(
+                "| {workload} | {server} | {} | {} | {} | {} | {} | {} |\n",
+                runs.0.len(),
+                yes_no(runs.clean()),
+                number(runs.median("/latency_us/p50"), 0),
+                number(runs.median("/latency_us/p99"), 0),
+                number(runs.median("/latency_us/p999"), 0),
+                number(runs.median("/latency_us/max"), 0),
+            )
+        },
+    );
+    table(
+        Kind::Connections,
+        "| Workload | Server | Runs | All connected and reached | Server RSS per connection (B) | One message to all (ms) | Connecting (s) |\n\
+         | --- | --- | --- | --- | --- | --- | --- |\n",
+        &|workload, server, runs| {
+            format!(
+                "| {workload} | {server} | {} | {} | {} | {} | {} |\n",
+                runs.0.len(),
+                yes_no(runs.clean()),
+                number(runs.median("/server_bytes_per_connection"), 0),
+                number(runs.median("/broadcast_ms"), 1),
+                number(runs.median("/connect_seconds"), 1),
+            )
+        },
+    );
+    out
+}
+
+fn yes_no(clean: bool) -> &'static str {
+    if clean { "yes" } else { "NO" }
+}
+
+/// One panel of the chart: a workload's main figure for each server.
+struct Panel {
+    title: String,
+    unit: &'static str,
+    lower_is_better: bool,
+    bars: Vec<(&'static str, f64)>,
+}
+
+fn panels(results: &Results) -> Vec<Panel> {
+    let mut panels = Vec::new();
+    for workload in &results.order {
+        let (pointer, unit, lower_is_better) = match results.kinds.get(workload) {
+            Some(Kind::Throughput) => ("/deliveries_per_sec", "deliveries/s", false),
+            Some(Kind::Latency) => ("/latency_us/p99", "p99 latency, us", true),
+            Some(Kind::Connections) => (
+                "/server_bytes_per_connection",
+                "server bytes/connection",
+                true,
+            ),
+            None => continue,
+        };
+        let bars = SERVERS
+            .iter()
+            .filter_map(|server| Some((*server, results.of(workload, server)?.median(pointer)?)))
+            .collect();
+        panels.push(Panel {
+            title: workload.clone(),
+            unit,
+            lower_is_better,
+            bars,
+        });
+    }
+    panels
+}
+
+fn color(server: &str) -> &'static str {
+    match server {
+        "tcpchat" => "#2b7a78",
+        "redis" => "#d1495b",
+        "nats" => "#edae49",
+        _ => "#6c6f93",
+    }
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Draws the panels side by side as bar charts.
+fn svg(panels: &[Panel]) -> String {
+    const W: f64 = 260.0;
+    const H: f64 = 300.0;
+    const TOP: f64 = 60.0;
+    const BOTTOM: f64 = 40.0;
+    let mut out = String::new();
+    let width = W * panels.len().max(1) as f64;
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{H}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    for (i, panel) in panels.iter().enumerate() {
+        let x0 = W * i as f64;
+        let max = panel
+            .bars
+            .iter()
+            .map(|b| b.1)
+            .fold(0.0, f64::max)
+            .max(f64::MIN_POSITIVE);
+        let _ = writeln!(
+            out,
+            r#"<text x="{}" y="20" text-anchor="middle" font-weight="bold">{}</text>"#,
+            x0 + W / 2.0,
+            escape(&panel.title)
+        );
+        let better = if panel.lower_is_better {
+            "lower is better"
+        } else {
+            "higher is better"
+        };
+        let _ = writeln!(
+            out,
+            r##"<text x="{}" y="38" text-anchor="middle" fill="#555">{} ({better})</text>"##,
+            x0 + W / 2.0,
+            panel.unit
+        );
+        let slot = (W - 40.0) / panel.bars.len().max(1) as f64;
+        for (j, (server, value)) in panel.bars.iter().enumerate() {
+            let height = (H - TOP - BOTTOM) * value / max;
+            let x = x0 + 20.0 + slot * j as f64 + slot * 0.15;
+            let y = H - BOTTOM - height;
+            let _ = writeln!(
+                out,
+                r##"<rect x="{x:.1}" y="{y:.1}" width="{:.1}" height="{height:.1}" fill="{}"/>"##,
+                slot * 0.7,
+                color(server)
+            );
+            let _ = writeln!(
+                out,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+                x + slot * 0.35,
+                y - 4.0,
+                compact(*value)
+            );
+            let _ = writeln!(
+                out,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{server}</text>"#,
+                x + slot * 0.35,
+                H - BOTTOM + 16.0
+            );
+        }
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
+/// 12345678 -> "12.3M".
+fn compact(value: f64) -> String {
+    if value >= 1e6 {
+        format!("{:.1}M", value / 1e6)
+    } else if value >= 1e4 {
+        format!("{:.0}k", value / 1e3)
+    } else if value >= 100.0 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.1}")
+    }
+}
+
+/// Prints the tables and writes the chart.
+///
+/// # Errors
+/// When the results cannot be read or the chart cannot be written.
+pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.results)
+        .with_context(|| format!("cannot read {}", args.results.display()))?;
+    let results = Results::parse(&text)?;
+    print!("{}", tables(&results));
+    if let Some(path) = &args.svg {
+        std::fs::write(path, svg(&panels(&results)))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RUNS: &str = r#"
+{"workload":"4x100","target":"tcpchat","complete":true,"lost":0,"duplicated_or_reordered":0,"rate_per_sender":null,"deliveries_per_sec":9000000.0,"latency_us":{"p50":1.0,"p99":2.0,"p999":3.0,"max":4.0}}
+{"workload":"4x100","target":"tcpchat","complete":true,"lost":0,"duplicated_or_reordered":0,"rate_per_sender":null,"deliveries_per_sec":7000000.0,"latency_us":{"p50":1.0,"p99":2.0,"p999":3.0,"max":4.0}}
+{"workload":"4x100","target":"tcpchat","complete":true,"lost":0,"duplicated_or_reordered":0,"rate_per_sender":null,"deliveries_per_sec":8000000.0,"latency_us":{"p50":1.0,"p99":2.0,"p999":3.0,"max":4.0}}
+{"workload":"4x100","target":"redis","complete":true,"lost":0,"duplicated_or_reordered":0,"rate_per_sender":null,"deliveries_per_sec":2000000.0,"latency_us":{"p50":1.0,"p99":5.0,"p999":3.0,"max":4.0}}
+{"workload":"idle","target":"redis","complete":false,"server_bytes_per_connection":2000.0,"broadcast_ms":30.0,"connect_seconds":4.0}
+"#;
+
+    #[test]
+    fn medians_and_ratios_to_redis() {
+        let results = Results::parse(RUNS).unwrap();
+        let table = tables(&results);
+        assert!(
+            table.contains("| 4x100 | tcpchat | 3 | yes | 8,000,000 | 4.00x | 2 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| 4x100 | redis | 1 | yes | 2,000,000 | 1.00x | 5 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| idle | redis | 1 | NO | 2,000 | 30.0 | 4.0 |"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn the_chart_has_a_bar_per_server_and_workload() {
+        let results = Results::parse(RUNS).unwrap();
+        let chart = svg(&panels(&results));
+        assert_eq!(chart.matches("<rect x=").count(), 3);
+        assert!(chart.contains(">8.0M<") && chart.contains(">2.0M<"));
+    }
+}
