@@ -494,11 +494,21 @@ impl Session {
                 return Ok(wrote);
             }
             let mut slices = [IoSlice::new(&[]); BATCHES_PER_WRITE + 1];
-            slices[0] = IoSlice::new(&self.out);
-            for (slice, batch) in slices[1..].iter_mut().zip(batches.iter().flatten()) {
-                *slice = IoSlice::new(batch.bytes(self.mode));
+            let mut used = 0;
+            for bytes in std::iter::once(&self.out)
+                .chain(batches.iter().flatten().map(|b| b.bytes(self.mode)))
+                .filter(|bytes| !bytes.is_empty())
+            {
+                slices[used] = IoSlice::new(bytes);
+                used += 1;
             }
-            let written = match self.stream.try_write_vectored(&slices[..=gathered]) {
+            // One buffer (the usual case at low rates) goes out with a plain write,
+            // which costs the kernel less than a vector.
+            let attempt = match used {
+                1 => self.stream.try_write(&slices[0]),
+                _ => self.stream.try_write_vectored(&slices[..used]),
+            };
+            let written = match attempt {
                 Ok(written) => written,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(wrote),
                 Err(error) => return Err(End::PeerError(error)),
