@@ -13,7 +13,7 @@
 //!   translating between its socket and the hub; orderly shutdown.
 //! - [`client`]: the `viewer`, `messenger` and `chat` programs.
 //! - [`config`]: every default and limit, in one place.
-//! - [`bench`]: `tcpchat bench`, a load generator for tcpchat and its peers.
+//! - [`mod@bench`]: `tcpchat bench`, a load generator for tcpchat and its peers.
 //! - [`soak`]: `tcpchat soak`, many misbehaving clients against a real server, checked.
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
