@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 use super::proto::{Payload, Target, connect};
-use super::{Progress, source_address};
+use super::{Progress, cpu_time, source_address};
 
 /// Payload size of the one message.
 const SIZE: usize = 64;
@@ -39,6 +39,10 @@ pub struct ConnsArgs {
     /// Wait after the last connection before reading the server's memory.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
     pub settle: Duration,
+    /// Keep the connections open this long after the message (bench/profile.sh
+    /// stops sampling the server meanwhile, so the closes stay out of its profile).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    pub hold: Duration,
     /// Give up after this long.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "300s")]
     pub timeout: Duration,
@@ -61,6 +65,8 @@ pub struct ConnsReport {
     connect_seconds: f64,
     delivered: usize,
     broadcast_ms: f64,
+    /// The server's CPU time for that one message, in milliseconds (with `--pid`).
+    broadcast_server_cpu_ms: Option<f64>,
 }
 
 impl ConnsReport {
@@ -77,7 +83,7 @@ impl ConnsReport {
         };
         format!(
             "{} on {}: {} of {} idle viewers connected in {:.1} s; {memory}\n  \
-             one message reached {} of them in {:.1} ms",
+             one message reached {} of them in {:.1} ms{}",
             self.workload,
             self.target,
             self.connected,
@@ -85,6 +91,10 @@ impl ConnsReport {
             self.connect_seconds,
             self.delivered,
             self.broadcast_ms,
+            match self.broadcast_server_cpu_ms {
+                Some(ms) => format!(", {ms:.0} ms of server CPU"),
+                None => String::new(),
+            },
         )
     }
 }
@@ -116,6 +126,15 @@ async fn measure(args: ConnsArgs) -> anyhow::Result<ConnsReport> {
         .open_room(args.addr)
         .await
         .context("cannot prepare the room")?;
+    // The sender joins before the viewers, so that the only thing they are sent is
+    // the one message (a tcpchat viewer is told of every join).
+    let mut sender = connect(args.addr, None)
+        .await
+        .context("the sender cannot connect")?;
+    args.target
+        .join_sender(&mut sender, 0)
+        .await
+        .context("the sender cannot join")?;
     let start = Instant::now();
     let connected = Rc::new(Cell::new(0usize));
     let failed = Rc::new(Cell::new(0usize));
@@ -160,10 +179,15 @@ async fn measure(args: ConnsArgs) -> anyhow::Result<ConnsReport> {
             if connected.get() + failed.get() == total {
                 all_set.notify_one();
             }
-            if wait_for_message(stream).await {
+            let mut stream = stream;
+            if wait_for_message(&mut stream).await {
                 delivered.set(delivered.get() + 1);
                 last.set(start.elapsed());
             }
+            // Stay connected until the end of the run: a close during the broadcast
+            // would cost the server work that is not the broadcast's.
+            std::future::pending::<()>().await;
+            drop(stream);
         }));
     }
     let set_up = tokio::time::timeout(args.timeout, all_set.notified()).await;
@@ -179,14 +203,8 @@ async fn measure(args: ConnsArgs) -> anyhow::Result<ConnsReport> {
     let rss_after = args.pid.and_then(rss_kib);
 
     // One message, to all of them.
-    let mut sender = connect(args.addr, None)
-        .await
-        .context("the sender cannot connect")?;
-    args.target
-        .join_sender(&mut sender, 0)
-        .await
-        .context("the sender cannot join")?;
     let mut out = BytesMut::new();
+    let cpu_before = args.pid.and_then(cpu_time);
     let sent_at = start.elapsed();
     args.target.encode(
         &Payload {
@@ -208,6 +226,15 @@ async fn measure(args: ConnsArgs) -> anyhow::Result<ConnsReport> {
         }
     })
     .await;
+    let cpu_after = args.pid.and_then(cpu_time);
+    if !args.hold.is_zero() {
+        eprintln!(
+            "conns: holding {} connections for {:?}",
+            connected.get(),
+            args.hold
+        );
+        tokio::time::sleep(args.hold).await;
+    }
     for viewer in viewers {
         viewer.abort();
     }
@@ -229,12 +256,16 @@ async fn measure(args: ConnsArgs) -> anyhow::Result<ConnsReport> {
         server_bytes_per_connection: bytes_per_connection,
         connect_seconds,
         delivered: delivered.get(),
+        broadcast_server_cpu_ms: match (cpu_before, cpu_after) {
+            (Some(before), Some(after)) => Some(after.saturating_sub(before).as_secs_f64() * 1e3),
+            _ => None,
+        },
         broadcast_ms: last_delivery.get().saturating_sub(sent_at).as_secs_f64() * 1000.0,
     })
 }
 
 /// Waits for the one message; returns whether it came.
-async fn wait_for_message(mut stream: TcpStream) -> bool {
+async fn wait_for_message(stream: &mut TcpStream) -> bool {
     let mut buf = BytesMut::with_capacity(1024);
     loop {
         while let Some(end) = memchr::memchr(b'\n', &buf) {

@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::proto::{MIN_PAYLOAD, Payload, Target, connect};
-use super::{PARALLEL_SETUP, Progress, connect_all, source_address};
+use super::{PARALLEL_SETUP, Progress, connect_all, cpu_time, source_address};
 
 /// What `tcpchat bench fanout` takes.
 #[derive(Debug, Clone, clap::Args)]
@@ -55,6 +55,9 @@ pub struct FanoutArgs {
     /// A label for the results (the workload's name).
     #[arg(long, default_value = "fanout")]
     pub label: String,
+    /// The server's process id, to read the CPU time it spends from /proc.
+    #[arg(long)]
+    pub pid: Option<u32>,
 }
 
 /// The outcome of a fanout run.
@@ -74,6 +77,9 @@ pub struct FanoutReport {
     duplicated_or_reordered: u64,
     seconds: f64,
     deliveries_per_sec: f64,
+    /// The server's CPU time (user and system) per delivery, from the first send
+    /// to the last delivery, in microseconds (with `--pid`).
+    server_cpu_us_per_delivery: Option<f64>,
     latency_us: Latency,
 }
 
@@ -100,7 +106,7 @@ impl FanoutReport {
         format!(
             "{} on {}: {} senders{rate} x {} messages of {} B into {} viewers\n  \
              {:.0} deliveries/s ({} of {} in {:.2} s); lost {}, duplicated or reordered {}\n  \
-             latency us: p50 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}",
+             latency us: p50 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}{}",
             self.workload,
             self.target,
             self.senders,
@@ -117,6 +123,10 @@ impl FanoutReport {
             self.latency_us.p99,
             self.latency_us.p999,
             self.latency_us.max,
+            match self.server_cpu_us_per_delivery {
+                Some(us) => format!("\n  server CPU {us:.2} us per delivery"),
+                None => String::new(),
+            },
         )
     }
 }
@@ -222,6 +232,7 @@ async fn measure(
         sent: Cell::new(0),
         progressed: tokio::sync::Notify::new(),
     });
+    let cpu_before = args.pid.and_then(cpu_time);
     let progress = Progress::new(expected_per_viewer * args.viewers as u64, &args.label);
     let mut watching = Vec::new();
     for (index, stream) in viewers.into_iter().enumerate() {
@@ -250,6 +261,7 @@ async fn measure(
     })
     .await
     .is_ok();
+    let cpu_after = args.pid.and_then(cpu_time);
     progress.finish();
     for task in sending {
         task.abort();
@@ -281,6 +293,12 @@ async fn measure(
             deliveries as f64 / seconds
         } else {
             0.0
+        },
+        server_cpu_us_per_delivery: match (cpu_before, cpu_after) {
+            (Some(before), Some(after)) if deliveries > 0 => {
+                Some(after.saturating_sub(before).as_secs_f64() * 1e6 / deliveries as f64)
+            }
+            _ => None,
         },
         latency_us: Latency {
             p50: us(histogram.value_at_quantile(0.5)),

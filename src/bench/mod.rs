@@ -62,6 +62,21 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The CPU time process `pid`'s threads have used so far, in nanoseconds from
+/// /proc (`schedstat`; /proc/PID/stat counts in 10 ms ticks, too coarse for a
+/// broadcast): the server's cost of a workload, whatever the load generator's speed.
+pub fn cpu_time(pid: u32) -> Option<std::time::Duration> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let Ok(task) = task else { continue };
+        // A thread may end between listing and reading: it is simply not counted.
+        if let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) {
+            total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+        }
+    }
+    Some(std::time::Duration::from_nanos(total))
+}
+
 /// Clients connecting and joining at once during a run's set-up (some servers take
 /// a while to register each, IRC servers a whole second).
 pub const PARALLEL_SETUP: usize = 256;
@@ -128,5 +143,33 @@ impl Progress {
 
     fn finish(&self) {
         self.0.finish_and_clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_of_this_process_grows_as_it_works() {
+        use std::time::{Duration, Instant};
+        let pid = std::process::id();
+        let before = cpu_time(pid).unwrap();
+        let start = Instant::now();
+        let mut x = 0u64;
+        let mut now = before;
+        // Busy until the process has used 50 ms more (a loaded machine may take longer).
+        while now < before + Duration::from_millis(50) && start.elapsed() < Duration::from_secs(10)
+        {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+            now = cpu_time(pid).unwrap();
+        }
+        assert!(
+            now >= before + Duration::from_millis(50),
+            "{before:?} -> {now:?}"
+        );
+        assert_eq!(cpu_time(u32::MAX), None);
     }
 }

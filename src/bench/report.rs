@@ -154,8 +154,8 @@ fn tables(results: &Results) -> String {
     };
     table(
         Kind::Throughput,
-        "| Workload | Server | Runs | Nothing lost | Deliveries/s (median) | vs Redis | p99 latency (us) |\n\
-         | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| Workload | Server | Runs | Nothing lost | Deliveries/s (median) | vs Redis | Server CPU per delivery (us) | p99 latency (us) |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- |\n",
         &|workload, server, runs| {
             let rate = runs.median("/deliveries_per_sec");
             let redis = results
@@ -166,41 +166,44 @@ fn tables(results: &Results) -> String {
                 _ => "-".to_owned(),
             };
             format!(
-                "| {workload} | {server} | {} | {} | {} | {ratio} | {} |\n",
+                "| {workload} | {server} | {} | {} | {} | {ratio} | {} | {} |\n",
                 runs.0.len(),
                 yes_no(runs.clean()),
                 number(rate, 0),
+                number(runs.median("/server_cpu_us_per_delivery"), 2),
                 number(runs.median("/latency_us/p99"), 0),
             )
         },
     );
     table(
         Kind::Latency,
-        "| Workload | Server | Runs | Nothing lost | p50 (us) | p99 (us) | p99.9 (us) | max (us) |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| Workload | Server | Runs | Nothing lost | p50 (us) | p99 (us) | p99.9 (us) | max (us) | Server CPU per delivery (us) |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
         &|workload, server, runs| {
             format!(
-                "| {workload} | {server} | {} | {} | {} | {} | {} | {} |\n",
+                "| {workload} | {server} | {} | {} | {} | {} | {} | {} | {} |\n",
                 runs.0.len(),
                 yes_no(runs.clean()),
                 number(runs.median("/latency_us/p50"), 0),
                 number(runs.median("/latency_us/p99"), 0),
                 number(runs.median("/latency_us/p999"), 0),
                 number(runs.median("/latency_us/max"), 0),
+                number(runs.median("/server_cpu_us_per_delivery"), 2),
             )
         },
     );
     table(
         Kind::Connections,
-        "| Workload | Server | Runs | All connected and reached | Server RSS per connection (B) | One message to all (ms) | Connecting (s) |\n\
-         | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| Workload | Server | Runs | All connected and reached | Server RSS per connection (B) | One message to all (ms) | Server CPU for it (ms) | Connecting (s) |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- |\n",
         &|workload, server, runs| {
             format!(
-                "| {workload} | {server} | {} | {} | {} | {} | {} |\n",
+                "| {workload} | {server} | {} | {} | {} | {} | {} | {} |\n",
                 runs.0.len(),
                 yes_no(runs.clean()),
                 number(runs.median("/server_bytes_per_connection"), 0),
                 number(runs.median("/broadcast_ms"), 1),
+                number(runs.median("/broadcast_server_cpu_ms"), 0),
                 number(runs.median("/connect_seconds"), 1),
             )
         },
@@ -364,11 +367,11 @@ mod tests {
     use super::*;
 
     const RUNS: &str = r#"
-{"workload":"4x100","target":"tcpchat","complete":true,"lost":0,"duplicated_or_reordered":0,"rate_per_sender":null,"deliveries_per_sec":9000000.0,"latency_us":{"p50":1.0,"p99":2.0,"p999":3.0,"max":4.0}}
-{"workload":"4x100","target":"tcpchat","complete":true,"lost":0,"duplicated_or_reordered":0,"rate_per_sender":null,"deliveries_per_sec":7000000.0,"latency_us":{"p50":1.0,"p99":2.0,"p999":3.0,"max":4.0}}
-{"workload":"4x100","target":"tcpchat","complete":true,"lost":0,"duplicated_or_reordered":0,"rate_per_sender":null,"deliveries_per_sec":8000000.0,"latency_us":{"p50":1.0,"p99":2.0,"p999":3.0,"max":4.0}}
+{"workload":"4x100","target":"tcpchat","complete":true,"lost":0,"duplicated_or_reordered":0,"rate_per_sender":null,"server_cpu_us_per_delivery":2.0,"deliveries_per_sec":9000000.0,"latency_us":{"p50":1.0,"p99":2.0,"p999":3.0,"max":4.0}}
+{"workload":"4x100","target":"tcpchat","complete":true,"lost":0,"duplicated_or_reordered":0,"rate_per_sender":null,"server_cpu_us_per_delivery":3.0,"deliveries_per_sec":7000000.0,"latency_us":{"p50":1.0,"p99":2.0,"p999":3.0,"max":4.0}}
+{"workload":"4x100","target":"tcpchat","complete":true,"lost":0,"duplicated_or_reordered":0,"rate_per_sender":null,"server_cpu_us_per_delivery":2.5,"deliveries_per_sec":8000000.0,"latency_us":{"p50":1.0,"p99":2.0,"p999":3.0,"max":4.0}}
 {"workload":"4x100","target":"redis","complete":true,"lost":0,"duplicated_or_reordered":0,"rate_per_sender":null,"deliveries_per_sec":2000000.0,"latency_us":{"p50":1.0,"p99":5.0,"p999":3.0,"max":4.0}}
-{"workload":"idle","target":"redis","complete":false,"server_bytes_per_connection":2000.0,"broadcast_ms":30.0,"connect_seconds":4.0}
+{"workload":"idle","target":"redis","complete":false,"server_bytes_per_connection":2000.0,"broadcast_ms":30.0,"broadcast_server_cpu_ms":25.0,"connect_seconds":4.0}
 "#;
 
     #[test]
@@ -376,15 +379,15 @@ mod tests {
         let results = Results::parse(RUNS).unwrap();
         let table = tables(&results);
         assert!(
-            table.contains("| 4x100 | tcpchat | 3 | yes | 8,000,000 | 4.00x | 2 |"),
+            table.contains("| 4x100 | tcpchat | 3 | yes | 8,000,000 | 4.00x | 2.50 | 2 |"),
             "{table}"
         );
         assert!(
-            table.contains("| 4x100 | redis | 1 | yes | 2,000,000 | 1.00x | 5 |"),
+            table.contains("| 4x100 | redis | 1 | yes | 2,000,000 | 1.00x | - | 5 |"),
             "{table}"
         );
         assert!(
-            table.contains("| idle | redis | 1 | NO | 2,000 | 30.0 | 4.0 |"),
+            table.contains("| idle | redis | 1 | NO | 2,000 | 30.0 | 25 | 4.0 |"),
             "{table}"
         );
     }
