@@ -2,7 +2,8 @@
 # Benchmarks tcpchat against the servers people would use instead: Redis pub/sub,
 # NATS and an IRC server (InspIRCd), all from Debian's packages, on this machine.
 #
-#   bench/run.sh           every workload on every server, 3 runs each (about 15 min)
+#   bench/run.sh           every workload on every server, 3 runs each (about 20 min)
+#   bench/run.sh --report  only the tables, chart and docs from the last full run's results
 #   bench/run.sh --quick   tcpchat only, small workloads, one run (CI's smoke test:
 #                          it prints figures and fails only if a run was incomplete
 #                          or lost, duplicated or reordered a message)
@@ -16,7 +17,13 @@ cd "$(dirname "$0")/.."
 
 quick=0
 variant=full
-if [ "${1:-}" = "--quick" ]; then quick=1; variant=quick; fi
+report_only=0
+case "${1:-}" in
+  --quick) quick=1 variant=quick ;;
+  --report) report_only=1 ;;
+  "") ;;
+  *) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+esac
 
 runs=3
 targets="tcpchat redis nats irc"
@@ -29,30 +36,32 @@ fi
 
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
-# shellcheck disable=SC2086 # one word per target
-install_peers $targets
 cargo build --release --locked
-# Tens of thousands of connections: every process may open as many files as allowed.
-ulimit -n "$(ulimit -Hn)"
-
-mkdir -p bench/results
-: >"$results"
 failed=0
-for run in $(seq "$runs"); do
-  for target in $targets; do
-    for workload in "${workloads[@]}"; do
-      name=${workload%%|*}
-      echo "bench: run $run/$runs, $name on $target" >&2
-      start_server "$target"
-      args=$(workload_args "$name" "$variant")
-      # shellcheck disable=SC2086 # the arguments are meant to split
-      if ! taskset -c "$load_cpu" "$bin" bench $args --target "$target" >>"$results"; then
-        failed=1
-      fi
-      stop_server
+if [ "$report_only" = 0 ]; then
+  # shellcheck disable=SC2086 # one word per target
+  install_peers $targets
+  # Tens of thousands of connections: every process may open as many files as allowed.
+  ulimit -n "$(ulimit -Hn)"
+
+  mkdir -p bench/results
+  : >"$results"
+  for run in $(seq "$runs"); do
+    for target in $targets; do
+      for workload in "${workloads[@]}"; do
+        name=${workload%%|*}
+        echo "bench: run $run/$runs, $name on $target" >&2
+        start_server "$target"
+        args=$(workload_args "$name" "$variant")
+        # shellcheck disable=SC2086 # the arguments are meant to split
+        if ! taskset -c "$load_cpu" "$bin" bench $args --target "$target" >>"$results"; then
+          failed=1
+        fi
+        stop_server
+      done
     done
   done
-done
+fi
 
 if [ "$quick" = 1 ]; then
   "$bin" bench report "$results"

@@ -124,7 +124,7 @@ impl FanoutReport {
             self.latency_us.p999,
             self.latency_us.max,
             match self.server_cpu_us_per_delivery {
-                Some(us) => format!("\n  server CPU {us:.2} us per delivery"),
+                Some(us) => format!("\n  server CPU {:.0} ns per delivery", us * 1e3),
                 None => String::new(),
             },
         )

@@ -154,7 +154,7 @@ fn tables(results: &Results) -> String {
     };
     table(
         Kind::Throughput,
-        "| Workload | Server | Runs | Nothing lost | Deliveries/s (median) | vs Redis | Server CPU per delivery (us) | p99 latency (us) |\n\
+        "| Workload | Server | Runs | Nothing lost | Deliveries/s (median) | vs Redis | Server CPU per delivery (ns) | p99 latency (us) |\n\
          | --- | --- | --- | --- | --- | --- | --- | --- |\n",
         &|workload, server, runs| {
             let rate = runs.median("/deliveries_per_sec");
@@ -170,14 +170,18 @@ fn tables(results: &Results) -> String {
                 runs.0.len(),
                 yes_no(runs.clean()),
                 number(rate, 0),
-                number(runs.median("/server_cpu_us_per_delivery"), 2),
+                number(
+                    runs.median("/server_cpu_us_per_delivery")
+                        .map(|us| us * 1e3),
+                    0
+                ),
                 number(runs.median("/latency_us/p99"), 0),
             )
         },
     );
     table(
         Kind::Latency,
-        "| Workload | Server | Runs | Nothing lost | p50 (us) | p99 (us) | p99.9 (us) | max (us) | Server CPU per delivery (us) |\n\
+        "| Workload | Server | Runs | Nothing lost | p50 (us) | p99 (us) | p99.9 (us) | max (us) | Server CPU per delivery (ns) |\n\
          | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
         &|workload, server, runs| {
             format!(
@@ -188,7 +192,11 @@ fn tables(results: &Results) -> String {
                 number(runs.median("/latency_us/p99"), 0),
                 number(runs.median("/latency_us/p999"), 0),
                 number(runs.median("/latency_us/max"), 0),
-                number(runs.median("/server_cpu_us_per_delivery"), 2),
+                number(
+                    runs.median("/server_cpu_us_per_delivery")
+                        .map(|us| us * 1e3),
+                    0
+                ),
             )
         },
     );
@@ -215,7 +223,7 @@ fn yes_no(clean: bool) -> &'static str {
     if clean { "yes" } else { "NO" }
 }
 
-/// One panel of the chart: a workload's main figure for each server.
+/// One panel of the chart: one figure of a workload for each server.
 struct Panel {
     title: String,
     unit: &'static str,
@@ -226,26 +234,48 @@ struct Panel {
 fn panels(results: &Results) -> Vec<Panel> {
     let mut panels = Vec::new();
     for workload in &results.order {
-        let (pointer, unit, lower_is_better) = match results.kinds.get(workload) {
-            Some(Kind::Throughput) => ("/deliveries_per_sec", "deliveries/s", false),
-            Some(Kind::Latency) => ("/latency_us/p99", "p99 latency, us", true),
-            Some(Kind::Connections) => (
-                "/server_bytes_per_connection",
-                "server bytes/connection",
-                true,
-            ),
+        // (JSON pointer, scale, unit, lower is better) of each figure drawn.
+        let figures: &[(&str, f64, &'static str, bool)] = match results.kinds.get(workload) {
+            Some(Kind::Throughput) => &[
+                ("/deliveries_per_sec", 1.0, "deliveries/s", false),
+                (
+                    "/server_cpu_us_per_delivery",
+                    1e3,
+                    "server CPU ns/delivery",
+                    true,
+                ),
+            ],
+            Some(Kind::Latency) => &[("/latency_us/p99", 1.0, "p99 latency, us", true)],
+            Some(Kind::Connections) => &[
+                (
+                    "/server_bytes_per_connection",
+                    1.0,
+                    "server bytes/connection",
+                    true,
+                ),
+                ("/broadcast_ms", 1.0, "one message to all, ms", true),
+            ],
             None => continue,
         };
-        let bars = SERVERS
-            .iter()
-            .filter_map(|server| Some((*server, results.of(workload, server)?.median(pointer)?)))
-            .collect();
-        panels.push(Panel {
-            title: workload.clone(),
-            unit,
-            lower_is_better,
-            bars,
-        });
+        for &(pointer, scale, unit, lower_is_better) in figures {
+            let bars: Vec<_> = SERVERS
+                .iter()
+                .filter_map(|server| {
+                    Some((
+                        *server,
+                        results.of(workload, server)?.median(pointer)? * scale,
+                    ))
+                })
+                .collect();
+            if !bars.is_empty() {
+                panels.push(Panel {
+                    title: workload.clone(),
+                    unit,
+                    lower_is_better,
+                    bars,
+                });
+            }
+        }
     }
     panels
 }
@@ -265,21 +295,24 @@ fn escape(text: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// Draws the panels side by side as bar charts.
+/// Draws the panels as bar charts, `COLUMNS` to a row.
 fn svg(panels: &[Panel]) -> String {
     const W: f64 = 260.0;
     const H: f64 = 300.0;
     const TOP: f64 = 60.0;
     const BOTTOM: f64 = 40.0;
+    const COLUMNS: usize = 4;
     let mut out = String::new();
-    let width = W * panels.len().max(1) as f64;
+    let width = W * panels.len().clamp(1, COLUMNS) as f64;
+    let height = H * panels.len().div_ceil(COLUMNS).max(1) as f64;
     let _ = writeln!(
         out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{H}" font-family="sans-serif" font-size="12">"#
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
     );
     let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
     for (i, panel) in panels.iter().enumerate() {
-        let x0 = W * i as f64;
+        let x0 = W * (i % COLUMNS) as f64;
+        let y0 = H * (i / COLUMNS) as f64;
         let max = panel
             .bars
             .iter()
@@ -288,8 +321,9 @@ fn svg(panels: &[Panel]) -> String {
             .max(f64::MIN_POSITIVE);
         let _ = writeln!(
             out,
-            r#"<text x="{}" y="20" text-anchor="middle" font-weight="bold">{}</text>"#,
+            r#"<text x="{}" y="{}" text-anchor="middle" font-weight="bold">{}</text>"#,
             x0 + W / 2.0,
+            y0 + 20.0,
             escape(&panel.title)
         );
         let better = if panel.lower_is_better {
@@ -299,15 +333,16 @@ fn svg(panels: &[Panel]) -> String {
         };
         let _ = writeln!(
             out,
-            r##"<text x="{}" y="38" text-anchor="middle" fill="#555">{} ({better})</text>"##,
+            r##"<text x="{}" y="{}" text-anchor="middle" fill="#555">{} ({better})</text>"##,
             x0 + W / 2.0,
+            y0 + 38.0,
             panel.unit
         );
         let slot = (W - 40.0) / panel.bars.len().max(1) as f64;
         for (j, (server, value)) in panel.bars.iter().enumerate() {
             let height = (H - TOP - BOTTOM) * value / max;
             let x = x0 + 20.0 + slot * j as f64 + slot * 0.15;
-            let y = H - BOTTOM - height;
+            let y = y0 + H - BOTTOM - height;
             let _ = writeln!(
                 out,
                 r##"<rect x="{x:.1}" y="{y:.1}" width="{:.1}" height="{height:.1}" fill="{}"/>"##,
@@ -325,7 +360,7 @@ fn svg(panels: &[Panel]) -> String {
                 out,
                 r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{server}</text>"#,
                 x + slot * 0.35,
-                H - BOTTOM + 16.0
+                y0 + H - BOTTOM + 16.0
             );
         }
     }
@@ -379,7 +414,7 @@ mod tests {
         let results = Results::parse(RUNS).unwrap();
         let table = tables(&results);
         assert!(
-            table.contains("| 4x100 | tcpchat | 3 | yes | 8,000,000 | 4.00x | 2.50 | 2 |"),
+            table.contains("| 4x100 | tcpchat | 3 | yes | 8,000,000 | 4.00x | 2,500 | 2 |"),
             "{table}"
         );
         assert!(
@@ -393,10 +428,12 @@ mod tests {
     }
 
     #[test]
-    fn the_chart_has_a_bar_per_server_and_workload() {
+    fn the_chart_has_a_bar_per_server_and_figure() {
         let results = Results::parse(RUNS).unwrap();
         let chart = svg(&panels(&results));
-        assert_eq!(chart.matches("<rect x=").count(), 3);
+        // Deliveries (2 servers), server CPU (tcpchat only), memory and broadcast (redis).
+        assert_eq!(chart.matches("<rect x=").count(), 5);
         assert!(chart.contains(">8.0M<") && chart.contains(">2.0M<"));
+        assert!(chart.contains("server CPU ns/delivery"));
     }
 }
