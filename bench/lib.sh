@@ -82,22 +82,25 @@ start_server() {
 # The arguments of `tcpchat bench` for workload $1 against the server just started
 # ("quick" as $2 for the small variant), or nothing if there is no such workload.
 workload_args() {
-  local name full small
+  local name full quick_name quick
   for workload in "${workloads[@]}"; do
-    IFS='|' read -r name full small <<<"$workload"
+    IFS='|' read -r name full quick_name quick <<<"$workload"
     if [ "$name" = "$1" ]; then
-      local args=$full
-      if [ "${2:-}" = quick ]; then args=$small; fi
-      echo "$args --addr 127.0.0.1:$port --pid $server_pid --label $name"
+      if [ "${2:-}" = quick ]; then
+        name=$quick_name
+        full=$quick
+      fi
+      echo "$full --addr 127.0.0.1:$port --pid $server_pid --label $name"
       return 0
     fi
   done
 }
 
-# workload name, bench subcommand and its arguments (full, then quick).
+# Each workload: its name and `tcpchat bench` arguments, then the same for the small
+# variant of the quick run.
 workloads=(
-  "fanout-4x100|fanout --viewers 100 --senders 4 --messages 50000|fanout --viewers 100 --senders 4 --messages 5000"
-  "fanout-1x1000|fanout --viewers 1000 --senders 1 --messages 20000|fanout --viewers 1000 --senders 1 --messages 2000"
-  "latency-10x100msgs|fanout --viewers 100 --senders 10 --messages 1000 --rate 100|fanout --viewers 100 --senders 10 --messages 200 --rate 100"
-  "idle-19000|conns --viewers 19000|conns --viewers 2000"
+  "fanout-4x100|fanout --viewers 100 --senders 4 --messages 50000|fanout-4x100|fanout --viewers 100 --senders 4 --messages 5000"
+  "fanout-1x1000|fanout --viewers 1000 --senders 1 --messages 20000|fanout-1x1000|fanout --viewers 1000 --senders 1 --messages 2000"
+  "latency-10x100msgs|fanout --viewers 100 --senders 10 --messages 1000 --rate 100|latency-10x100msgs|fanout --viewers 100 --senders 10 --messages 200 --rate 100"
+  "idle-19000|conns --viewers 19000|idle-2000|conns --viewers 2000"
 )
