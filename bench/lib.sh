@@ -82,7 +82,7 @@ start_server() {
 # The arguments of `tcpchat bench` for workload $1 against the server just started
 # ("quick" as $2 for the small variant), or nothing if there is no such workload.
 workload_args() {
-  local name full quick_name quick
+  local workload name full quick_name quick
   for workload in "${workloads[@]}"; do
     IFS='|' read -r name full quick_name quick <<<"$workload"
     if [ "$name" = "$1" ]; then

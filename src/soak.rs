@@ -508,8 +508,9 @@ async fn chatter(addr: SocketAddr, ledger: &Ledger, rng: &mut fastrand::Rng) -> 
     let reading = tokio::spawn(async move {
         let mut own = 0;
         let mut line = String::new();
+        let own_prefix = format!("{name}: ");
         while reader.read_line(&mut line).await.unwrap_or(0) > 0 {
-            if line.starts_with(&format!("{name}: ")) {
+            if line.starts_with(&own_prefix) {
                 own += 1;
             }
             line.clear();

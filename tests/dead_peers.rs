@@ -8,7 +8,7 @@
 //! skipped.
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -68,6 +68,22 @@ impl Namespaces {
         let mut command = Command::new("ip");
         command.args(["netns", "exec", namespace, program]);
         command
+    }
+
+    /// Starts `tcpchat ROLE --name NAME` in `namespace` against the server at `host`;
+    /// returns its keyboard (kept open: a client whose input ends, leaves) and the
+    /// process, killed on drop.
+    fn talker(&self, namespace: &str, role: &str, name: &str, host: &str) -> (ChildStdin, Killed) {
+        let mut child = self
+            .command(namespace, env!("CARGO_BIN_EXE_tcpchat"))
+            .args([role, "--name", name, "--host", host, "--port", "6000"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {role} {name}: {e}"));
+        let keys = child.stdin.take().unwrap();
+        (keys, Killed(child))
     }
 
     /// Takes the client's end of the link down: from the server's side, the client
@@ -168,24 +184,7 @@ fn a_vanished_peer_is_announced_within_the_dead_peer_timeout() {
 
     // Across the link: an idle messenger (found by keepalive probes) and a chatter
     // that is being sent chat (found by TCP_USER_TIMEOUT on unacknowledged data).
-    let mut ghost = ns
-        .command(&ns.client, tcpchat)
-        .args([
-            "messenger",
-            "--name",
-            "ghost",
-            "--host",
-            "10.77.0.1",
-            "--port",
-            "6000",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the messenger");
-    let mut ghost_keys = ghost.stdin.take().unwrap();
-    let _ghost = Killed(ghost);
+    let (mut ghost_keys, _ghost) = ns.talker(&ns.client, "messenger", "ghost", "10.77.0.1");
     assert_eq!(
         seen.next_within(Duration::from_secs(10)),
         "ghost has joined the chat."
@@ -196,24 +195,7 @@ fn a_vanished_peer_is_announced_within_the_dead_peer_timeout() {
         "ghost: still here"
     );
 
-    let mut phantom = ns
-        .command(&ns.client, tcpchat)
-        .args([
-            "chat",
-            "--name",
-            "phantom",
-            "--host",
-            "10.77.0.1",
-            "--port",
-            "6000",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the chatter");
-    let _phantom_keys = phantom.stdin.take().unwrap();
-    let _phantom = Killed(phantom);
+    let (_phantom_keys, _phantom) = ns.talker(&ns.client, "chat", "phantom", "10.77.0.1");
     assert_eq!(
         seen.next_within(Duration::from_secs(10)),
         "phantom has joined the chat."
@@ -222,24 +204,7 @@ fn a_vanished_peer_is_announced_within_the_dead_peer_timeout() {
     ns.cut();
     let cut = Instant::now();
     // Chat keeps flowing, so the chatter has unacknowledged data on its way.
-    let mut talker = ns
-        .command(&ns.server, tcpchat)
-        .args([
-            "messenger",
-            "--name",
-            "talker",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "6000",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the talker");
-    let mut talk = talker.stdin.take().unwrap();
-    let _talker = Killed(talker);
+    let (mut talk, _talker) = ns.talker(&ns.server, "messenger", "talker", "127.0.0.1");
     let bound = DEAD_PEER_TIMEOUT + Duration::from_secs(3);
     let mut gone = Vec::new();
     let mut sent = 0;
@@ -271,24 +236,7 @@ fn a_vanished_peer_is_announced_within_the_dead_peer_timeout() {
     );
 
     // Both names are free again.
-    let mut again = ns
-        .command(&ns.server, tcpchat)
-        .args([
-            "messenger",
-            "--name",
-            "ghost",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "6000",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the new ghost");
-    let _again_keys = again.stdin.take().unwrap();
-    let _again = Killed(again);
+    let (_again_keys, _again) = ns.talker(&ns.server, "messenger", "ghost", "127.0.0.1");
     loop {
         let line = seen.next_within(Duration::from_secs(10));
         if line == "ghost has joined the chat." {

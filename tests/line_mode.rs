@@ -124,6 +124,8 @@ async fn a_plain_viewer_gets_exactly_the_seed_texts_with_newlines() {
     assert_eq!(viewer.line().await, "erin: hi");
     drop(erin);
     assert_eq!(viewer.line().await, "erin has left the chat");
+    // Five heartbeat intervals: time in which a ping would have come. An absence
+    // cannot be awaited; the closing check below sees anything that did come.
     tokio::time::sleep(Duration::from_millis(100)).await;
     server.shutdown().await.unwrap();
     viewer.expect_closed().await;

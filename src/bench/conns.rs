@@ -141,17 +141,19 @@ async fn measure(args: ConnsArgs) -> anyhow::Result<ConnsReport> {
     let delivered = Rc::new(Cell::new(0usize));
     let last_delivery = Rc::new(Cell::new(Duration::ZERO));
     let all_set = Rc::new(tokio::sync::Notify::new());
+    let all_reached = Rc::new(tokio::sync::Notify::new());
     let gate = Rc::new(Semaphore::new(args.parallel.max(1)));
     let progress = Progress::new(args.viewers as u64, &format!("{} connecting", args.label));
     let mut viewers = Vec::with_capacity(args.viewers);
     for id in 0..args.viewers {
-        let (gate, connected, failed, delivered, last, all_set, progress) = (
+        let (gate, connected, failed, delivered, last, all_set, all_reached, progress) = (
             gate.clone(),
             connected.clone(),
             failed.clone(),
             delivered.clone(),
             last_delivery.clone(),
             all_set.clone(),
+            all_reached.clone(),
             progress.clone(),
         );
         let (target, addr, total) = (args.target, args.addr, args.viewers);
@@ -183,6 +185,10 @@ async fn measure(args: ConnsArgs) -> anyhow::Result<ConnsReport> {
             if wait_for_message(&mut stream).await {
                 delivered.set(delivered.get() + 1);
                 last.set(start.elapsed());
+                // Nobody connects once the message is out, so this is everyone.
+                if delivered.get() == connected.get() {
+                    all_reached.notify_one();
+                }
             }
             // Stay connected until the end of the run: a close during the broadcast
             // would cost the server work that is not the broadcast's.
@@ -219,13 +225,9 @@ async fn measure(args: ConnsArgs) -> anyhow::Result<ConnsReport> {
         .write_all(&out)
         .await
         .context("the sender cannot send")?;
-    let everyone = connected.get();
-    let _ = tokio::time::timeout(args.timeout, async {
-        while delivered.get() < everyone {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    if connected.get() > 0 {
+        let _ = tokio::time::timeout(args.timeout, all_reached.notified()).await;
+    }
     let cpu_after = args.pid.and_then(cpu_time);
     if !args.hold.is_zero() {
         eprintln!(

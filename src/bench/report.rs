@@ -37,6 +37,11 @@ impl Runs {
         })
     }
 
+    /// The median server CPU per delivery in nanoseconds (recorded in microseconds).
+    fn server_cpu_ns_per_delivery(&self) -> Option<f64> {
+        Some(self.median("/server_cpu_us_per_delivery")? * 1e3)
+    }
+
     fn median(&self, pointer: &str) -> Option<f64> {
         let mut values: Vec<f64> = self
             .0
@@ -170,11 +175,7 @@ fn tables(results: &Results) -> String {
                 runs.0.len(),
                 yes_no(runs.clean()),
                 number(rate, 0),
-                number(
-                    runs.median("/server_cpu_us_per_delivery")
-                        .map(|us| us * 1e3),
-                    0
-                ),
+                number(runs.server_cpu_ns_per_delivery(), 0),
                 number(runs.median("/latency_us/p99"), 0),
             )
         },
@@ -192,11 +193,7 @@ fn tables(results: &Results) -> String {
                 number(runs.median("/latency_us/p99"), 0),
                 number(runs.median("/latency_us/p999"), 0),
                 number(runs.median("/latency_us/max"), 0),
-                number(
-                    runs.median("/server_cpu_us_per_delivery")
-                        .map(|us| us * 1e3),
-                    0
-                ),
+                number(runs.server_cpu_ns_per_delivery(), 0),
             )
         },
     );
