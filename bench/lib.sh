@@ -28,6 +28,7 @@ install_peers() {
 }
 
 bin=target/release/tcpchat
+bench_bin=target/release/tcpchat-bench
 work=$(mktemp -d)
 server_pid=""
 stop_server() {

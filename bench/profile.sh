@@ -25,7 +25,7 @@ if ! command -v perf >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null
 fi
 install_peers "$target"
-cargo build --release --locked
+cargo build --release --locked -p tcpchat -p tcpchat-bench
 ulimit -n "$(ulimit -Hn)"
 
 start_server "$target"
@@ -36,7 +36,7 @@ if [ -z "$args" ]; then
   exit 2
 fi
 # shellcheck disable=SC2086 # the arguments are meant to split
-taskset -c "$load_cpu" "$bin" bench $args --target "$target" \
+taskset -c "$load_cpu" "$bench_bin" $args --target "$target" \
   >"$work/result.json" 2>"$work/bench.log" &
 bench_pid=$!
 

@@ -36,7 +36,7 @@ fi
 
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
-cargo build --release --locked
+cargo build --release --locked -p tcpchat -p tcpchat-bench
 failed=0
 if [ "$report_only" = 0 ]; then
   # shellcheck disable=SC2086 # one word per target
@@ -54,7 +54,7 @@ if [ "$report_only" = 0 ]; then
         start_server "$target"
         args=$(workload_args "$name" "$variant")
         # shellcheck disable=SC2086 # the arguments are meant to split
-        if ! taskset -c "$load_cpu" "$bin" bench $args --target "$target" >>"$results"; then
+        if ! taskset -c "$load_cpu" "$bench_bin" $args --target "$target" >>"$results"; then
           failed=1
         fi
         stop_server
@@ -64,9 +64,9 @@ if [ "$report_only" = 0 ]; then
 fi
 
 if [ "$quick" = 1 ]; then
-  "$bin" bench report "$results"
+  "$bench_bin" report "$results"
 else
-  "$bin" bench report "$results" --svg docs/benchmarks.svg | tee bench/results/tables.md
+  "$bench_bin" report "$results" --svg docs/benchmarks.svg | tee bench/results/tables.md
   # The figures in docs/BENCHMARKS.md are exactly the ones printed above.
   python3 - bench/results/tables.md docs/BENCHMARKS.md <<'EOF'
 import sys

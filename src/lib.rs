@@ -13,20 +13,19 @@
 //!   translating between its socket and the hub; orderly shutdown.
 //! - [`client`]: the `viewer`, `messenger` and `chat` programs.
 //! - [`config`]: every default and limit, in one place.
-//! - [`mod@bench`]: `tcpchat bench`, a load generator for tcpchat and its peers.
-//! - [`soak`]: `tcpchat soak`, many misbehaving clients against a real server, checked.
+//!
+//! The load generator (`tcpchat-bench`) and the soak (`tcpchat-soak`) are workspace
+//! members of their own: they drive a server process from outside, as black boxes.
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![warn(missing_docs)]
 
-pub mod bench;
 pub mod client;
 pub mod config;
 pub mod hub;
 pub mod protocol;
 pub mod room;
 pub mod server;
-pub mod soak;
 pub mod socket;
 
 pub use config::Config;

@@ -38,11 +38,6 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Benchmark a server (tcpchat, Redis, NATS or IRC) under load.
-    #[command(subcommand)]
-    Bench(tcpchat::bench::BenchCommand),
-    /// Soak a server: many clients misbehaving at once, every message checked.
-    Soak(tcpchat::soak::SoakArgs),
     /// Show the room and send what you type, in one program.
     Chat {
         /// The name to send under.
@@ -102,13 +97,6 @@ fn main() -> ExitCode {
         Command::Chat { name, target } => {
             run_client(|| client::chat::run(&target.host, target.port, &name))
         }
-        Command::Soak(args) => soak(args),
-        Command::Bench(command) => {
-            init_logging("warn");
-            // Tens of thousands of connections need as many file descriptors.
-            raise_open_file_limit();
-            tcpchat::bench::run(command)
-        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -165,17 +153,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let shutdown = shutdown_signal().context("cannot handle signals")?;
         server::run(listener, args.config, shutdown).await
     })
-}
-
-fn soak(args: tcpchat::soak::SoakArgs) -> anyhow::Result<()> {
-    init_logging("warn");
-    // Each soak client is a file descriptor or more.
-    raise_open_file_limit();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the runtime")?;
-    runtime.block_on(tcpchat::soak::run(args))
 }
 
 fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {

@@ -7,7 +7,8 @@ use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
+use harness::{ServerProcess, Signal, Spec};
+use nix::sys::signal::kill;
 use nix::unistd::Pid;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -49,69 +50,21 @@ fn signal(child: &Child, signal: Signal) {
     kill(Pid::from_raw(child.id() as i32), signal).expect("kill");
 }
 
-/// A `tcpchat serve` process on an ephemeral loopback port.
-struct ServerProcess {
-    child: Option<Child>,
-    addr: SocketAddr,
+/// A `tcpchat serve` process on ephemeral loopback ports.
+fn start_server() -> ServerProcess {
+    Spec::tcpchat(env!("CARGO_BIN_EXE_tcpchat"))
+        .args(["--seed-grace", "50ms"])
+        .start()
+        .expect("start the server")
 }
 
-impl ServerProcess {
-    fn start() -> Self {
-        let mut child = tcpchat()
-            .args([
-                "serve",
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--seed-grace",
-                "50ms",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start server");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        // Keep draining the log so the server never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let addr = loop {
-            let line = rx.recv_timeout(WAIT).expect("the server's listening line");
-            if let Some(rest) = line.split("address=").nth(1) {
-                let addr = rest.split_whitespace().next().unwrap_or_default();
-                break addr.parse().expect("listening address");
-            }
-        };
-        Self {
-            child: Some(child),
-            addr,
-        }
-    }
-
-    fn port(&self) -> String {
-        self.addr.port().to_string()
-    }
-
-    /// Sends `sig` and returns how the server exited.
-    fn stop(mut self, sig: Signal) -> ExitStatus {
-        let child = self.child.take().expect("running");
-        signal(&child, sig);
-        exit_of(child)
-    }
+fn port(server: &ServerProcess) -> String {
+    server.addr().port().to_string()
 }
 
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// Sends `sig` and returns how the server exited.
+fn stop(server: ServerProcess, sig: Signal) -> ExitStatus {
+    server.stop(sig).expect("the server stops")
 }
 
 /// A raw line-mode connection.
@@ -224,14 +177,14 @@ fn an_invalid_port_is_one_line_and_exit_code_2() {
 #[test]
 fn sigterm_and_sigint_stop_the_server_with_exit_code_0() {
     for sig in [Signal::SIGTERM, Signal::SIGINT] {
-        let server = ServerProcess::start();
-        let mut viewer = Raw::viewer(server.addr);
-        let mut messenger = Raw::connect(server.addr, "name:ann\n");
+        let server = start_server();
+        let mut viewer = Raw::viewer(server.addr());
+        let mut messenger = Raw::connect(server.addr(), "name:ann\n");
         assert_eq!(messenger.line(), "*** ok: joined as ann");
         messenger.send("last words\n");
         assert_eq!(viewer.line(), "ann has joined the chat.");
         assert_eq!(viewer.line(), "ann: last words");
-        let status = server.stop(sig);
+        let status = stop(server, sig);
         assert_eq!(status.code(), Some(0), "{sig:?}");
         viewer.expect_closed();
         messenger.expect_closed();
@@ -262,8 +215,8 @@ fn clients_say_when_the_server_is_unreachable() {
 
 #[test]
 fn a_taken_name_is_reported_in_words() {
-    let server = ServerProcess::start();
-    let mut holder = Raw::connect(server.addr, "name:alice\n");
+    let server = start_server();
+    let mut holder = Raw::connect(server.addr(), "name:alice\n");
     assert_eq!(holder.line(), "*** ok: joined as alice");
     for client in ["messenger", "chat"] {
         let (code, _, stderr) = run(tcpchat().args([
@@ -273,7 +226,7 @@ fn a_taken_name_is_reported_in_words() {
             "--host",
             "127.0.0.1",
             "--port",
-            &server.port(),
+            &port(&server),
         ]));
         assert_eq!(code, 1, "{client}");
         assert_eq!(
@@ -285,8 +238,8 @@ fn a_taken_name_is_reported_in_words() {
 
 #[test]
 fn a_piped_messenger_sends_each_line_until_quit() {
-    let server = ServerProcess::start();
-    let mut viewer = Raw::viewer(server.addr);
+    let server = start_server();
+    let mut viewer = Raw::viewer(server.addr());
     let mut messenger = tcpchat()
         .args([
             "messenger",
@@ -295,7 +248,7 @@ fn a_piped_messenger_sends_each_line_until_quit() {
             "--host",
             "127.0.0.1",
             "--port",
-            &server.port(),
+            &port(&server),
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -316,11 +269,11 @@ fn a_piped_messenger_sends_each_line_until_quit() {
 
 #[test]
 fn the_messenger_asks_for_a_name_when_none_is_given() {
-    let server = ServerProcess::start();
-    let mut viewer = Raw::viewer(server.addr);
+    let server = start_server();
+    let mut viewer = Raw::viewer(server.addr());
     let output = {
         let mut child = tcpchat()
-            .args(["messenger", "--host", "127.0.0.1", "--port", &server.port()])
+            .args(["messenger", "--host", "127.0.0.1", "--port", &port(&server)])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -345,21 +298,21 @@ fn the_messenger_asks_for_a_name_when_none_is_given() {
 
 #[test]
 fn the_viewer_prints_the_room_and_says_when_the_server_goes_away() {
-    let server = ServerProcess::start();
+    let server = start_server();
     let mut child = tcpchat()
-        .args(["viewer", "--host", "127.0.0.1", "--port", &server.port()])
+        .args(["viewer", "--host", "127.0.0.1", "--port", &port(&server)])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let lines = Lines::of(child.stdout.take().unwrap());
     assert_eq!(lines.next(), WELCOME);
-    let mut dee = Raw::connect(server.addr, "name:dee\n");
+    let mut dee = Raw::connect(server.addr(), "name:dee\n");
     assert_eq!(dee.line(), "*** ok: joined as dee");
     dee.send("anyone?\n");
     assert_eq!(lines.next(), "dee has joined the chat.");
     assert_eq!(lines.next(), "dee: anyone?");
-    assert_eq!(server.stop(Signal::SIGTERM).code(), Some(0));
+    assert_eq!(stop(server, Signal::SIGTERM).code(), Some(0));
     let mut stderr = String::new();
     child
         .stderr
@@ -376,9 +329,9 @@ fn the_viewer_prints_the_room_and_says_when_the_server_goes_away() {
 
 #[test]
 fn the_viewer_leaves_on_ctrl_c_with_exit_code_0() {
-    let server = ServerProcess::start();
+    let server = start_server();
     let mut child = tcpchat()
-        .args(["viewer", "--host", "127.0.0.1", "--port", &server.port()])
+        .args(["viewer", "--host", "127.0.0.1", "--port", &port(&server)])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -391,7 +344,7 @@ fn the_viewer_leaves_on_ctrl_c_with_exit_code_0() {
 
 #[test]
 fn chat_shows_the_room_and_sends_what_is_typed() {
-    let server = ServerProcess::start();
+    let server = start_server();
     let mut child = tcpchat()
         .args([
             "chat",
@@ -400,7 +353,7 @@ fn chat_shows_the_room_and_sends_what_is_typed() {
             "--host",
             "127.0.0.1",
             "--port",
-            &server.port(),
+            &port(&server),
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -411,7 +364,7 @@ fn chat_shows_the_room_and_sends_what_is_typed() {
     let mut stdin = child.stdin.take().unwrap();
     assert_eq!(lines.next(), WELCOME);
     assert_eq!(lines.next(), "eve has joined the chat.");
-    let mut fay = Raw::connect(server.addr, "name:fay\n");
+    let mut fay = Raw::connect(server.addr(), "name:fay\n");
     assert_eq!(fay.line(), "*** ok: joined as fay");
     assert_eq!(lines.next(), "fay has joined the chat.");
     fay.send("hi eve\n");

@@ -97,6 +97,7 @@ pub async fn run(
     if let Ok(address) = listener.local_addr() {
         info!(
             %address,
+            transport = %"tcp",
             chat = %shared.config.chat_name,
             max_connections,
             "listening"

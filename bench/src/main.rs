@@ -1,4 +1,4 @@
-//! `tcpchat bench`: a load generator for tcpchat and the servers people would use
+//! `tcpchat-bench`: a load generator for tcpchat and the servers people would use
 //! instead (Redis pub/sub, NATS, an IRC server), bounded in count and time.
 //!
 //! - [`fanout`]: viewers and senders; every viewer checks every message; deliveries
@@ -12,19 +12,20 @@
 //! stdout, and fails (exit code 1) if any message was lost, duplicated or reordered
 //! or the run did not complete: it asserts completeness, never speed.
 
-pub mod conns;
-pub mod fanout;
-pub mod proto;
-pub mod report;
+mod conns;
+mod fanout;
+mod proto;
+mod report;
 
 use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::bail;
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// `tcpchat bench` subcommands.
-#[derive(Debug, clap::Subcommand)]
-pub enum BenchCommand {
+/// Benchmark a server (tcpchat, Redis, NATS or IRC) under load, every message checked.
+#[derive(Debug, clap::Parser)]
+#[command(name = "tcpchat-bench", version)]
+enum BenchCommand {
     /// Viewers and senders: throughput, latency, and every message checked.
     Fanout(fanout::FanoutArgs),
     /// Many idle viewers: memory per connection, and one message to all of them.
@@ -33,11 +34,24 @@ pub enum BenchCommand {
     Report(report::ReportArgs),
 }
 
+fn main() -> std::process::ExitCode {
+    let command = <BenchCommand as clap::Parser>::parse();
+    // Tens of thousands of connections need as many file descriptors.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    match run(command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tcpchat-bench: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs a bench subcommand.
 ///
 /// # Errors
 /// When the run cannot be set up, or it was incomplete or lossy.
-pub fn run(command: BenchCommand) -> anyhow::Result<()> {
+fn run(command: BenchCommand) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

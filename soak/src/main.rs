@@ -1,7 +1,9 @@
-//! `tcpchat soak`: many clients misbehaving at once against a real server process,
+//! `tcpchat-soak`: many clients misbehaving at once against a real server process,
 //! checked continuously, bounded in time.
 //!
-//! It starts `tcpchat serve` as a child, connects steady viewers (line and seed mode)
+//! It treats the server as a black box: it starts `tcpchat serve` as a child (through
+//! the shared harness), speaks the wire, and reads the process's file descriptors and
+//! memory from /proc. It connects steady viewers (line and seed mode)
 //! that stay for the whole run, then keeps `--clients` churning clients busy until
 //! `--duration` is over: messengers in both modes that send and leave (FIN) or reset,
 //! chatters, viewers that come and go, viewers that stall, handshakes left half done,
@@ -18,7 +20,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -27,14 +28,17 @@ use anyhow::{Context, bail};
 use bytes::BytesMut;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::process::Child;
 use tokio::sync::watch;
 
-use crate::protocol::line::LineFramer;
+use harness::{ServerProcess, Signal, Spec};
 
-/// What `tcpchat soak` takes.
-#[derive(Debug, Clone, clap::Args)]
-pub struct SoakArgs {
+/// Many misbehaving clients against a tcpchat server process, every message checked.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "tcpchat-soak", version)]
+struct SoakArgs {
+    /// The `tcpchat` binary to soak (default: the one beside this program).
+    #[arg(long)]
+    pub server_bin: Option<PathBuf>,
     /// How long clients keep coming and going.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     pub duration: Duration,
@@ -58,35 +62,55 @@ const SEED_GRACE: Duration = Duration::from_millis(250);
 const WAIT: Duration = Duration::from_secs(15);
 /// Messages the final blast may have sent ahead of the slowest steady viewer.
 const BLAST_WINDOW: u64 = 20_000;
+/// Longest line the soak accepts from the server.
+const MAX_LINE: usize = 1 << 16;
 /// Steady line-mode viewers (plus one seed-mode viewer).
 const STEADY_LINE_VIEWERS: usize = 3;
+
+fn main() -> std::process::ExitCode {
+    let args = <SoakArgs as clap::Parser>::parse();
+    // Each soak client is a file descriptor or more.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")
+        .and_then(|runtime| runtime.block_on(run(args)));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tcpchat-soak: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
 
 /// Runs the soak and prints its report. Fails if any check failed.
 ///
 /// # Errors
 /// When the server cannot be started, or when the soak found a fault.
-pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
+async fn run(args: SoakArgs) -> anyhow::Result<()> {
     let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
     println!(
         "soak: {} with {} churning clients, seed {seed}",
         humantime::format_duration(args.duration),
         args.clients
     );
-    let mut server = ServerProcess::start().await?;
+    let server = start_server(args.server_bin.clone())?;
     let ledger = Arc::new(Ledger::default());
     let started = Instant::now();
 
     // Steady viewers first, so they all see the same history from its start.
     let mut steady = Vec::new();
     for _ in 0..STEADY_LINE_VIEWERS {
-        steady.push(SteadyViewer::start(server.addr, ledger.clone()).await?);
+        steady.push(SteadyViewer::start(server.addr(), ledger.clone()).await?);
     }
-    let seed_viewer = SeedViewer::start(server.addr).await?;
+    let seed_viewer = SeedViewer::start(server.addr()).await?;
     // The server keeps a bounded backlog of recent chat for its viewers: fill it
     // before measuring, so the baseline is the server's steady state.
-    let connected = Usage::of(server.pid)?;
-    warm_up(server.addr, &ledger).await?;
-    let baseline = wait_for_baseline(server.pid, connected.fds).await?;
+    let connected = Usage::of(server.pid())?;
+    warm_up(server.addr(), &ledger).await?;
+    let baseline = wait_for_baseline(server.pid(), connected.fds).await?;
     println!(
         "soak: baseline with {} steady viewers, after warm-up: {} fds, {} KiB RSS",
         STEADY_LINE_VIEWERS + 1,
@@ -99,7 +123,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
     let mut churners = Vec::new();
     for slot in 0..args.clients {
         let ledger = ledger.clone();
-        let addr = server.addr;
+        let addr = server.addr();
         let rng = fastrand::Rng::with_seed(seed.wrapping_add(slot as u64));
         churners.push(tokio::spawn(churn(addr, ledger, rng, deadline)));
     }
@@ -111,7 +135,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
             _ = ticker.tick() => {}
             () = tokio::time::sleep_until(deadline) => break,
         }
-        let usage = Usage::of(server.pid)?;
+        let usage = Usage::of(server.pid())?;
         peak_rss_kib = peak_rss_kib.max(usage.rss_kib);
         println!(
             "soak: {:>5.0} s  sessions {:>6}  sent {:>8}  received {:>8}  faults {}  fds {}  rss {} KiB",
@@ -133,7 +157,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
     }
 
     // Quiet again: the server must give back every descriptor.
-    let settled = wait_for_baseline(server.pid, baseline.fds).await?;
+    let settled = wait_for_baseline(server.pid(), baseline.fds).await?;
     if settled.fds != baseline.fds {
         ledger.fault(format!(
             "open fds did not return to the baseline: {} now, {} before",
@@ -152,7 +176,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
     let (ended_complete, ended_reset) = check_completeness(&server, &steady, &ledger).await?;
 
     // Last: stop the server under full load.
-    let exit_code = shutdown_under_load(&mut server, &ledger, &steady).await?;
+    let exit_code = shutdown_under_load(server, &ledger, &steady).await?;
     let mut histories = Vec::new();
     for viewer in steady {
         histories.push(viewer.finish(&ledger).await);
@@ -318,7 +342,6 @@ impl Ledger {
 struct Conn {
     stream: TcpStream,
     buf: BytesMut,
-    framer: LineFramer,
     lines: std::collections::VecDeque<String>,
 }
 
@@ -331,7 +354,6 @@ impl Conn {
         Ok(Self {
             stream,
             buf: BytesMut::new(),
-            framer: LineFramer::new(1 << 16),
             lines: Default::default(),
         })
     }
@@ -348,14 +370,14 @@ impl Conn {
             if let Some(line) = self.lines.pop_front() {
                 return Ok(Some(line));
             }
-            let chunk = self
-                .framer
-                .next_chunk(&mut self.buf)
-                .map_err(std::io::Error::other)?;
-            if let Some(chunk) = chunk {
+            if let Some(end) = self.buf.iter().rposition(|&b| b == b'\n') {
+                let chunk = self.buf.split_to(end + 1);
                 let text = String::from_utf8_lossy(&chunk);
                 self.lines.extend(text.lines().map(str::to_owned));
                 continue;
+            }
+            if self.buf.len() > MAX_LINE {
+                return Err(std::io::Error::other("the server sent an endless line"));
             }
             self.buf.reserve(16 * 1024);
             let read = tokio::time::timeout(WAIT, self.stream.read_buf(&mut self.buf))
@@ -878,7 +900,7 @@ async fn check_completeness(
     steady: &[SteadyViewer],
     ledger: &Ledger,
 ) -> anyhow::Result<(u64, u64)> {
-    let mut marker = Conn::connect(server.addr).await?;
+    let mut marker = Conn::connect(server.addr()).await?;
     marker
         .send(format!("name:{MARKER}\nend\n").as_bytes())
         .await?;
@@ -930,7 +952,7 @@ async fn check_completeness(
 
 /// Floods the room from several senders, then SIGTERM: the server must exit 0.
 async fn shutdown_under_load(
-    server: &mut ServerProcess,
+    mut server: ServerProcess,
     ledger: &Arc<Ledger>,
     steady: &[SteadyViewer],
 ) -> anyhow::Result<Option<i32>> {
@@ -950,7 +972,7 @@ async fn shutdown_under_load(
     let mut senders = Vec::new();
     for _ in 0..8 {
         let (session, name) = ledger.open(None);
-        let mut conn = Conn::connect(server.addr).await?;
+        let mut conn = Conn::connect(server.addr()).await?;
         conn.send(format!("name:{name}\n").as_bytes()).await?;
         conn.line().await?;
         let stop = stop.clone();
@@ -980,15 +1002,15 @@ async fn shutdown_under_load(
         }));
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    server.terminate()?;
-    let status = tokio::time::timeout(WAIT, server.child.wait()).await;
+    server.signal(Signal::SIGTERM)?;
+    let status = tokio::task::spawn_blocking(move || server.wait_exit(WAIT)).await??;
     stop.store(true, Ordering::Relaxed);
     for sender in senders {
         let _ = tokio::time::timeout(WAIT, sender).await;
     }
     match status {
-        Ok(status) => Ok(status?.code()),
-        Err(_) => {
+        Some(status) => Ok(status.code()),
+        None => {
             ledger.fault("the server did not exit within 15 s of SIGTERM".to_owned());
             Ok(None)
         }
@@ -1055,49 +1077,21 @@ impl Usage {
     }
 }
 
-/// `tcpchat serve` as a child process on an ephemeral loopback port.
-struct ServerProcess {
-    child: Child,
-    pid: u32,
-    addr: SocketAddr,
-}
-
-impl ServerProcess {
-    async fn start() -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("cannot find the tcpchat binary")?;
-        let mut child = tokio::process::Command::new(exe)
-            .args(["serve", "--bind", "127.0.0.1", "--port", "0"])
-            .args(["--handshake-timeout", "2s"])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .context("cannot start the server")?;
-        let pid = child.id().context("the server exited at once")?;
-        let stderr = child.stderr.take().context("no server log")?;
-        let mut log = BufReader::new(stderr).lines();
-        let addr = loop {
-            let line = tokio::time::timeout(WAIT, log.next_line())
-                .await
-                .context("the server did not start")??
-                .context("the server exited at start")?;
-            if let Some(rest) = line.split("address=").nth(1) {
-                let addr = rest.split_whitespace().next().unwrap_or_default();
-                break addr.parse().context("unreadable listening address")?;
-            }
-        };
-        // Keep draining the log (it is verbose at info) so the server never blocks.
-        tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
-        Ok(Self { child, pid, addr })
-    }
-
-    fn terminate(&self) -> anyhow::Result<()> {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid)?);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
-        Ok(())
-    }
+/// `tcpchat serve` as a child process on an ephemeral loopback port, with a short
+/// handshake timeout so that clients left half way through a handshake are cleared
+/// within the run.
+fn start_server(binary: Option<PathBuf>) -> anyhow::Result<ServerProcess> {
+    let binary = match binary {
+        Some(binary) => binary,
+        None => std::env::current_exe()
+            .context("cannot find this program's path")?
+            .with_file_name("tcpchat"),
+    };
+    let server = Spec::tcpchat(&binary)
+        .args(["--handshake-timeout", "2s"])
+        .start()
+        .with_context(|| format!("cannot start {}", binary.display()))?;
+    Ok(server)
 }
 
 /// The outcome of a soak.

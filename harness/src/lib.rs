@@ -1,0 +1,470 @@
+//! Starting, watching and stopping server processes on loopback: the one way every
+//! tool that treats a server as a black box does it (the CLI and TLS tests, the soak,
+//! the benchmark).
+//!
+//! - [`Spec::tcpchat`] runs `tcpchat serve` on ephemeral loopback ports and learns its
+//!   addresses from the `listening` lines it logs, so no port is ever guessed.
+//! - [`Spec::listening`] runs any other server (the benchmark's peers) on a port chosen
+//!   with [`free_port`] and waits until it accepts connections.
+//!
+//! A [`ServerProcess`] keeps the last lines of the server's output (stderr and stdout)
+//! for assertions and error messages, can be signalled, and is killed (by its own PID,
+//! never by name) when dropped. Every wait here has a bound.
+
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::io::{self, BufRead, BufReader, Read};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+pub use nix::sys::signal::Signal;
+
+/// How long a server may take to start listening.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long [`ServerProcess::stop`] waits for the server to exit before killing it.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Lines of output kept per server: enough for any assertion, bounded for long soaks.
+const KEPT_LINES: usize = 20_000;
+
+/// A free TCP port on 127.0.0.1, for servers that cannot be told to pick one (the
+/// port is released before the server binds it; a clash shows as a start failure).
+///
+/// # Errors
+/// When no socket can be bound.
+pub fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
+}
+
+/// How the harness knows a server is ready.
+#[derive(Debug, Clone)]
+enum Ready {
+    /// tcpchat: its `listening` log lines give the plain address and, when it was
+    /// given a certificate, the TLS one.
+    TcpchatLog { tls: bool },
+    /// Anything else: it accepts a connection at this address.
+    Accepting(SocketAddr),
+}
+
+/// What to start, built step by step.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    program: OsString,
+    args: Vec<OsString>,
+    envs: Vec<(OsString, OsString)>,
+    cpu: Option<usize>,
+    ready: Ready,
+    name: String,
+}
+
+impl Spec {
+    /// `BINARY serve --bind 127.0.0.1 --port 0`, logging at `info` (more arguments
+    /// may follow). With `--tls-cert`, the TLS listener goes on an ephemeral port too
+    /// unless `--tls-port` is given.
+    pub fn tcpchat(binary: impl Into<PathBuf>) -> Self {
+        let binary: PathBuf = binary.into();
+        Self {
+            program: binary.into_os_string(),
+            args: ["serve", "--bind", "127.0.0.1", "--port", "0"]
+                .iter()
+                .map(OsString::from)
+                .collect(),
+            envs: vec![("RUST_LOG".into(), "info".into())],
+            cpu: None,
+            ready: Ready::TcpchatLog { tls: false },
+            name: "tcpchat".to_owned(),
+        }
+    }
+
+    /// `PROGRAM` (with the arguments that follow), ready once `addr` accepts.
+    pub fn listening(program: impl Into<OsString>, addr: SocketAddr) -> Self {
+        let program = program.into();
+        Self {
+            name: program.to_string_lossy().into_owned(),
+            program,
+            args: Vec::new(),
+            envs: Vec::new(),
+            cpu: None,
+            ready: Ready::Accepting(addr),
+        }
+    }
+
+    /// One more argument.
+    #[must_use]
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
+        let arg = arg.into();
+        if let Ready::TcpchatLog { tls } = &mut self.ready {
+            *tls |= arg == "--tls-cert";
+        }
+        self.args.push(arg);
+        self
+    }
+
+    /// More arguments.
+    #[must_use]
+    pub fn args<I, S>(self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        args.into_iter().fold(self, Self::arg)
+    }
+
+    /// An environment variable (`RUST_LOG` replaces the default `info`).
+    #[must_use]
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        let key = key.into();
+        self.envs.retain(|(k, _)| *k != key);
+        self.envs.push((key, value.into()));
+        self
+    }
+
+    /// Runs the server pinned to one CPU (with `taskset`, so every thread it starts
+    /// stays there).
+    #[must_use]
+    pub fn pinned_to(mut self, cpu: Option<usize>) -> Self {
+        self.cpu = cpu;
+        self
+    }
+
+    /// Starts the server and waits until it is ready.
+    ///
+    /// # Errors
+    /// When it cannot be started, exits, or is not ready within [`START_TIMEOUT`]; the
+    /// error includes the end of its output.
+    pub fn start(self) -> io::Result<ServerProcess> {
+        let mut command = match self.cpu {
+            Some(cpu) => {
+                let mut command = Command::new("taskset");
+                command.arg("-c").arg(cpu.to_string()).arg(&self.program);
+                command
+            }
+            None => Command::new(&self.program),
+        };
+        command
+            .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot start {}: {e}", self.name)))?;
+        let log = Arc::new(Log::default());
+        let mut streams = 0;
+        if let Some(stderr) = child.stderr.take() {
+            Log::follow(&log, stderr);
+            streams += 1;
+        }
+        if let Some(stdout) = child.stdout.take() {
+            Log::follow(&log, stdout);
+            streams += 1;
+        }
+        log.lock().open_streams = streams;
+        let mut server = ServerProcess {
+            pid: child.id(),
+            child: Some(child),
+            name: self.name,
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            tls_addr: None,
+            log,
+        };
+        match self.ready {
+            Ready::TcpchatLog { tls } => {
+                let plain = server.wait_for_log("transport=tcp", START_TIMEOUT);
+                server.addr = plain
+                    .as_deref()
+                    .and_then(listening_address)
+                    .ok_or_else(|| server.failure("did not log its listening address"))?;
+                if tls {
+                    let line = server.wait_for_log("transport=tls", START_TIMEOUT);
+                    server.tls_addr =
+                        Some(line.as_deref().and_then(listening_address).ok_or_else(|| {
+                            server.failure("did not log its TLS listening address")
+                        })?);
+                }
+            }
+            Ready::Accepting(addr) => {
+                server.addr = addr;
+                server.wait_accepting(addr)?;
+            }
+        }
+        Ok(server)
+    }
+}
+
+/// The address in a tcpchat `listening` line (`... address=127.0.0.1:6000 ...`).
+fn listening_address(line: &str) -> Option<SocketAddr> {
+    line.split("address=")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The recent output of a server, shared with the threads that read it.
+#[derive(Debug, Default)]
+struct Log {
+    state: Mutex<LogState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct LogState {
+    lines: VecDeque<String>,
+    /// Lines ever received (the first kept one is number `total - lines.len()`).
+    total: usize,
+    open_streams: usize,
+}
+
+impl Log {
+    fn lock(&self) -> MutexGuard<'_, LogState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Reads `stream` line by line until it closes; never blocks the server, which
+    /// would stall on a full pipe.
+    fn follow(log: &Arc<Self>, stream: impl Read + Send + 'static) {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                let mut state = log.lock();
+                if state.lines.len() == KEPT_LINES {
+                    state.lines.pop_front();
+                }
+                state.lines.push_back(line);
+                state.total += 1;
+                drop(state);
+                log.changed.notify_all();
+            }
+            log.lock().open_streams -= 1;
+            log.changed.notify_all();
+        });
+    }
+}
+
+/// A running server. See the crate documentation.
+#[derive(Debug)]
+pub struct ServerProcess {
+    child: Option<Child>,
+    pid: u32,
+    name: String,
+    addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
+    log: Arc<Log>,
+}
+
+impl ServerProcess {
+    /// The plain TCP address it serves on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The TLS address, for a tcpchat started with a certificate.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// Its process id (for /proc, or perf).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// How many lines it has written so far (a mark for [`Self::wait_for_log_after`]).
+    pub fn log_len(&self) -> usize {
+        self.log.lock().total
+    }
+
+    /// The lines kept so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().lines.iter().cloned().collect()
+    }
+
+    /// The first kept line containing `needle`, waiting up to `timeout` for one.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Option<String> {
+        self.wait_for_log_after(0, needle, timeout)
+    }
+
+    /// The first line after line number `mark` (see [`Self::log_len`]) containing
+    /// `needle`, waiting up to `timeout` for one. `None` if none came, or the server's
+    /// output ended first.
+    pub fn wait_for_log_after(
+        &self,
+        mark: usize,
+        needle: &str,
+        timeout: Duration,
+    ) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.log.lock();
+        loop {
+            let first = state.total - state.lines.len();
+            let skip = mark.saturating_sub(first);
+            if let Some(line) = state.lines.iter().skip(skip).find(|l| l.contains(needle)) {
+                return Some(line.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline || state.open_streams == 0 {
+                return None;
+            }
+            state = self
+                .log
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Sends `signal` to the server.
+    ///
+    /// # Errors
+    /// When it has already been reaped, or the signal cannot be sent.
+    pub fn signal(&self, signal: Signal) -> io::Result<()> {
+        if self.child.is_none() {
+            return Err(io::Error::other(format!("{} has exited", self.name)));
+        }
+        let pid = i32::try_from(self.pid).map_err(io::Error::other)?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).map_err(io::Error::from)
+    }
+
+    /// Waits up to `timeout` for the server to exit on its own.
+    ///
+    /// # Errors
+    /// When waiting fails.
+    pub fn wait_exit(&mut self, timeout: Duration) -> io::Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        let Some(child) = &mut self.child else {
+            return Err(io::Error::other(format!(
+                "{} was already reaped",
+                self.name
+            )));
+        };
+        loop {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(Some(status));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Sends `signal` and returns how the server exited, killing it if it has not
+    /// exited within [`STOP_TIMEOUT`].
+    ///
+    /// # Errors
+    /// When it did not exit in time (it is killed), or it cannot be signalled.
+    pub fn stop(mut self, signal: Signal) -> io::Result<ExitStatus> {
+        self.signal(signal)?;
+        match self.wait_exit(STOP_TIMEOUT)? {
+            Some(status) => Ok(status),
+            None => Err(self.failure(&format!(
+                "did not exit within {STOP_TIMEOUT:?} of {signal}; killed"
+            ))),
+        }
+    }
+
+    fn wait_accepting(&mut self, addr: SocketAddr) -> io::Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if let Some(status) = self.wait_exit(Duration::ZERO)? {
+                self.settle_output();
+                return Err(self.failure(&format!("exited at start ({status})")));
+            }
+            if Instant::now() >= deadline {
+                return Err(self.failure(&format!("did not accept on {addr} in time")));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits (briefly) until the output of an exited server has all been read.
+    fn settle_output(&self) {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut state = self.log.lock();
+        while state.open_streams > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            state = self
+                .log
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// An error naming the server and what went wrong, with the end of its output.
+    fn failure(&self, what: &str) -> io::Error {
+        let state = self.log.lock();
+        let tail: Vec<&str> = state
+            .lines
+            .iter()
+            .rev()
+            .take(20)
+            .rev()
+            .map(String::as_str)
+            .collect();
+        io::Error::other(format!(
+            "{} {what}; its last output:\n{}",
+            self.name,
+            tail.join("\n")
+        ))
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listening_lines_give_their_address() {
+        let line = "2026-11-29T08:00:00Z  INFO tcpchat::server: listening address=127.0.0.1:41234 transport=tcp";
+        assert_eq!(
+            listening_address(line),
+            Some("127.0.0.1:41234".parse().unwrap())
+        );
+        assert_eq!(listening_address("listening"), None);
+    }
+
+    #[test]
+    fn a_server_that_exits_at_once_is_reported_with_its_output() {
+        let port = free_port().unwrap();
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let error = Spec::listening("sh", addr)
+            .args(["-c", "echo no such luck >&2; exit 3"])
+            .start()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("exited at start"), "{error}");
+        assert!(error.contains("no such luck"), "{error}");
+    }
+}
