@@ -1,10 +1,33 @@
 //! Every default and limit of the server, in one place.
 //!
-//! Each field is also a `tcpchat serve` flag; the `default_value` in its attribute is
-//! the only place its default is written, and [`Config::default`] reads it from there.
-//! Every buffer the server keeps is bounded by one of these numbers.
+//! Each field of [`Config`] is also a `tcpchat serve` flag; the `default_value` in its
+//! attribute is the only place its default is written, and [`Config::default`] reads
+//! it from there. The constants below are the limits a client can meet that are not
+//! worth a flag. Every buffer the server keeps is bounded by one of these numbers.
+//! (Scheduling constants, which no client can observe, sit beside the code they tune.)
 
 use std::time::Duration;
+
+/// How long a refused or closing client gets to read its last line and close its
+/// end, before the server closes the connection anyway.
+pub const LINGER: Duration = Duration::from_secs(1);
+
+/// How long a viewer disconnected as too slow gets to read its way to the notice
+/// that says why: its socket buffers are full of chat it has not read yet.
+pub const SLOW_VIEWER_LINGER: Duration = Duration::from_secs(10);
+
+/// How much of a closing client's input is read and dropped while it lingers. A
+/// client still flooding past this is cut off with a reset.
+pub const LINGER_BYTES: usize = 64 * 1024;
+
+/// While flood control holds a sender's input back (the server does not read it
+/// then), how often the server checks, without reading, whether the sender has
+/// closed or reset its connection, so that its departure is noticed within this.
+pub const HELD_BACK_DEPARTURE_CHECK: Duration = Duration::from_millis(500);
+
+/// File descriptors kept back from the connection limit for the listeners, the
+/// standard streams, the runtime and logging.
+pub const RESERVED_FDS: u64 = 64;
 
 use clap::Parser;
 

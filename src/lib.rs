@@ -27,5 +27,6 @@ pub mod protocol;
 pub mod room;
 pub mod server;
 pub mod socket;
+pub mod tls;
 
 pub use config::Config;

@@ -4,15 +4,19 @@
 //! 1 when something failed (one line on stderr says what); 2 for bad command-line
 //! input.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::net::{TcpListener, TcpSocket};
 use tracing_subscriber::EnvFilter;
 
+use tcpchat::server::Listeners;
+use tcpchat::tls::Certificates;
 use tcpchat::{Config, client, server};
 
 /// A chat server that speaks the original tutorial's protocol byte for byte, and a
@@ -59,6 +63,16 @@ struct ServeArgs {
     /// Worker threads (default: the CPUs this process may run on).
     #[arg(long)]
     threads: Option<usize>,
+    /// Serve line mode over TLS too, with this certificate chain (PEM, leaf first).
+    /// SIGHUP reloads it and the key; connections already open keep theirs.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The TLS certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// TCP port of the TLS listener (0 picks a free one), on the --bind address.
+    #[arg(long, default_value_t = 6001)]
+    tls_port: u16,
     #[command(flatten)]
     config: Config,
 }
@@ -68,10 +82,35 @@ struct Target {
     /// Server host name or address.
     #[arg(long, default_value = "localhost")]
     host: String,
-    /// Server port.
-    #[arg(long, default_value_t = 6000)]
-    port: u16,
+    /// Server port [default: 6000, or 6001 with --tls].
+    #[arg(long)]
+    port: Option<u16>,
+    /// Connect with TLS, trusting the system's root certificates (or --ca).
+    #[arg(long)]
+    tls: bool,
+    /// With --tls: trust only the CA certificate(s) in this PEM file (for a server
+    /// with a private CA or a self-signed certificate).
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    ca: Option<PathBuf>,
 }
+
+impl Target {
+    fn server(&self) -> client::conn::Server {
+        client::conn::Server {
+            host: self.host.clone(),
+            port: self
+                .port
+                .unwrap_or(if self.tls { TLS_PORT } else { PLAIN_PORT }),
+            tls: self.tls.then(|| client::conn::TlsOptions {
+                ca: self.ca.clone(),
+            }),
+        }
+    }
+}
+
+/// The server's default ports.
+const PLAIN_PORT: u16 = 6000;
+const TLS_PORT: u16 = 6001;
 
 // jemalloc: its size classes are naturally aligned, so the 128-byte-aligned I/O
 // registration tokio allocates per connection costs its size and no more (about a
@@ -88,20 +127,26 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => return usage_error(&error),
     };
+    let logging = match &cli.command {
+        Command::Serve(_) => init_logging("info"),
+        _ => init_logging("warn"),
+    };
     let result = match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Viewer(target) => run_client(|| client::viewer::run(&target.host, target.port)),
+        Command::Viewer(target) => run_client(|| client::viewer::run(target.server())),
         Command::Messenger { name, target } => {
-            run_client(|| client::messenger::run(&target.host, target.port, name.clone()))
+            run_client(|| client::messenger::run(target.server(), name.clone()))
         }
-        Command::Chat { name, target } => {
-            run_client(|| client::chat::run(&target.host, target.port, &name))
-        }
+        Command::Chat { name, target } => run_client(|| client::chat::run(target.server(), &name)),
     };
+    // Flushes the log. Bounded; and whatever the log's sink does (a closed pipe, a
+    // stopped reader), it cannot change how we exit.
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(logging)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("tcpchat: {error:#}");
+            // stderr may be gone: then there is nobody to tell.
+            let _ = writeln!(std::io::stderr(), "tcpchat: {error:#}");
             ExitCode::FAILURE
         }
     }
@@ -122,15 +167,24 @@ fn usage_error(error: &clap::Error) -> ExitCode {
         _ => {
             let rendered = error.render().to_string();
             let first = rendered.lines().next().unwrap_or("invalid arguments");
-            eprintln!("tcpchat: {}", first.trim_start_matches("error: "));
+            let _ = writeln!(
+                std::io::stderr(),
+                "tcpchat: {}",
+                first.trim_start_matches("error: ")
+            );
             ExitCode::from(2)
         }
     }
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging("info");
     raise_open_file_limit();
+    let certificates = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(
+            Certificates::load(cert, key).context("cannot use the TLS certificate")?,
+        )),
+        _ => None,
+    };
     let threads = args.threads.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
@@ -149,10 +203,42 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("cannot start the runtime")?;
     runtime.block_on(async {
         let address = SocketAddr::new(args.bind, args.port);
-        let listener = listen(address).with_context(|| format!("cannot listen on {address}"))?;
+        let plain = listen(address).with_context(|| format!("cannot listen on {address}"))?;
+        let tls = match certificates {
+            Some(certificates) => {
+                let address = SocketAddr::new(args.bind, args.tls_port);
+                let listener =
+                    listen(address).with_context(|| format!("cannot listen on {address}"))?;
+                reload_on_sighup(certificates.clone()).context("cannot handle signals")?;
+                Some((listener, certificates))
+            }
+            None => None,
+        };
         let shutdown = shutdown_signal().context("cannot handle signals")?;
-        server::run(listener, args.config, shutdown).await
+        server::run(Listeners { plain, tls }, args.config, shutdown).await
     })
+}
+
+/// Reloads the TLS certificate and key on every SIGHUP: new handshakes get the new
+/// pair; a pair that cannot be used leaves the old one in place, and the log says why.
+fn reload_on_sighup(certificates: Arc<Certificates>) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            match certificates.reload() {
+                Ok(()) => tracing::info!(
+                    certificate = %certificates.cert_path().display(),
+                    "reloaded the TLS certificate"
+                ),
+                Err(error) => tracing::warn!(
+                    %error,
+                    "cannot reload the TLS certificate; keeping the one in use"
+                ),
+            }
+        }
+    });
+    Ok(())
 }
 
 fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
@@ -193,7 +279,6 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<(), client::conn::ClientError>>,
 {
-    init_logging("warn");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -203,11 +288,24 @@ where
 }
 
 /// Logs to stderr; `RUST_LOG` overrides the default level.
-fn init_logging(default: &str) {
+///
+/// Lines are written by a thread of their own, through a bounded queue that drops
+/// lines rather than wait: a log sink that blocks (a stopped pipe reader) or is gone
+/// (a closed pipe) costs log lines, never the server. Returns the guard that flushes
+/// the queue when dropped.
+fn init_logging(default: &str) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .thread_name("tcpchat-log")
+        .finish(std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal())
+        // Its own complaint about a failed write would go to stderr with `eprintln!`,
+        // which panics when stderr is a closed pipe.
+        .log_internal_errors(false)
         .init();
+    guard
 }

@@ -1,6 +1,7 @@
 //! Socket options shared by the server and the clients.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
@@ -28,4 +29,20 @@ pub fn configure(stream: &TcpStream, dead_peer_timeout: Duration) -> io::Result<
     socket.set_tcp_keepalive(&keepalive)?;
     socket.set_tcp_user_timeout(Some(dead_peer_timeout))?;
     Ok(())
+}
+
+/// Whether the peer of `stream` has closed its end (FIN) or reset the connection,
+/// found without reading: data it sent before may still wait unread. For a sender
+/// whose input the server is holding back, so that its departure is noticed anyway.
+pub fn is_peer_gone(stream: &TcpStream) -> bool {
+    let mut poll = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: `poll` is a valid pollfd for the duration of the call, the count is 1,
+    // and a zero timeout makes the call return at once; the descriptor is owned by
+    // `stream`, which is borrowed for the call.
+    let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+    ready > 0 && poll.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
 }

@@ -5,7 +5,7 @@
 //! are one thing, and your own lines come back in the room's order, as everyone
 //! else sees them. Incoming lines are printed above the line being typed.
 
-use super::conn::{ClientError, Connection};
+use super::conn::{ClientError, Connection, Server};
 use super::messenger::talk;
 use crate::room::Role;
 
@@ -13,7 +13,7 @@ use crate::room::Role;
 ///
 /// # Errors
 /// [`ClientError`]: refused (a taken name, say), unreachable, or the server went away.
-pub async fn run(host: &str, port: u16, name: &str) -> Result<(), ClientError> {
-    let conn = Connection::open(host, port, Role::Chatter, Some(name)).await?;
+pub async fn run(server: Server, name: &str) -> Result<(), ClientError> {
+    let conn = Connection::open(&server, Role::Chatter, Some(name)).await?;
     talk(conn, name, true).await
 }

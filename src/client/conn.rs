@@ -1,24 +1,53 @@
 //! Connecting to a tcpchat server and reading its lines: what every client shares.
 //!
-//! Clients speak line mode, with the handshake from [`handshake::encode_line_handshake`]
-//! and the server's lines cut by the same [`LineFramer`] the server uses.
+//! Clients speak line mode, over plain TCP or TLS, with the handshake from
+//! [`handshake::encode_line_handshake`] and the server's lines cut by the same
+//! [`LineFramer`] the server uses.
 
 use std::collections::VecDeque;
 use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use rustls::CertificateError;
+use rustls_pki_types::ServerName;
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_rustls::TlsConnector;
 
 use crate::protocol::handshake::{self, Options};
 use crate::protocol::line::LineFramer;
-use crate::protocol::text;
 use crate::protocol::wire::Notice;
 use crate::room::Role;
+use crate::room::text;
 use crate::socket;
+use crate::tls::{self, TlsError};
+
+/// Where a client connects, and how.
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// `Some` to connect with TLS.
+    pub tls: Option<TlsOptions>,
+}
+
+/// How a client checks the server's certificate.
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    /// Trust only the CA certificates in this PEM file instead of the system's roots.
+    pub ca: Option<PathBuf>,
+}
+
+/// What the server's lines are read from.
+type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// Where our lines go.
+pub type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// Longest line a client accepts from a server: a chat line is a name plus a
 /// message, and servers limit both far below this.
@@ -38,12 +67,23 @@ const DEAD_SERVER_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Error)]
 pub enum ClientError {
     /// No server at that address.
-    #[error("cannot connect to {address}: {source}")]
+    #[error("cannot connect to {address}: {error}")]
     Unreachable {
         /// host:port as given.
         address: String,
-        /// What the system said.
-        source: io::Error,
+        /// What the system said (not a `source`: it is already in the message).
+        error: io::Error,
+    },
+    /// The client's TLS set-up failed (an unreadable `--ca` file, say).
+    #[error(transparent)]
+    TlsSetup(#[from] TlsError),
+    /// The TLS handshake failed: most often a certificate this client cannot trust.
+    #[error("TLS with {address} failed: {reason}")]
+    Tls {
+        /// host:port as given.
+        address: String,
+        /// Why, in words.
+        reason: String,
     },
     /// The server said no, and why.
     #[error("the server refused us: {text}")]
@@ -71,16 +111,15 @@ pub enum ClientError {
 }
 
 /// Reads the server's lines.
-#[derive(Debug)]
 pub struct LineReader {
-    half: OwnedReadHalf,
+    half: ReadHalf,
     buf: BytesMut,
     framer: LineFramer,
     lines: VecDeque<String>,
 }
 
 impl LineReader {
-    fn new(half: OwnedReadHalf) -> Self {
+    fn new(half: ReadHalf) -> Self {
         Self {
             half,
             buf: BytesMut::new(),
@@ -151,12 +190,11 @@ impl LineReader {
 }
 
 /// An open, accepted connection.
-#[derive(Debug)]
 pub struct Connection {
     /// The server's lines.
     pub reader: LineReader,
     /// Where our lines go.
-    pub writer: OwnedWriteHalf,
+    pub writer: WriteHalf,
     /// The server's first line: the welcome for viewers and chatters, the
     /// acknowledgement for messengers.
     pub greeting: String,
@@ -170,22 +208,11 @@ impl Connection {
     /// [`ClientError::Unreachable`], [`ClientError::Refused`] (with the server's
     /// reason, such as a taken name), or a failure on the way.
     pub async fn open(
-        host: &str,
-        port: u16,
+        server: &Server,
         role: Role,
         name: Option<&str>,
     ) -> Result<Self, ClientError> {
-        let address = format!("{host}:{port}");
-        let stream =
-            TcpStream::connect((host, port))
-                .await
-                .map_err(|source| ClientError::Unreachable {
-                    address: address.clone(),
-                    source,
-                })?;
-        // Without keepalive a vanished server is only noticed when we next write.
-        let _ = socket::configure(&stream, DEAD_SERVER_TIMEOUT);
-        let (read, mut writer) = stream.into_split();
+        let (read, mut writer) = connect(server).await?;
         let options = Options {
             heartbeat: true,
             goodbye: true,
@@ -213,6 +240,93 @@ impl Connection {
             }),
             _ => Err(ClientError::Unexpected(greeting)),
         }
+    }
+}
+
+/// Connects to `server`, with TLS if asked, and splits the stream.
+async fn connect(server: &Server) -> Result<(ReadHalf, WriteHalf), ClientError> {
+    let address = format!("{}:{}", server.host, server.port);
+    // Set up first: a bad --ca file is reported before anything is sent.
+    let connector = match &server.tls {
+        Some(options) => Some(TlsConnector::from(Arc::new(tls::client_config(
+            options.ca.as_deref(),
+        )?))),
+        None => None,
+    };
+    let stream = TcpStream::connect((server.host.as_str(), server.port))
+        .await
+        .map_err(|error| ClientError::Unreachable {
+            address: address.clone(),
+            error,
+        })?;
+    // Without keepalive a vanished server is only noticed when we next write.
+    let _ = socket::configure(&stream, DEAD_SERVER_TIMEOUT);
+    let Some(connector) = connector else {
+        let (read, write) = stream.into_split();
+        return Ok((Box::new(read), Box::new(write)));
+    };
+    let name = ServerName::try_from(server.host.clone()).map_err(|e| ClientError::Tls {
+        address: address.clone(),
+        reason: format!("{:?} is not a valid server name: {e}", server.host),
+    })?;
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, stream));
+    let stream = match handshake.await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            return Err(ClientError::Tls {
+                reason: tls_failure(&error, &server.host),
+                address,
+            });
+        }
+        Err(_) => return Err(ClientError::Silent(HANDSHAKE_TIMEOUT)),
+    };
+    let (read, write) = tokio::io::split(stream);
+    Ok((Box::new(read), Box::new(write)))
+}
+
+/// Why a TLS handshake failed, in words a user can act on.
+fn tls_failure(error: &io::Error, host: &str) -> String {
+    let rustls = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match rustls {
+        Some(rustls::Error::InvalidCertificate(certificate)) => match certificate {
+            CertificateError::UnknownIssuer
+            | CertificateError::BadSignature
+            | CertificateError::UnsupportedSignatureAlgorithmContext { .. }
+            | CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext { .. } => {
+                "the server's certificate is not signed by a CA \
+                this client trusts (for a private CA or a self-signed certificate, give it \
+                with --ca FILE)"
+                    .to_owned()
+            }
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                format!("the server's certificate is not valid for {host:?}")
+            }
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                "the server's certificate has expired".to_owned()
+            }
+            CertificateError::Other(other)
+                if format!("{other:?}").contains("CaUsedAsEndEntity") =>
+            {
+                "the server's certificate is a CA certificate, which TLS does not accept as a \
+                server's own (make it with basicConstraints CA:FALSE, or sign it with a CA and \
+                give that CA with --ca FILE)"
+                    .to_owned()
+            }
+            other => format!("the server's certificate is not acceptable: {other}"),
+        },
+        Some(rustls::Error::InvalidMessage(_)) => {
+            "the server did not answer in TLS (is this its TLS port? tcpchat's is 6001 by \
+            default)"
+                .to_owned()
+        }
+        Some(other) => other.to_string(),
+        None if error.kind() == io::ErrorKind::UnexpectedEof => {
+            "the server closed the connection during the TLS handshake (is this its TLS port?)"
+                .to_owned()
+        }
+        None => error.to_string(),
     }
 }
 

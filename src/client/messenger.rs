@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 
-use super::conn::{ClientError, Connection, SERVER_SILENCE_LIMIT, is_quit};
+use super::conn::{ClientError, Connection, SERVER_SILENCE_LIMIT, Server, is_quit};
 use super::terminal::{Input, Terminal, ask_name};
 use crate::room::Role;
 
@@ -16,14 +16,14 @@ const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 ///
 /// # Errors
 /// [`ClientError`]: refused (a taken name, say), unreachable, or the server went away.
-pub async fn run(host: &str, port: u16, name: Option<String>) -> Result<(), ClientError> {
+pub async fn run(server: Server, name: Option<String>) -> Result<(), ClientError> {
     let name = match name {
         Some(name) => name,
         None => tokio::task::spawn_blocking(ask_name)
             .await
             .map_err(std::io::Error::other)??,
     };
-    let conn = Connection::open(host, port, Role::Messenger, Some(&name)).await?;
+    let conn = Connection::open(&server, Role::Messenger, Some(&name)).await?;
     talk(conn, &name, false).await
 }
 

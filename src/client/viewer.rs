@@ -4,7 +4,7 @@ use std::io::Write;
 
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::conn::{ClientError, Connection, SERVER_SILENCE_LIMIT};
+use super::conn::{ClientError, Connection, SERVER_SILENCE_LIMIT, Server};
 use crate::room::Role;
 
 /// Connects as a viewer and prints every line until Ctrl-C (`Ok`) or until the
@@ -12,10 +12,10 @@ use crate::room::Role;
 ///
 /// # Errors
 /// [`ClientError`].
-pub async fn run(host: &str, port: u16) -> Result<(), ClientError> {
+pub async fn run(server: Server) -> Result<(), ClientError> {
     // Registered before anything is shown, so a Ctrl-C is never the default "kill".
     let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut conn = Connection::open(host, port, Role::Viewer, None).await?;
+    let mut conn = Connection::open(&server, Role::Viewer, None).await?;
     let mut stdout = std::io::stdout();
     let mut line = conn.greeting.clone();
     loop {

@@ -1,73 +1,38 @@
-//! The one task that owns the [`Room`].
+//! The one task that owns the [`Room`], and the handle that lets members in.
 //!
-//! Connections send [`Command`]s through one bounded inbox; the order in which they
-//! leave the inbox is the order of the room. The hub applies them to the room, encodes
-//! the resulting events once per wire format into a batch, publishes the batch on the
-//! shared [`ring::Ring`] and wakes the viewers. It never awaits a viewer and never
-//! touches a socket: a viewer that cannot keep up only falls behind in the ring.
+//! Members send commands through one bounded inbox; the order in which they leave the
+//! inbox is the order of the room. The hub applies them to the room, encodes the
+//! resulting events once per wire format in use into a batch, publishes the batch on
+//! the shared [`ring::Ring`] and wakes the receivers. It never awaits a member and
+//! never touches a socket: a viewer that cannot keep up only falls behind in the ring.
 //!
 //! Under light load each batch is a single event, published at once; under heavy
 //! load everything that queued up while the hub was busy becomes one batch, so each
 //! viewer needs one write for many events.
+//!
+//! Transports never see the inbox: [`Hub::join`] hands them a [`Member`], which posts,
+//! receives and leaves for them.
 
+mod command;
+pub mod flood;
+pub mod member;
 pub mod ring;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::config::Config;
-use crate::protocol::{Mode, wire};
-use crate::room::{ConnId, Event, JoinError, Role, Room};
-use ring::{Cursor, Publisher, Ring, Subscriber};
-
-/// A request to the hub.
-#[derive(Debug)]
-pub enum Command {
-    /// Hold a name for a connection whose handshake is not decided yet.
-    Reserve {
-        /// Who.
-        id: ConnId,
-        /// The name to hold.
-        name: String,
-        /// Whether it is held.
-        reply: oneshot::Sender<Result<(), JoinError>>,
-    },
-    /// Become a member.
-    Join {
-        /// Who.
-        id: ConnId,
-        /// As what.
-        role: Role,
-        /// The name, for messengers and chatters.
-        name: Option<String>,
-        /// The member's waker: called after each publish for roles that receive,
-        /// and for everyone when shutdown begins.
-        waker: Arc<Subscriber>,
-        /// Where to start reading the ring, or why not.
-        reply: oneshot::Sender<Result<Cursor, JoinError>>,
-    },
-    /// One or more messages from a member (split into lines by the room).
-    Post {
-        /// Who.
-        id: ConnId,
-        /// The bytes as framed by the transport.
-        bytes: Bytes,
-    },
-    /// A member is gone.
-    Leave {
-        /// Who.
-        id: ConnId,
-        /// If given, told the ring index just past the batch that announces the
-        /// leave, so a leaving chatter can receive the room up to its own departure.
-        published: Option<oneshot::Sender<u64>>,
-    },
-}
+use crate::protocol::wire::{Format, PerFormat};
+use crate::room::{ConnId, Event, JoinError, Room};
+use command::Command;
+pub use member::{End, Farewell, JoinRequest, Member, Reservation, Wants};
+use member::{Membership, Shared};
+use ring::{Publisher, Ring, Subscriber};
 
 /// Why the hub did not let a connection in.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -80,70 +45,107 @@ pub enum HubError {
     Stopped,
 }
 
-/// What a connection needs to talk to the hub. Cheap to clone.
+/// What a transport needs to let connections into the room. Cheap to clone; the hub
+/// runs until every clone (and every member) is gone.
 #[derive(Debug, Clone)]
-pub struct HubHandle {
+pub struct Hub {
     tx: mpsc::Sender<Command>,
-    ring: Arc<Ring>,
+    shared: Arc<Shared>,
 }
 
-impl HubHandle {
-    /// The shared backlog viewers read.
-    pub fn ring(&self) -> &Arc<Ring> {
-        &self.ring
-    }
-
-    /// The inbox, for posts and leaves.
-    pub fn sender(&self) -> &mpsc::Sender<Command> {
-        &self.tx
-    }
-
-    /// Holds `name` for `id` until it joins or leaves.
+impl Hub {
+    /// Holds `name` for `id` until it joins or the reservation is dropped.
     ///
     /// # Errors
     /// [`HubError`].
-    pub async fn reserve(&self, id: ConnId, name: String) -> Result<(), HubError> {
+    pub async fn reserve(&self, id: ConnId, name: String) -> Result<Reservation, HubError> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(Command::Reserve { id, name, reply })
             .await
             .map_err(|_| HubError::Stopped)?;
-        Ok(answer.await.map_err(|_| HubError::Stopped)??)
+        answer.await.map_err(|_| HubError::Stopped)??;
+        Ok(Reservation {
+            membership: Membership::new(id, self.tx.clone()),
+        })
     }
 
-    /// Joins `id` as `role`. Returns where a receiving role starts in the ring.
+    /// Lets a connection in as `request` says.
     ///
     /// # Errors
-    /// [`HubError`].
-    pub async fn join(
-        &self,
-        id: ConnId,
-        role: Role,
-        name: Option<String>,
-        waker: Arc<Subscriber>,
-    ) -> Result<Cursor, HubError> {
+    /// [`HubError::Join`] when the room's rules refuse it (a taken name, say), with
+    /// the reservation (if any) released; [`HubError::Stopped`] at shutdown.
+    pub async fn join(&self, mut request: JoinRequest) -> Result<Member, HubError> {
+        let waker = Arc::new(Subscriber::default());
+        // Armed before the question is asked: whatever happens from here on, the
+        // room hears of this connection's end.
+        let membership = match request.reservation.take() {
+            Some(reservation) => reservation.membership,
+            None => Membership::new(request.id, self.tx.clone()),
+        };
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(Command::Join {
-                id,
-                role,
-                name,
-                waker,
+                id: request.id,
+                role: request.role,
+                name: request.name.clone(),
+                format: request.format,
+                waker: waker.clone(),
                 reply,
             })
             .await
             .map_err(|_| HubError::Stopped)?;
-        Ok(answer.await.map_err(|_| HubError::Stopped)??)
+        let cursor = answer.await.map_err(|_| HubError::Stopped)??;
+        Ok(Member::new(
+            &request,
+            self.shared.clone(),
+            waker,
+            membership,
+            self.tx.clone(),
+            &cursor,
+        ))
+    }
+
+    /// Begins shutdown: every member is woken, sees it, and drains. The hub stops
+    /// once every sender has handed over what it had and let go.
+    pub fn begin_shutdown(&self) {
+        self.shared.begin_shutdown();
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_stopping(&self) -> bool {
+        self.shared.stop.is_cancelled()
+    }
+
+    /// A future that completes when shutdown begins.
+    pub fn stopping(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.shared.stop.clone().cancelled_owned()
+    }
+
+    /// The hub's counters, readable without keeping the hub running.
+    pub fn stats(&self) -> HubStats {
+        HubStats(self.shared.clone())
+    }
+}
+
+/// The hub's counters. Unlike a [`Hub`], holding this does not keep the hub running.
+#[derive(Debug, Clone)]
+pub struct HubStats(Arc<Shared>);
+
+impl HubStats {
+    /// Viewers disconnected so far because they fell too far behind.
+    pub fn slow_viewers(&self) -> u64 {
+        self.0.slow_viewers()
     }
 }
 
 /// Most commands taken from the inbox per turn.
 const COMMANDS_PER_TURN: usize = 512;
 
-/// Starts the hub task. When `stop` is cancelled it wakes every member, so each can
-/// see that shutdown has begun; it runs until every [`HubHandle`] clone is dropped,
-/// then publishes what it still has, closes the ring and wakes every viewer.
-pub fn spawn(config: &Config, stop: CancellationToken) -> (HubHandle, tokio::task::JoinHandle<()>) {
+/// Starts the hub task. When shutdown begins ([`Hub::begin_shutdown`]) it wakes every
+/// member, so each can see it; it runs until every [`Hub`] clone is dropped, then
+/// publishes what it still has, closes the ring and wakes every viewer.
+pub fn spawn(config: &Config) -> (Hub, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(config.hub_inbox.max(1));
     // Each batch held costs about 128 bytes besides its text; one slot per 256
     // bytes of backlog keeps that overhead to half the backlog at most. Under load
@@ -151,42 +153,47 @@ pub fn spawn(config: &Config, stop: CancellationToken) -> (HubHandle, tokio::tas
     // batch, the slot bound does (4096 events behind, by default).
     let slots = (config.viewer_backlog_bytes / 256).clamp(1024, 1 << 16);
     let ring = Arc::new(Ring::new(slots));
-    let hub = Hub {
+    let shared = Arc::new(Shared::new(config, ring.clone()));
+    let owner = Owner {
         room: Room::new(config.max_name_chars),
-        publisher: Publisher::new(ring.clone(), config.viewer_backlog_bytes),
+        publisher: Publisher::new(ring, config.viewer_backlog_bytes),
         receivers: Subscribers::default(),
         senders: Subscribers::default(),
         events: Vec::new(),
-        seed: BytesMut::new(),
-        line: BytesMut::new(),
+        batch: PerFormat::default(),
+        batch_events: 0,
         batch_last_seq: 0,
         max_batch_bytes: config.max_batch_bytes.max(1),
         published: 0,
     };
-    let task = tokio::spawn(hub.run(rx, stop));
-    (HubHandle { tx, ring }, task)
+    let task = tokio::spawn(owner.run(rx, shared.clone()));
+    (Hub { tx, shared }, task)
 }
 
-struct Hub {
+/// The hub task's state: the room and the batch being built.
+struct Owner {
     room: Room,
     publisher: Publisher,
-    /// Woken after every publish.
+    /// Woken after every publish; counted per format.
     receivers: Subscribers,
     /// Messengers: woken only when shutdown begins.
     senders: Subscribers,
     /// Events of the command being handled (kept to reuse its allocation).
     events: Vec<Event>,
-    /// The batch being built, once per wire format.
-    seed: BytesMut,
-    line: BytesMut,
+    /// The batch being built, in every format in use.
+    batch: PerFormat<BytesMut>,
+    /// Events in the batch being built.
+    batch_events: usize,
     batch_last_seq: u64,
     max_batch_bytes: usize,
     /// Batches published so far.
     published: u64,
 }
 
-impl Hub {
-    async fn run(mut self, mut inbox: mpsc::Receiver<Command>, stop: CancellationToken) {
+impl Owner {
+    async fn run(mut self, mut inbox: mpsc::Receiver<Command>, shared: Arc<Shared>) {
+        let stop = shared.stop.clone();
+        drop(shared);
         // Taken from the inbox in order, kept reversed so that a turn can stop early.
         let mut commands = Vec::with_capacity(COMMANDS_PER_TURN);
         let mut stopping = false;
@@ -240,6 +247,7 @@ impl Hub {
                 id,
                 role,
                 name,
+                format,
                 waker,
                 reply,
             } => {
@@ -256,9 +264,9 @@ impl Hub {
                         self.room.leave(id, &mut self.events);
                     }
                 } else if joined && role.receives() {
-                    self.receivers.add(id, waker);
+                    self.receivers.add(id, waker, format);
                 } else if joined {
-                    self.senders.add(id, waker);
+                    self.senders.add(id, waker, format);
                 }
                 self.encode_events();
             }
@@ -270,9 +278,11 @@ impl Hub {
             }
             Command::Leave { id, published } => {
                 self.room.leave(id, &mut self.events);
+                // Encoded while the leaver still counts as a receiver: a chatter
+                // saying goodbye receives its own leave, even as the last of its format.
+                self.encode_events();
                 self.receivers.remove(id);
                 self.senders.remove(id);
-                self.encode_events();
                 if let Some(published) = published {
                     self.flush();
                     let _ = published.send(self.publisher.ring().cursor().index);
@@ -281,64 +291,78 @@ impl Hub {
         }
     }
 
-    /// Encodes pending events into the batch; publishes it once it is full.
+    /// Encodes pending events into the batch, once per format someone receives;
+    /// publishes it once it is full.
     fn encode_events(&mut self) {
         for event in self.events.drain(..) {
-            wire::encode(&event, Mode::Seed, &mut self.seed);
-            wire::encode(&event, Mode::Line, &mut self.line);
+            for (format, out) in self.batch.iter_mut() {
+                if self.receivers.per_format[format] > 0 {
+                    format.encode(&event, out);
+                }
+            }
+            self.batch_events += 1;
             self.batch_last_seq = event.seq;
             debug!(seq = event.seq, event = ?event.kind, "event");
         }
-        if self.line.len() >= self.max_batch_bytes {
+        if self
+            .batch
+            .iter()
+            .any(|(_, out)| out.len() >= self.max_batch_bytes)
+        {
             self.flush();
         }
     }
 
     /// Publishes the batch being built, if any, and wakes every viewer.
     fn flush(&mut self) {
-        if self.line.is_empty() {
+        if self.batch_events == 0 {
             return;
         }
-        let seed = self.seed.split().freeze();
-        let line = self.line.split().freeze();
-        self.publisher.publish(self.batch_last_seq, seed, line);
+        let bytes = PerFormat::from_fn(|format| self.batch[format].split().freeze());
+        let in_use = PerFormat::from_fn(|format| self.receivers.per_format[format] > 0);
+        self.publisher.publish(self.batch_last_seq, bytes, &in_use);
+        self.batch_events = 0;
         self.published += 1;
         self.wake_all();
     }
 
     fn wake_all(&self) {
-        for (_, subscriber) in &self.receivers.list {
+        for (_, subscriber, _) in &self.receivers.list {
             subscriber.wake();
         }
     }
 
     fn wake_senders(&self) {
-        for (_, subscriber) in &self.senders.list {
+        for (_, subscriber, _) in &self.senders.list {
             subscriber.wake();
         }
     }
 }
 
-/// The viewers to wake: a dense list to walk after every publish, with an index so
-/// that a leave costs O(1) even with tens of thousands of viewers.
+/// The members to wake: a dense list to walk after every publish, with an index so
+/// that a leave costs O(1) even with tens of thousands of viewers, and how many of
+/// them receive each format.
 #[derive(Default)]
 struct Subscribers {
-    list: Vec<(ConnId, Arc<Subscriber>)>,
+    list: Vec<(ConnId, Arc<Subscriber>, Format)>,
     position: HashMap<ConnId, usize>,
+    per_format: PerFormat<usize>,
 }
 
 impl Subscribers {
-    fn add(&mut self, id: ConnId, subscriber: Arc<Subscriber>) {
+    fn add(&mut self, id: ConnId, subscriber: Arc<Subscriber>, format: Format) {
         self.position.insert(id, self.list.len());
-        self.list.push((id, subscriber));
+        self.list.push((id, subscriber, format));
+        self.per_format[format] += 1;
     }
 
     fn remove(&mut self, id: ConnId) {
         let Some(at) = self.position.remove(&id) else {
             return;
         };
-        self.list.swap_remove(at);
-        if let Some((moved, _)) = self.list.get(at) {
+        let (_, _, format) = self.list.swap_remove(at);
+        self.per_format[format] -= 1;
+        if let Some((moved, _, _)) = self.list.get(at) {
             self.position.insert(*moved, at);
         }
     }

@@ -1,10 +1,11 @@
 //! The shared backlog of encoded events that every viewer reads at its own cursor.
 //!
 //! The hub is the only writer: it publishes batches of events, each encoded once per
-//! wire format, in the room's order. Viewers read them without any lock: each slot is
-//! an [`ArcSwapOption`], and each viewer waits on its own [`Subscriber`] waker, which
-//! the hub wakes after every publish. A batch is kept until the backlog passes its
-//! byte bound; a viewer that needs an evicted batch has fallen too far behind.
+//! wire format in use, in the room's order. Viewers read them without any lock: each
+//! slot is an [`ArcSwapOption`], and each viewer waits on its own [`Subscriber`]
+//! waker, which the hub wakes after every publish. A batch is kept until every format
+//! in use has more than the retention after it; a viewer that needs an evicted batch
+//! has fallen too far behind in its own format.
 //!
 //! Memory is therefore bounded once for the whole server (the retention), not per
 //! viewer, and an idle viewer holds nothing but its cursor.
@@ -17,57 +18,46 @@ use arc_swap::ArcSwapOption;
 use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 
-use crate::protocol::Mode;
+use crate::protocol::wire::{Format, PerFormat};
 
-/// Events encoded once for every wire format, published as one unit.
+/// Events encoded once for every format in use, published as one unit.
 #[derive(Debug)]
 pub struct Batch {
     /// Position of this batch in the ring's history.
     pub index: u64,
     /// Sequence number of the last event in the batch.
     pub last_seq: u64,
-    seed: Bytes,
-    line: Bytes,
-    /// Log offsets of the first byte of `seed` and `line`.
-    seed_start: u64,
-    line_start: u64,
+    /// The batch in each format (empty for formats nobody receives).
+    bytes: PerFormat<Bytes>,
+    /// Offset of the first byte of each format's bytes in that format's log.
+    starts: PerFormat<u64>,
 }
 
 impl Batch {
-    /// The batch as `mode` frames it.
-    pub fn bytes(&self, mode: Mode) -> &Bytes {
-        match mode {
-            Mode::Seed => &self.seed,
-            Mode::Line => &self.line,
-        }
+    /// The batch as `format` writes it.
+    pub fn bytes(&self, format: Format) -> &Bytes {
+        &self.bytes[format]
     }
 
-    /// Offset of the batch's first byte in the `mode` log (all bytes ever published
+    /// Offset of the batch's first byte in the `format` log (all bytes ever published
     /// in that format, counted from server start).
-    pub fn start(&self, mode: Mode) -> u64 {
-        match mode {
-            Mode::Seed => self.seed_start,
-            Mode::Line => self.line_start,
-        }
+    pub fn start(&self, format: Format) -> u64 {
+        self.starts[format]
     }
 }
 
 /// Where a new viewer starts reading: the next batch, and the log offsets there.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor {
     /// Index of the next batch to read.
     pub index: u64,
-    seed_offset: u64,
-    line_offset: u64,
+    offsets: PerFormat<u64>,
 }
 
 impl Cursor {
-    /// The offset in the `mode` log.
-    pub fn offset(&self, mode: Mode) -> u64 {
-        match mode {
-            Mode::Seed => self.seed_offset,
-            Mode::Line => self.line_offset,
-        }
+    /// The offset in the `format` log.
+    pub fn offset(&self, format: Format) -> u64 {
+        self.offsets[format]
     }
 }
 
@@ -108,8 +98,8 @@ pub struct Ring {
     slots: Box<[ArcSwapOption<Batch>]>,
     /// Index of the next batch to be published.
     head: AtomicU64,
-    seed_end: AtomicU64,
-    line_end: AtomicU64,
+    /// End of each format's log.
+    ends: PerFormat<AtomicU64>,
     closed: AtomicBool,
 }
 
@@ -120,8 +110,7 @@ impl Ring {
         Self {
             slots: (0..slots).map(|_| ArcSwapOption::empty()).collect(),
             head: AtomicU64::new(0),
-            seed_end: AtomicU64::new(0),
-            line_end: AtomicU64::new(0),
+            ends: PerFormat::default(),
             closed: AtomicBool::new(false),
         }
     }
@@ -161,12 +150,9 @@ impl Ring {
         }
     }
 
-    /// End of the `mode` log: the offset one past the last byte published.
-    pub fn end(&self, mode: Mode) -> u64 {
-        match mode {
-            Mode::Seed => self.seed_end.load(Ordering::Acquire),
-            Mode::Line => self.line_end.load(Ordering::Acquire),
-        }
+    /// End of the `format` log: the offset one past the last byte published.
+    pub fn end(&self, format: Format) -> u64 {
+        self.ends[format].load(Ordering::Acquire)
     }
 
     /// Where a viewer joining now starts. Hub task only (the publisher), so that
@@ -174,8 +160,7 @@ impl Ring {
     pub fn cursor(&self) -> Cursor {
         Cursor {
             index: self.head.load(Ordering::Relaxed),
-            seed_offset: self.seed_end.load(Ordering::Relaxed),
-            line_offset: self.line_end.load(Ordering::Relaxed),
+            offsets: PerFormat::from_fn(|f| self.ends[f].load(Ordering::Relaxed)),
         }
     }
 
@@ -189,10 +174,10 @@ impl Ring {
     }
 }
 
-/// The slow-viewer policy: a viewer `behind` bytes behind the end of its log (bytes
-/// published for it that its socket has not taken) is dropped once that exceeds its
-/// `backlog`. The ring keeps at least `backlog` bytes, so a viewer within the bound
-/// always finds its next batch.
+/// The slow-viewer policy: a viewer `behind` bytes behind the end of its own
+/// format's log (bytes published for it that its socket has not taken) is dropped
+/// once that exceeds its `backlog`. The ring keeps at least `backlog` bytes of every
+/// format in use, so a viewer within the bound always finds its next batch.
 pub fn is_too_far_behind(behind: u64, backlog: u64) -> bool {
     behind > backlog
 }
@@ -203,13 +188,12 @@ pub struct Publisher {
     ring: Arc<Ring>,
     /// Oldest batch still held.
     tail: u64,
-    /// Bytes of seed-format backlog to keep (the smaller format, so each format keeps
-    /// at least this much).
+    /// Bytes of backlog to keep in every format in use.
     retention_bytes: u64,
 }
 
 impl Publisher {
-    /// A publisher for `ring`, keeping at least `retention_bytes` of every format.
+    /// A publisher for `ring`, keeping at least `retention_bytes` of every format in use.
     pub fn new(ring: Arc<Ring>, retention_bytes: usize) -> Self {
         Self {
             ring,
@@ -223,21 +207,20 @@ impl Publisher {
         &self.ring
     }
 
-    /// Publishes one batch and evicts what falls out of the retention. Does not wake
-    /// anyone: the caller wakes its subscribers once it is done publishing.
-    pub fn publish(&mut self, last_seq: u64, seed: Bytes, line: Bytes) {
+    /// Publishes one batch and evicts what no viewer within its bound can still
+    /// need: a batch goes once, for every format in `in_use`, a viewer whose next byte
+    /// were that batch's first would be past the retention. Does not wake anyone: the
+    /// caller wakes its subscribers once it is done publishing.
+    pub fn publish(&mut self, last_seq: u64, bytes: PerFormat<Bytes>, in_use: &PerFormat<bool>) {
         debug_assert!(!self.ring.is_closed(), "publish after close");
         let ring = &self.ring;
         let index = ring.head.load(Ordering::Relaxed);
-        let seed_start = ring.seed_end.load(Ordering::Relaxed);
-        let line_start = ring.line_end.load(Ordering::Relaxed);
-        let seed_end = seed_start + seed.len() as u64;
-        let line_end = line_start + line.len() as u64;
+        let starts = PerFormat::from_fn(|f| ring.ends[f].load(Ordering::Relaxed));
+        let ends = PerFormat::from_fn(|f| starts[f] + bytes[f].len() as u64);
         // The slot about to be reused, and anything beyond the retention, goes first.
         let capacity = ring.slots.len() as u64;
         while self.tail < index
-            && (index - self.tail >= capacity
-                || self.seed_start_of(self.tail) + self.retention_bytes < seed_end)
+            && (index - self.tail >= capacity || self.is_past_retention(self.tail, &ends, in_use))
         {
             ring.slot(self.tail).store(None);
             self.tail += 1;
@@ -245,13 +228,12 @@ impl Publisher {
         ring.slot(index).store(Some(Arc::new(Batch {
             index,
             last_seq,
-            seed,
-            line,
-            seed_start,
-            line_start,
+            bytes,
+            starts,
         })));
-        ring.seed_end.store(seed_end, Ordering::Release);
-        ring.line_end.store(line_end, Ordering::Release);
+        for (format, end) in ends.iter() {
+            ring.ends[format].store(*end, Ordering::Release);
+        }
         ring.head.store(index + 1, Ordering::Release);
     }
 
@@ -261,12 +243,21 @@ impl Publisher {
         self.ring.closed.store(true, Ordering::Release);
     }
 
-    fn seed_start_of(&self, index: u64) -> u64 {
-        self.ring
-            .slot(index)
-            .load()
-            .as_ref()
-            .map_or(0, |batch| batch.seed_start)
+    /// Whether a viewer of any format in use, with batch `index` next, would be too
+    /// far behind the new `ends`.
+    fn is_past_retention(
+        &self,
+        index: u64,
+        ends: &PerFormat<u64>,
+        in_use: &PerFormat<bool>,
+    ) -> bool {
+        let Some(batch) = self.ring.slot(index).load_full() else {
+            return true;
+        };
+        Format::ALL
+            .into_iter()
+            .filter(|&f| in_use[f])
+            .all(|f| is_too_far_behind(ends[f] - batch.starts[f], self.retention_bytes))
     }
 }
 
@@ -274,8 +265,17 @@ impl Publisher {
 mod tests {
     use super::*;
 
+    const EVERY_FORMAT: PerFormat<bool> = PerFormat::splat(true);
+
     fn publisher(slots: usize, retention: usize) -> Publisher {
         Publisher::new(Arc::new(Ring::new(slots)), retention)
+    }
+
+    fn batch(seed: &'static [u8], line: &'static [u8]) -> PerFormat<Bytes> {
+        PerFormat::from_fn(|f| match f {
+            Format::Seed => Bytes::from_static(seed),
+            Format::Line => Bytes::from_static(line),
+        })
     }
 
     fn ready(fetch: Fetch) -> Arc<Batch> {
@@ -290,23 +290,15 @@ mod tests {
         let mut p = publisher(8, 1024);
         let ring = p.ring().clone();
         assert!(matches!(ring.fetch(0), Fetch::Pending));
-        p.publish(
-            1,
-            Bytes::from_static(b"a: x"),
-            Bytes::from_static(b"a: x\n"),
-        );
-        p.publish(
-            3,
-            Bytes::from_static(b"b: yb: z"),
-            Bytes::from_static(b"b: y\nb: z\n"),
-        );
+        p.publish(1, batch(b"a: x", b"a: x\n"), &EVERY_FORMAT);
+        p.publish(3, batch(b"b: yb: z", b"b: y\nb: z\n"), &EVERY_FORMAT);
         let first = ready(ring.fetch(0));
         let second = ready(ring.fetch(1));
         assert_eq!((first.last_seq, second.last_seq), (1, 3));
-        assert_eq!(second.start(Mode::Seed), 4);
-        assert_eq!(second.start(Mode::Line), 5);
-        assert_eq!(&second.bytes(Mode::Line)[..], b"b: y\nb: z\n");
-        assert_eq!((ring.end(Mode::Seed), ring.end(Mode::Line)), (12, 15));
+        assert_eq!(second.start(Format::Seed), 4);
+        assert_eq!(second.start(Format::Line), 5);
+        assert_eq!(&second.bytes(Format::Line)[..], b"b: y\nb: z\n");
+        assert_eq!((ring.end(Format::Seed), ring.end(Format::Line)), (12, 15));
         assert!(matches!(ring.fetch(2), Fetch::Pending));
     }
 
@@ -315,14 +307,10 @@ mod tests {
         let mut p = publisher(64, 10);
         let ring = p.ring().clone();
         for _ in 0..4 {
-            p.publish(
-                0,
-                Bytes::from_static(b"12345"),
-                Bytes::from_static(b"12345\n"),
-            );
+            p.publish(0, batch(b"12345", b"12345\n"), &EVERY_FORMAT);
         }
-        // 20 bytes published: a reader at the start of batch 1 would be 15 bytes
-        // behind, past the retention of 10, so batches 0 and 1 are gone.
+        // 20 seed bytes published: a seed reader at the start of batch 1 would be 15
+        // bytes behind, a line reader 18, both past the retention of 10.
         assert!(matches!(ring.fetch(0), Fetch::Gone));
         assert!(matches!(ring.fetch(1), Fetch::Gone));
         ready(ring.fetch(2));
@@ -336,20 +324,51 @@ mod tests {
         const BACKLOG: usize = 100;
         let mut p = publisher(1024, BACKLOG);
         let ring = p.ring().clone();
-        let ten = Bytes::from_static(b"0123456789");
         for _ in 0..30 {
-            p.publish(0, ten.clone(), Bytes::from_static(b"012345678\n"));
+            p.publish(0, batch(b"0123456789", b"012345678\n"), &EVERY_FORMAT);
         }
-        let end = ring.end(Mode::Seed);
+        let end = ring.end(Format::Seed);
         assert_eq!(end, 300);
         // At the bound: the viewer's next batch starts at `end - BACKLOG`.
         let at_bound = end - BACKLOG as u64;
         assert!(!is_too_far_behind(end - at_bound, BACKLOG as u64));
         let index = at_bound / 10;
-        assert_eq!(ready(ring.fetch(index)).start(Mode::Seed), at_bound);
+        assert_eq!(ready(ring.fetch(index)).start(Format::Seed), at_bound);
         // One byte past the bound.
         assert!(is_too_far_behind(end - (at_bound - 1), BACKLOG as u64));
         assert!(matches!(ring.fetch(index - 1), Fetch::Gone));
+    }
+
+    /// The bound is in each viewer's own format: where one format writes four times
+    /// the bytes of another, each keeps its full backlog, and a viewer of either
+    /// within its bound finds its next batch.
+    #[test]
+    fn the_backlog_is_kept_in_each_format_in_use() {
+        const BACKLOG: u64 = 100;
+        let mut p = publisher(1024, BACKLOG as usize);
+        let ring = p.ring().clone();
+        for _ in 0..100 {
+            p.publish(0, batch(b"0123456789", &[b'x'; 40]), &EVERY_FORMAT);
+        }
+        for format in Format::ALL {
+            let end = ring.end(format);
+            let per_batch = end / 100;
+            // The earliest batch a viewer within its bound may need still exists.
+            let needed = (end - BACKLOG).div_ceil(per_batch);
+            let kept = ready(ring.fetch(needed));
+            assert!(!is_too_far_behind(end - kept.start(format), BACKLOG));
+        }
+        // The small format keeps more than its bound, since the large one needs it;
+        // once nobody receives the large one, only the small one's bound counts.
+        let seed_only = PerFormat::from_fn(|f| f == Format::Seed);
+        p.publish(0, batch(b"0123456789", b""), &seed_only);
+        let end = ring.end(Format::Seed);
+        let oldest = (0..=100)
+            .find(|&i| matches!(ring.fetch(i), Fetch::Ready(_)))
+            .unwrap();
+        let kept = ready(ring.fetch(oldest)).start(Format::Seed);
+        assert!(!is_too_far_behind(end - kept, BACKLOG));
+        assert!(is_too_far_behind(end - (kept - 10), BACKLOG));
     }
 
     #[test]
@@ -357,7 +376,7 @@ mod tests {
         let mut p = publisher(4, 1 << 20);
         let ring = p.ring().clone();
         for _ in 0..6 {
-            p.publish(0, Bytes::from_static(b"x"), Bytes::from_static(b"x\n"));
+            p.publish(0, batch(b"x", b"x\n"), &EVERY_FORMAT);
         }
         assert!(matches!(ring.fetch(1), Fetch::Gone));
         ready(ring.fetch(2));
@@ -368,7 +387,7 @@ mod tests {
     fn closing_ends_readers_only_after_the_last_batch() {
         let mut p = publisher(4, 1024);
         let ring = p.ring().clone();
-        p.publish(1, Bytes::from_static(b"x"), Bytes::from_static(b"x\n"));
+        p.publish(1, batch(b"x", b"x\n"), &EVERY_FORMAT);
         p.close();
         ready(ring.fetch(0));
         assert!(matches!(ring.fetch(1), Fetch::Closed));
@@ -377,11 +396,11 @@ mod tests {
     #[test]
     fn a_cursor_starts_after_what_was_published() {
         let mut p = publisher(4, 1024);
-        p.publish(1, Bytes::from_static(b"abc"), Bytes::from_static(b"abc\n"));
+        p.publish(1, batch(b"abc", b"abc\n"), &EVERY_FORMAT);
         let cursor = p.ring().cursor();
         assert_eq!(cursor.index, 1);
         assert_eq!(
-            (cursor.offset(Mode::Seed), cursor.offset(Mode::Line)),
+            (cursor.offset(Format::Seed), cursor.offset(Format::Line)),
             (3, 4)
         );
     }

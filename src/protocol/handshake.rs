@@ -14,8 +14,8 @@
 use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 
-use super::name::{self, NameError};
 use crate::room::Role;
+use crate::room::name::{self, NameError};
 
 /// How a connection is framed, chosen by its handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,6 +162,8 @@ pub struct HandshakeReader {
     state: State,
     max_bytes: usize,
     max_name_chars: usize,
+    /// Whether a first read may be taken as a seed handshake.
+    seed_allowed: bool,
 }
 
 impl HandshakeReader {
@@ -174,6 +176,17 @@ impl HandshakeReader {
             state: State::Start,
             max_bytes,
             max_name_chars,
+            seed_allowed: true,
+        }
+    }
+
+    /// A reader for a transport that has no seed clients (TLS: the original clients
+    /// cannot speak it): every handshake is a line, and a first read that happens to
+    /// look like a seed handshake simply waits for its newline.
+    pub fn line_only(max_bytes: usize, max_name_chars: usize) -> Self {
+        Self {
+            seed_allowed: false,
+            ..Self::new(max_bytes, max_name_chars)
         }
     }
 
@@ -192,13 +205,7 @@ impl HandshakeReader {
         match self.state {
             State::Done => Step::NeedMore,
             State::Start => self.first_read(),
-            State::Line if self.buf.len() > self.max_bytes => self.refuse(
-                Mode::Line,
-                HandshakeError::TooLong {
-                    max_bytes: self.max_bytes,
-                },
-            ),
-            State::Line => Step::NeedMore,
+            State::Line => self.push_line_in_progress(),
             State::SeedCandidate { .. } => {
                 self.read_starts.push(searched_from);
                 // Too long for a line handshake: only seed mode remains possible.
@@ -252,12 +259,25 @@ impl HandshakeReader {
         }
     }
 
+    /// More of a line handshake without its newline: wait, within the size limit.
+    fn push_line_in_progress(&mut self) -> Step {
+        if self.buf.len() > self.max_bytes {
+            let max_bytes = self.max_bytes;
+            return self.refuse(Mode::Line, HandshakeError::TooLong { max_bytes });
+        }
+        Step::NeedMore
+    }
+
     fn refuse(&mut self, mode: Mode, error: HandshakeError) -> Step {
         self.state = State::Done;
         Step::Done(Outcome::Refused { mode, error })
     }
 
     fn first_read(&mut self) -> Step {
+        if !self.seed_allowed {
+            self.state = State::Line;
+            return self.push_line_in_progress();
+        }
         let classified = classify_first_read(&self.buf, self.max_name_chars);
         if self.buf.len() > self.max_bytes {
             let max_bytes = self.max_bytes;
@@ -738,6 +758,34 @@ mod tests {
         };
         assert_eq!(hello.mode, Mode::Seed);
         assert_eq!(rest, vec![Bytes::copy_from_slice(&long)]);
+    }
+
+    #[test]
+    fn a_line_only_reader_never_takes_a_first_read_for_a_seed_handshake() {
+        let mut r = HandshakeReader::line_only(MAX, 16);
+        assert_eq!(r.push(b"viewer"), Step::NeedMore);
+        assert_eq!(
+            r.push(b"\n"),
+            accepted(line_hello(Role::Viewer, None, Options::default()), &[b""])
+        );
+        let mut r = HandshakeReader::line_only(MAX, 16);
+        assert_eq!(r.push(b"name:amy"), Step::NeedMore);
+        assert_eq!(
+            r.timed_out(),
+            Outcome::Refused {
+                mode: Mode::Line,
+                error: HandshakeError::TimedOut
+            }
+        );
+        // Garbage is refused with an error line once its line is complete.
+        let mut r = HandshakeReader::line_only(MAX, 16);
+        assert_eq!(r.push(b"hello"), Step::NeedMore);
+        assert_eq!(r.push(b"\n"), refused(Mode::Line, HandshakeError::Unknown));
+        let mut r = HandshakeReader::line_only(MAX, 16);
+        assert_eq!(
+            r.push(&[b'x'; MAX + 1]),
+            refused(Mode::Line, HandshakeError::TooLong { max_bytes: MAX })
+        );
     }
 
     #[test]

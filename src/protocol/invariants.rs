@@ -9,9 +9,8 @@ use bytes::{Bytes, BytesMut};
 
 use super::handshake::{HandshakeReader, Mode, Outcome, Step};
 use super::line::LineFramer;
-use super::wire::{self, Notice};
-use super::{name, text};
-use crate::room::{ConnId, EventKind, Role, Room};
+use super::wire::{Format, Notice};
+use crate::room::{ConnId, EventKind, Role, Room, name, text};
 
 const MAX_HANDSHAKE: usize = 64;
 const MAX_NAME: usize = 16;
@@ -184,8 +183,8 @@ pub fn check_post(data: &[u8]) {
     let (mut seed, mut line) = (BytesMut::new(), BytesMut::new());
     for event in &events {
         assert!(matches!(&event.kind, EventKind::Posted { name, .. } if &**name == "mallory"));
-        wire::encode(event, Mode::Seed, &mut seed);
-        wire::encode(event, Mode::Line, &mut line);
+        Format::Seed.encode(event, &mut seed);
+        Format::Line.encode(event, &mut line);
     }
     let line = Bytes::from(line);
     let text = std::str::from_utf8(&line).unwrap_or_else(|e| panic!("not UTF-8: {e}"));

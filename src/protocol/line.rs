@@ -34,7 +34,7 @@ impl LineFramer {
     }
 
     /// Removes every complete line from the front of `buf` and returns them as one
-    /// chunk that ends with `\n` (split it with [`super::text::lines`]).
+    /// chunk that ends with `\n` (split it with [`crate::room::text::lines`]).
     ///
     /// Returns `Ok(None)` when no complete line is buffered yet. A partial line stays
     /// in `buf` for the next call, so the result is the same however the stream was

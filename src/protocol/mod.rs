@@ -6,16 +6,12 @@
 //!
 //! - [`handshake`]: a connection's first bytes -> role, mode and options.
 //! - [`mod@line`]: a messenger's stream -> messages (line framing, or seed reads).
-//! - [`name`]: the name rules.
-//! - [`text`]: splitting messages at line breaks and neutralizing control characters.
 //! - [`wire`]: events and notices -> bytes, once per wire format.
 
 pub mod handshake;
 #[doc(hidden)]
 pub mod invariants;
 pub mod line;
-pub mod name;
-pub mod text;
 pub mod wire;
 
 pub use handshake::{Hello, Mode, Options};

@@ -1,43 +1,149 @@
-//! Events and server notices as bytes on the wire, once per format.
+//! Events and server notices as bytes on the wire, once per [`Format`].
 //!
-//! Seed mode writes the original's texts with no terminator; line mode writes the
-//! same texts, each followed by `\n`. Line mode adds notices, lines that start with
-//! `*** ` (which no chat line can, since names may not start with `*`). Performs no I/O.
+//! A format is data: one variant per way of writing the room's events, and every
+//! per-format value the server keeps (the ring's batches, its offsets, the welcome)
+//! is a [`PerFormat`] indexed by it. Adding a format is adding a variant and its
+//! encoder here; nothing else names the formats one by one.
+//!
+//! Seed format writes the original's texts with no terminator; line format writes the
+//! same texts, each followed by `\n`, and adds notices, lines that start with `*** `
+//! (which no chat line can, since names may not start with `*`). Performs no I/O.
+
+use std::ops::{Index, IndexMut};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::handshake::Mode;
 use crate::room::{Event, EventKind};
 
-/// Appends the text of `event` to `out`, as `mode` frames it.
-pub fn encode(event: &Event, mode: Mode, out: &mut BytesMut) {
-    match &event.kind {
-        EventKind::Joined { name } => {
-            out.put_slice(name.as_bytes());
-            out.put_slice(b" has joined the chat.");
-        }
-        EventKind::Posted { name, text } => {
-            out.put_slice(name.as_bytes());
-            out.put_slice(b": ");
-            out.put_slice(text.as_bytes());
-        }
-        // No final period: the original's text, kept byte for byte.
-        EventKind::Left { name } => {
-            out.put_slice(name.as_bytes());
-            out.put_slice(b" has left the chat");
+/// How the server writes events to a receiver.
+///
+/// Separate from [`Mode`], which is how a client's handshake was framed: today each
+/// mode has one format, but a format is chosen per receiver (a line-mode client may
+/// ask for tagged lines, a WebSocket client gets frames).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// The original's texts, no terminator, no notices.
+    Seed,
+    /// The seed texts, each ending in `\n`, plus `*** ` notices.
+    Line,
+}
+
+impl Format {
+    /// Every format, in [`Format::index`] order.
+    pub const ALL: [Self; 2] = [Self::Seed, Self::Line];
+
+    /// How many formats there are.
+    pub const COUNT: usize = Self::ALL.len();
+
+    /// A dense index, for arrays of per-format values.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The format a client of `mode` receives.
+    pub fn of(mode: Mode) -> Self {
+        match mode {
+            Mode::Seed => Self::Seed,
+            Mode::Line => Self::Line,
         }
     }
-    if mode == Mode::Line {
-        out.put_u8(b'\n');
+
+    /// Whether this format can carry notices (`*** ok`, `*** error`, ...). Seed
+    /// clients never get anything the original server would not have sent.
+    pub fn has_notices(self) -> bool {
+        match self {
+            Self::Seed => false,
+            Self::Line => true,
+        }
+    }
+
+    /// Appends the text of `event` to `out`, as this format writes it.
+    pub fn encode(self, event: &Event, out: &mut BytesMut) {
+        match &event.kind {
+            EventKind::Joined { name } => {
+                out.put_slice(name.as_bytes());
+                out.put_slice(b" has joined the chat.");
+            }
+            EventKind::Posted { name, text } => {
+                out.put_slice(name.as_bytes());
+                out.put_slice(b": ");
+                out.put_slice(text.as_bytes());
+            }
+            // No final period: the original's text, kept byte for byte.
+            EventKind::Left { name } => {
+                out.put_slice(name.as_bytes());
+                out.put_slice(b" has left the chat");
+            }
+        }
+        if self == Self::Line {
+            out.put_u8(b'\n');
+        }
+    }
+
+    /// The greeting a receiver gets when it joins.
+    pub fn welcome(self, chat_name: &str) -> Bytes {
+        let terminator = if self == Self::Line { "\n" } else { "" };
+        Bytes::from(format!(
+            "Welcome to the \"{chat_name}\" Chat Server!{terminator}"
+        ))
+    }
+
+    /// `notice` as this format writes it, or `None` if the format has no notices.
+    pub fn notice(self, notice: &Notice) -> Option<Bytes> {
+        self.has_notices().then(|| notice.to_line())
     }
 }
 
-/// The greeting a viewer gets when it joins.
-pub fn welcome(chat_name: &str, mode: Mode) -> Bytes {
-    let terminator = if mode == Mode::Line { "\n" } else { "" };
-    Bytes::from(format!(
-        "Welcome to the \"{chat_name}\" Chat Server!{terminator}"
-    ))
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Seed => "seed",
+            Self::Line => "line",
+        })
+    }
+}
+
+/// One value per [`Format`], indexed by it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PerFormat<T>([T; Format::COUNT]);
+
+impl<T: Copy> PerFormat<T> {
+    /// The same value for every format.
+    pub const fn splat(value: T) -> Self {
+        Self([value; Format::COUNT])
+    }
+}
+
+impl<T> PerFormat<T> {
+    /// The value `f(format)` for every format.
+    pub fn from_fn(mut f: impl FnMut(Format) -> T) -> Self {
+        Self(std::array::from_fn(|i| f(Format::ALL[i])))
+    }
+
+    /// Every format with its value.
+    pub fn iter(&self) -> impl Iterator<Item = (Format, &T)> {
+        Format::ALL.into_iter().zip(self.0.iter())
+    }
+
+    /// Every format with its value, mutably.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (Format, &mut T)> {
+        Format::ALL.into_iter().zip(self.0.iter_mut())
+    }
+}
+
+impl<T> Index<Format> for PerFormat<T> {
+    type Output = T;
+
+    fn index(&self, format: Format) -> &T {
+        &self.0[format.index()]
+    }
+}
+
+impl<T> IndexMut<Format> for PerFormat<T> {
+    fn index_mut(&mut self, format: Format) -> &mut T {
+        &mut self.0[format.index()]
+    }
 }
 
 /// A line-mode server notice: not chat, but news about the connection itself.
@@ -118,9 +224,9 @@ mod tests {
         Event { seq: 1, kind }
     }
 
-    fn encoded(kind: EventKind, mode: Mode) -> Vec<u8> {
+    fn encoded(kind: EventKind, format: Format) -> Vec<u8> {
         let mut out = BytesMut::new();
-        encode(&event(kind), mode, &mut out);
+        format.encode(&event(kind), &mut out);
         out.to_vec()
     }
 
@@ -128,7 +234,7 @@ mod tests {
     fn seed_texts_are_byte_exact_without_terminators() {
         let name: std::sync::Arc<str> = "alice".into();
         assert_eq!(
-            encoded(EventKind::Joined { name: name.clone() }, Mode::Seed),
+            encoded(EventKind::Joined { name: name.clone() }, Format::Seed),
             b"alice has joined the chat."
         );
         assert_eq!(
@@ -137,16 +243,16 @@ mod tests {
                     name: name.clone(),
                     text: "hello world".into()
                 },
-                Mode::Seed
+                Format::Seed
             ),
             b"alice: hello world"
         );
         assert_eq!(
-            encoded(EventKind::Left { name }, Mode::Seed),
+            encoded(EventKind::Left { name }, Format::Seed),
             b"alice has left the chat"
         );
         assert_eq!(
-            &welcome("Bad IRC", Mode::Seed)[..],
+            &Format::Seed.welcome("Bad IRC")[..],
             b"Welcome to the \"Bad IRC\" Chat Server!"
         );
     }
@@ -155,13 +261,24 @@ mod tests {
     fn line_texts_are_the_seed_texts_plus_a_newline() {
         let name: std::sync::Arc<str> = "bob".into();
         assert_eq!(
-            encoded(EventKind::Left { name }, Mode::Line),
+            encoded(EventKind::Left { name }, Format::Line),
             b"bob has left the chat\n"
         );
         assert_eq!(
-            &welcome("x", Mode::Line)[..],
+            &Format::Line.welcome("x")[..],
             b"Welcome to the \"x\" Chat Server!\n"
         );
+    }
+
+    #[test]
+    fn per_format_values_are_indexed_by_format() {
+        let mut values = PerFormat::from_fn(|f| f.index() * 10);
+        values[Format::Line] += 1;
+        assert_eq!(values[Format::Seed], 0);
+        assert_eq!(values[Format::Line], 11);
+        let formats: Vec<Format> = values.iter().map(|(f, _)| f).collect();
+        assert_eq!(formats, Format::ALL);
+        assert!(Format::ALL.iter().enumerate().all(|(i, f)| f.index() == i));
     }
 
     #[test]
@@ -182,6 +299,11 @@ mod tests {
             assert_eq!(Notice::parse(text.trim_end_matches('\n')), Some(notice));
         }
         assert_eq!(Notice::parse("alice: *** ping"), None);
+        assert_eq!(Format::Seed.notice(&Notice::Ping), None);
+        assert_eq!(
+            Format::Line.notice(&Notice::Ping).as_deref(),
+            Some(&b"*** ping\n"[..])
+        );
         assert_eq!(Notice::parse("alice has joined the chat."), None);
     }
 
@@ -199,7 +321,7 @@ mod tests {
             room.post(ConnId(1), &text, &mut events).unwrap();
             let mut out = BytesMut::new();
             for event in &events {
-                encode(event, Mode::Line, &mut out);
+                Format::Line.encode(event, &mut out);
             }
             let out = String::from_utf8(out.to_vec()).unwrap();
             prop_assert_eq!(out.lines().count(), events.len());

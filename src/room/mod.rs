@@ -9,6 +9,8 @@
 //! sequence numbers are assigned here and nowhere else.
 
 mod event;
+pub mod name;
+pub mod text;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,8 +19,7 @@ use thiserror::Error;
 
 pub use event::{ConnId, Event, EventKind, Role};
 
-use crate::protocol::name::{self, NameError};
-use crate::protocol::text;
+use name::NameError;
 
 /// Why a join was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

@@ -1,44 +1,48 @@
-//! The accept loop: connection limit, one task per connection.
+//! The accept loop of one listener, plain TCP or TLS: admission, socket options, the
+//! handshake deadline, one task per connection.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use super::limits::{AddressSlot, PerAddress};
-use super::{Shared, tcp};
+use super::admission::Gate;
+use super::stream::{self, Arrival};
 use crate::config::Config;
-use crate::hub::HubHandle;
+use crate::hub::Hub;
 use crate::room::ConnId;
+use crate::socket;
+use crate::tls::Certificates;
 
-/// File descriptors kept back from the connection limit for the listener, the
-/// standard streams, the runtime and logging.
-const RESERVED_FDS: u64 = 64;
+/// What a listener's connections are wrapped in.
+#[derive(Debug, Clone)]
+pub(super) enum Transport {
+    /// Plain TCP: seed mode and line mode.
+    Plain,
+    /// TLS: line mode only.
+    Tls(Arc<Certificates>),
+}
 
-/// The effective connection limit: the configured one, or what the open-file limit
-/// allows.
-pub(super) fn max_connections(config: &Config) -> usize {
-    config.max_connections.unwrap_or_else(|| {
-        let (soft, _) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((1024, 1024));
-        usize::try_from(soft.saturating_sub(RESERVED_FDS).max(1)).unwrap_or(usize::MAX)
-    })
+/// What every accept loop shares.
+#[derive(Debug, Clone)]
+pub(super) struct Listening {
+    pub(super) hub: Hub,
+    pub(super) config: Arc<Config>,
+    pub(super) gate: Arc<Gate>,
+    /// The last connection id handed out, across listeners.
+    pub(super) ids: Arc<AtomicU64>,
+    pub(super) tracker: TaskTracker,
 }
 
 /// Accepts connections until the task is dropped (when shutdown begins).
-pub(super) async fn run(
-    listener: TcpListener,
-    hub: HubHandle,
-    shared: Arc<Shared>,
-    tracker: TaskTracker,
-    max_connections: usize,
-) {
-    let permits = Arc::new(Semaphore::new(max_connections));
-    let per_address = PerAddress::new(shared.config.max_connections_per_ip);
-    let mut next_id = 0;
+pub(super) async fn run(listener: TcpListener, transport: Transport, listening: Listening) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -47,47 +51,69 @@ pub(super) async fn run(
                 continue;
             }
         };
-        next_id += 1;
-        let id = ConnId(next_id);
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            info!(conn = %id, %peer, max_connections, "refused: connection limit reached");
+        let id = ConnId(listening.ids.fetch_add(1, Ordering::Relaxed) + 1);
+        let Some(admission) = listening.gate.admit(id, peer) else {
             continue;
         };
-        // Loopback clients are the operator's own, unless told otherwise.
-        let limited = !peer.ip().is_loopback() || shared.config.no_loopback_exemption;
-        let address = if limited {
-            let Some(slot) = per_address.try_acquire(peer.ip()) else {
-                info!(
-                    conn = %id,
-                    %peer,
-                    max_connections_per_ip = shared.config.max_connections_per_ip,
-                    "refused: too many connections from this address"
-                );
-                continue;
-            };
-            Some(slot)
-        } else {
-            None
-        };
-        let admission = Admission {
-            _permit: permit,
-            _address: address,
-            flood_controlled: limited,
+        let config = &listening.config;
+        if let Err(error) = socket::configure(&stream, config.dead_peer_timeout) {
+            debug!(conn = %id, %error, "could not set socket options");
+        }
+        // One deadline for everything before the room: the TLS handshake, then ours.
+        let arrival = Arrival {
+            peer,
+            id,
+            hub: listening.hub.clone(),
+            config: config.clone(),
+            admission,
+            deadline: Instant::now() + config.handshake_timeout,
+            seed_allowed: matches!(transport, Transport::Plain),
         };
         // No span per connection: it would be kept for the connection's whole life, a
         // few hundred bytes each; events carry `conn` (and `peer` at join) instead.
-        let connection = tcp::serve(stream, peer, id, hub.clone(), shared.clone(), admission);
-        tracker.spawn(connection);
+        match &transport {
+            Transport::Plain => {
+                listening.tracker.spawn(stream::serve(stream, arrival));
+            }
+            Transport::Tls(certificates) => {
+                let acceptor = TlsAcceptor::from(certificates.current());
+                listening
+                    .tracker
+                    .spawn(serve_tls(stream, acceptor, arrival));
+            }
+        }
     }
 }
 
-/// What a connection holds for being let in: its place under the limits, given back
-/// when it ends.
-pub(super) struct Admission {
-    _permit: OwnedSemaphorePermit,
-    _address: Option<AddressSlot>,
-    /// Whether its posts go through flood control.
-    pub(super) flood_controlled: bool,
+/// The TLS handshake, under the connection's handshake deadline, then the session.
+async fn serve_tls(stream: TcpStream, acceptor: TlsAcceptor, arrival: Arrival) {
+    let handshake = Box::pin(tls_handshake(stream, acceptor, &arrival));
+    let Some(tls) = handshake.await else {
+        return;
+    };
+    stream::serve(tls, arrival).await;
+}
+
+async fn tls_handshake(
+    stream: TcpStream,
+    acceptor: TlsAcceptor,
+    arrival: &Arrival,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let (id, peer) = (arrival.id, arrival.peer);
+    tokio::select! {
+        () = arrival.hub.stopping() => None,
+        accepted = tokio::time::timeout_at(arrival.deadline, acceptor.accept(stream)) => match accepted {
+            Ok(Ok(tls)) => Some(tls),
+            Ok(Err(error)) => {
+                info!(conn = %id, %peer, %error, transport = %"tls", "refused: TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                info!(conn = %id, %peer, transport = %"tls", "refused: no TLS handshake in time");
+                None
+            }
+        },
+    }
 }
 
 /// Waits after an accept error, so a persistent one (out of file descriptors) does
@@ -102,4 +128,9 @@ async fn backoff(error: &io::Error) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// The address a listener serves on, for the log.
+pub(super) fn local_address(listener: &TcpListener) -> Option<SocketAddr> {
+    listener.local_addr().ok()
 }

@@ -1,60 +1,95 @@
-//! Per-client limits: connections per address, and flood control for senders.
+//! Admission: who may open a connection at all, whatever the transport.
 //!
-//! [`TokenBucket`] is pure: time comes in as an argument, so it is tested without a
-//! clock. [`PerAddress`] is shared by the accept loop and the connection tasks, and
-//! touched only when a connection opens or closes, never per message.
+//! Every listener asks [`Gate::admit`] before it spends anything on a new connection:
+//! a place under the connection limit, a place under the per-address limit (loopback
+//! exempt unless configured otherwise), and whether the connection's posts go through
+//! flood control. The [`Admission`] it hands out gives both places back when the
+//! connection ends. Touched when a connection opens or closes, never per message.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-/// A token bucket: `burst` tokens at most, refilled at `rate` tokens per second.
-/// One token is one line a sender may post.
-#[derive(Debug, Clone)]
-pub struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    updated: Instant,
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::info;
+
+use crate::config::{Config, RESERVED_FDS};
+use crate::room::ConnId;
+
+/// The effective connection limit: the configured one, or what the open-file limit
+/// allows.
+pub fn max_connections(config: &Config) -> usize {
+    config.max_connections.unwrap_or_else(|| {
+        let (soft, _) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((1024, 1024));
+        usize::try_from(soft.saturating_sub(RESERVED_FDS).max(1)).unwrap_or(usize::MAX)
+    })
 }
 
-impl TokenBucket {
-    /// A full bucket at `now`.
-    pub fn new(rate: f64, burst: u32, now: Instant) -> Self {
-        let burst = f64::from(burst.max(1));
+/// The limits every listener shares.
+#[derive(Debug)]
+pub struct Gate {
+    permits: Arc<Semaphore>,
+    max_connections: usize,
+    per_address: PerAddress,
+    loopback_exempt: bool,
+}
+
+impl Gate {
+    /// The gate for `config`.
+    pub fn new(config: &Config) -> Self {
+        let max_connections = max_connections(config);
         Self {
-            rate: rate.max(f64::MIN_POSITIVE),
-            burst,
-            tokens: burst,
-            updated: now,
+            permits: Arc::new(Semaphore::new(max_connections)),
+            max_connections,
+            per_address: PerAddress::new(config.max_connections_per_ip),
+            loopback_exempt: !config.no_loopback_exemption,
         }
     }
 
-    /// Takes up to `wanted` tokens and returns how many it got.
-    pub fn take(&mut self, wanted: usize, now: Instant) -> usize {
-        self.refill(now);
-        let granted = (self.tokens.floor().max(0.0) as usize).min(wanted);
-        self.tokens -= granted as f64;
-        granted
+    /// The connection limit in force.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
     }
 
-    /// How long from `now` until the next token.
-    pub fn next_token_in(&self, now: Instant) -> Duration {
-        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
-        let tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if tokens >= 1.0 {
-            Duration::ZERO
+    /// Lets connection `id` from `peer` in, or says why not (in the log) and returns
+    /// `None`: the caller then closes it at once, sending nothing.
+    pub fn admit(&self, id: ConnId, peer: SocketAddr) -> Option<Admission> {
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            info!(conn = %id, %peer, max_connections = self.max_connections, "refused: connection limit reached");
+            return None;
+        };
+        // Loopback clients are the operator's own, unless told otherwise.
+        let limited = !(self.loopback_exempt && peer.ip().is_loopback());
+        let address = if limited {
+            let Some(slot) = self.per_address.try_acquire(peer.ip()) else {
+                info!(
+                    conn = %id,
+                    %peer,
+                    max_connections_per_ip = self.per_address.max,
+                    "refused: too many connections from this address"
+                );
+                return None;
+            };
+            Some(slot)
         } else {
-            Duration::from_secs_f64((1.0 - tokens) / self.rate)
-        }
+            None
+        };
+        Some(Admission {
+            _permit: permit,
+            _address: address,
+            flood_controlled: limited,
+        })
     }
+}
 
-    fn refill(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        self.updated = now;
-    }
+/// What a connection holds for being let in: its places under the limits, given
+/// back when it is dropped.
+#[derive(Debug)]
+pub struct Admission {
+    _permit: OwnedSemaphorePermit,
+    _address: Option<AddressSlot>,
+    /// Whether its posts go through flood control.
+    pub flood_controlled: bool,
 }
 
 /// The key one address is counted under: IPv4 addresses one by one, IPv6 by /64
@@ -134,38 +169,6 @@ impl Drop for AddressSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_burst_passes_at_once_then_the_rate_applies() {
-        let start = Instant::now();
-        let mut bucket = TokenBucket::new(5.0, 20, start);
-        assert_eq!(bucket.take(10, start), 10, "a paste of ten lines");
-        assert_eq!(bucket.take(10, start), 10);
-        assert_eq!(bucket.take(1, start), 0, "one past the burst");
-        assert_eq!(bucket.next_token_in(start), Duration::from_millis(200));
-        let later = start + Duration::from_millis(200);
-        assert_eq!(bucket.next_token_in(later), Duration::ZERO);
-        assert_eq!(bucket.take(3, later), 1);
-        let much_later = later + Duration::from_secs(60);
-        assert_eq!(
-            bucket.take(100, much_later),
-            20,
-            "never more than the burst"
-        );
-    }
-
-    #[test]
-    fn the_steady_rate_is_the_configured_one() {
-        let start = Instant::now();
-        let mut bucket = TokenBucket::new(5.0, 1, start);
-        let mut sent = 0;
-        let mut now = start;
-        while now < start + Duration::from_secs(10) {
-            sent += bucket.take(usize::MAX, now);
-            now += bucket.next_token_in(now).max(Duration::from_millis(1));
-        }
-        assert!((49..=51).contains(&sent), "{sent} lines in 10 s at 5/s");
-    }
 
     #[test]
     fn addresses_are_counted_up_to_the_limit_and_freed_on_drop() {

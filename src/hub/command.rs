@@ -1,0 +1,47 @@
+//! What members ask of the hub, through its one bounded inbox.
+//!
+//! Private to the hub and its members: transports never see a [`Command`], they hold
+//! a [`Member`](super::member::Member) that sends these for them.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::ring::{Cursor, Subscriber};
+use crate::protocol::wire::Format;
+use crate::room::{ConnId, JoinError, Role};
+
+/// A request to the hub.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Hold a name for a connection whose handshake is not decided yet.
+    Reserve {
+        id: ConnId,
+        name: String,
+        reply: oneshot::Sender<Result<(), JoinError>>,
+    },
+    /// Become a member.
+    Join {
+        id: ConnId,
+        role: Role,
+        /// The name, for messengers and chatters.
+        name: Option<String>,
+        /// The format it receives in (for roles that receive).
+        format: Format,
+        /// The member's waker: called after each publish for roles that receive,
+        /// and for everyone when shutdown begins.
+        waker: Arc<Subscriber>,
+        /// Where to start reading the ring, or why not.
+        reply: oneshot::Sender<Result<Cursor, JoinError>>,
+    },
+    /// One or more messages from a member (split into lines by the room).
+    Post { id: ConnId, bytes: Bytes },
+    /// A member is gone.
+    Leave {
+        id: ConnId,
+        /// If given, told the ring index just past the batch that announces the
+        /// leave, so a leaving chatter can receive the room up to its own departure.
+        published: Option<oneshot::Sender<u64>>,
+    },
+}

@@ -1,0 +1,870 @@
+//! What every transport holds for one member of the room: the member core.
+//!
+//! A [`Member`] is handed out by [`Hub::join`](super::Hub::join). It does, once for
+//! every transport, everything a member does that is not moving bytes:
+//!
+//! - posting: messages the transport has framed wait in the member's queue until the
+//!   hub's bounded inbox has room and flood control allows them, and meanwhile the
+//!   member asks for no more input ([`Wants::Wait`]), so a flood is slowed by the
+//!   transport's own backpressure instead of being buffered;
+//! - receiving: the room's batches come from the shared ring at the member's own
+//!   cursor, in its own [`Format`], under the slow-viewer rule; the transport is given
+//!   byte slices to write and says how many it wrote;
+//! - the welcome, the acknowledgement, heartbeats and the last words, as its format
+//!   writes them;
+//! - leaving: exactly once, however the connection ends, also when the transport's
+//!   task is dropped; a chatter that closes its end first receives the room up to its
+//!   own leave;
+//! - shutdown: a member stops taking input, hands the hub what it already has, lets
+//!   the room finish, and writes everything up to the end within the deadline.
+//!
+//! It knows no socket and no transport: a transport is a loop that calls
+//! [`Member::poll_duties`], reads when [`Member::wants`] says so, hands over what it
+//! framed with [`Member::post`], writes through [`Member::poll_write`], and ends with
+//! [`Member::finish`]. Every method is non-blocking and must be called from the
+//! member's own task.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, Sleep, sleep};
+use tokio_util::sync::{CancellationToken, PollSender};
+use tracing::{debug, info, warn};
+
+use super::command::Command;
+use super::flood::TokenBucket;
+use super::ring::{self, Batch, Fetch, Ring, Subscriber};
+use crate::config::{Config, HELD_BACK_DEPARTURE_CHECK, LINGER, SLOW_VIEWER_LINGER};
+use crate::protocol::handshake::Options;
+use crate::protocol::line::LineTooLong;
+use crate::protocol::wire::{Format, Notice, PerFormat};
+use crate::room::{ConnId, Role, text};
+
+/// Most batches handed to the transport in one (vectored) write.
+const BATCHES_PER_WRITE: usize = 16;
+
+/// What every member shares, fixed when the hub starts.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(super) ring: Arc<Ring>,
+    /// Set when shutdown begins, before anyone is woken to see it: members check it
+    /// on every wake-up (one atomic load; a token's check takes a lock).
+    stopping: AtomicBool,
+    /// Cancelled when shutdown begins, for the hub task, which waits for it.
+    pub(super) stop: CancellationToken,
+    welcome: PerFormat<Bytes>,
+    viewer_backlog_bytes: usize,
+    heartbeat_interval: Duration,
+    shutdown_timeout: Duration,
+    flood_rate: f64,
+    flood_burst: u32,
+    slow_viewers: AtomicU64,
+}
+
+impl Shared {
+    pub(super) fn new(config: &Config, ring: Arc<Ring>) -> Self {
+        Self {
+            ring,
+            stopping: AtomicBool::new(false),
+            stop: CancellationToken::new(),
+            welcome: PerFormat::from_fn(|format| format.welcome(&config.chat_name)),
+            viewer_backlog_bytes: config.viewer_backlog_bytes,
+            heartbeat_interval: config.heartbeat_interval,
+            shutdown_timeout: config.shutdown_timeout,
+            flood_rate: config.flood_rate,
+            flood_burst: config.flood_burst,
+            slow_viewers: AtomicU64::new(0),
+        }
+    }
+
+    pub(super) fn begin_shutdown(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.stop.cancel();
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Viewers disconnected so far because they fell too far behind.
+    pub(super) fn slow_viewers(&self) -> u64 {
+        self.slow_viewers.load(Ordering::Relaxed)
+    }
+}
+
+/// Tells the hub that a connection is gone, exactly once, however its task ends.
+#[derive(Debug)]
+pub(super) struct Membership {
+    id: ConnId,
+    tx: Option<mpsc::Sender<Command>>,
+}
+
+impl Membership {
+    pub(super) fn new(id: ConnId, tx: mpsc::Sender<Command>) -> Self {
+        Self { id, tx: Some(tx) }
+    }
+
+    async fn leave(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            // Fails only if the hub has stopped, and then the room is gone anyway.
+            let _ = tx
+                .send(Command::Leave {
+                    id: self.id,
+                    published: None,
+                })
+                .await;
+        }
+    }
+
+    /// The hub hears of this departure some other way (a chatter's goodbye), or not
+    /// at all (at shutdown the room ends with the server, and the hub may stop once
+    /// every connection has let go of its inbox).
+    fn forget(&mut self) {
+        self.tx = None;
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        let Some(tx) = self.tx.take() else {
+            return;
+        };
+        // Reached when a task ends without `finish` (dropped, cancelled): the name
+        // must still be freed and the leave announced.
+        if let Err(mpsc::error::TrySendError::Full(leave)) = tx.try_send(Command::Leave {
+            id: self.id,
+            published: None,
+        }) && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                let _ = tx.send(leave).await;
+            });
+        }
+    }
+}
+
+/// A name held for a connection whose handshake is not decided yet (a seed
+/// messenger during the seed grace). Dropping it releases the name silently; passing
+/// it to [`Hub::join`](super::Hub::join) turns it into the membership.
+#[derive(Debug)]
+pub struct Reservation {
+    pub(super) membership: Membership,
+}
+
+/// What a transport asks the hub for, once the handshake is done.
+#[derive(Debug)]
+pub struct JoinRequest {
+    /// The connection.
+    pub id: ConnId,
+    /// What it asked to be.
+    pub role: Role,
+    /// Its name, for roles that send.
+    pub name: Option<String>,
+    /// How it receives the room (and its notices).
+    pub format: Format,
+    /// Extras it asked for.
+    pub options: Options,
+    /// Whether its posts go through flood control.
+    pub flood_controlled: bool,
+    /// The name it already holds, if any.
+    pub reservation: Option<Reservation>,
+}
+
+/// What the member wants from its transport's input now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wants {
+    /// Nothing: read what the peer sends and drop it, so that its departure is
+    /// noticed at once (viewers).
+    Nothing,
+    /// The next message: frame one from what is buffered, or read more.
+    Message,
+    /// Shutdown began: hand over every complete message already buffered, then call
+    /// [`Member::end_of_input`]. Read nothing more.
+    Buffered,
+    /// Read nothing now: posts wait for room in the inbox or for flood control.
+    /// While [`Member::is_held_back`], check the peer for departure without reading.
+    Wait,
+    /// Nothing more, ever.
+    Done,
+}
+
+/// How a member's connection ended.
+#[derive(Debug)]
+pub enum End {
+    /// The peer closed its end (FIN) and everything it sent was handled.
+    PeerClosed,
+    /// The peer closed or reset its connection while flood control held some of its
+    /// lines back; those lines are dropped.
+    LeftWhileHeldBack,
+    /// The connection failed (reset, dead-peer timeout).
+    PeerError(io::Error),
+    /// A receiver fell further behind than its backlog allows.
+    TooSlow {
+        /// Bytes of its own format published and not yet written.
+        behind: u64,
+    },
+    /// A line-mode sender sent a line over the limit.
+    TooLong(LineTooLong),
+    /// The server shut down and everything was delivered.
+    ShutDown,
+    /// The server shut down and the deadline passed first.
+    Deadline,
+}
+
+/// How the transport should close the connection.
+#[derive(Debug)]
+pub struct Farewell {
+    /// A last line to write before closing, in the member's format.
+    pub last_words: Option<Bytes>,
+    /// How long the peer gets to read it and close its end.
+    pub linger: Duration,
+}
+
+/// A receiving member's position in the shared ring.
+#[derive(Debug)]
+struct Feed {
+    /// Index of the next batch to take from the ring.
+    next: u64,
+    /// Log offset (in the member's format) of the next byte to hand to the transport.
+    delivered: u64,
+    /// The batch index this member is delivered up to: [`u64::MAX`] until a chatter
+    /// says goodbye, then just past its own leave.
+    until: u64,
+}
+
+impl Feed {
+    fn behind(&self, ring: &Ring, format: Format) -> u64 {
+        ring.end(format).saturating_sub(self.delivered)
+    }
+
+    /// The slow-viewer policy: `Err` once this member is past its backlog.
+    fn check(&self, ring: &Ring, format: Format, backlog: usize) -> Result<(), End> {
+        let behind = self.behind(ring, format);
+        if ring::is_too_far_behind(behind, backlog as u64) {
+            Err(End::TooSlow { behind })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The batch at `index`, if it is ready and still due to this member.
+    fn batch(&self, ring: &Ring, index: u64, format: Format) -> Result<Option<Arc<Batch>>, End> {
+        if index >= self.until {
+            return Ok(None);
+        }
+        match ring.fetch(index) {
+            Fetch::Ready(batch) => Ok(Some(batch)),
+            Fetch::Pending | Fetch::Closed => Ok(None),
+            Fetch::Gone => Err(End::TooSlow {
+                behind: self.behind(ring, format),
+            }),
+        }
+    }
+
+    fn is_saying_goodbye(&self) -> bool {
+        self.until != u64::MAX
+    }
+}
+
+/// Where a sender's input stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InputState {
+    /// Taking messages.
+    Open,
+    /// Shutdown began: waiting for the transport to hand over what it buffered.
+    Draining,
+    /// No more messages: the peer closed, or the transport handed over the rest.
+    Ended,
+}
+
+/// A sending member's input side. Boxed in the member: viewers do not carry it.
+#[derive(Debug)]
+struct Input {
+    /// Framed messages waiting for room in the hub's inbox (or for flood control).
+    posts: VecDeque<Bytes>,
+    /// The hub's inbox; closed once shutdown began and everything was handed over.
+    sender: PollSender<Command>,
+    /// Flood control; `None` for exempt (loopback) clients.
+    bucket: Option<TokenBucket>,
+    /// Set while flood control holds the next post back.
+    throttle: Option<Pin<Box<Sleep>>>,
+    state: InputState,
+    /// A chatter's goodbye, to send once its posts are out.
+    leave: Option<oneshot::Sender<u64>>,
+    /// The hub's answer to that goodbye: where its announcement ends in the ring.
+    left: Option<oneshot::Receiver<u64>>,
+}
+
+impl Input {
+    /// As much of `bytes` as flood control allows now; the rest goes back to wait.
+    fn limit(&mut self, mut bytes: Bytes) -> Option<Bytes> {
+        if let Some(bucket) = &mut self.bucket {
+            let now = Instant::now();
+            let wanted = text::lines(&bytes).count();
+            let granted = bucket.take(wanted, now);
+            if granted < wanted {
+                let rest = bytes.split_off(text::end_of_lines(&bytes, granted));
+                self.posts.push_front(rest);
+                // Woken at least this often, so the transport can check whether the
+                // peer is still there while its input is not read.
+                let wait = bucket.next_token_in(now).min(HELD_BACK_DEPARTURE_CHECK);
+                self.throttle = Some(Box::pin(sleep(wait)));
+                debug!(wanted, granted, "flood control: slowing the sender");
+            }
+        }
+        (!bytes.is_empty()).then_some(bytes)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The opt-in heartbeat: due after `interval` without output.
+    #[derive(Debug)]
+    struct Heartbeat {
+        interval: Duration,
+        #[pin]
+        timer: Sleep,
+    }
+}
+
+impl Heartbeat {
+    /// Whether a ping is due (registering for the next deadline if not).
+    fn poll_due(self: Pin<&mut Self>, cx: &mut Context<'_>) -> bool {
+        let mut this = self.project();
+        if this.timer.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        this.timer.reset(Instant::now() + *this.interval);
+        true
+    }
+
+    /// Output was written: the next ping is due a full interval from now.
+    fn restart(self: Pin<&mut Self>) {
+        let this = self.project();
+        this.timer.reset(Instant::now() + *this.interval);
+    }
+}
+
+/// One member of the room. See the module documentation.
+#[derive(Debug)]
+pub struct Member {
+    id: ConnId,
+    role: Role,
+    format: Format,
+    /// Whether it asked for `*** bye` at shutdown.
+    goodbye: bool,
+    shared: Arc<Shared>,
+    /// Woken by the hub after each publish (receivers) and at shutdown (everyone).
+    waker: Arc<Subscriber>,
+    membership: Membership,
+    feed: Option<Feed>,
+    input: Option<Box<Input>>,
+    /// Bytes being written; empty when there is nothing to write.
+    out: Bytes,
+    /// Whether `out` comes from the ring (and counts as delivered when written).
+    out_from_feed: bool,
+    /// The last byte written, to start a closing notice on a fresh line.
+    last_byte: Option<u8>,
+    heartbeat: Option<Pin<Box<Heartbeat>>>,
+    /// Set when shutdown begins.
+    drain_deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl Member {
+    /// A member the hub has just let in, starting at `cursor`. Hub handle only.
+    pub(super) fn new(
+        request: &JoinRequest,
+        shared: Arc<Shared>,
+        waker: Arc<Subscriber>,
+        membership: Membership,
+        tx: mpsc::Sender<Command>,
+        cursor: &ring::Cursor,
+    ) -> Self {
+        let format = request.format;
+        let out = if request.role.receives() {
+            shared.welcome[format].clone()
+        } else {
+            let ok = Notice::Ok {
+                name: request.name.clone().unwrap_or_default(),
+            };
+            format.notice(&ok).unwrap_or_default()
+        };
+        let feed = request.role.receives().then(|| Feed {
+            next: cursor.index,
+            delivered: cursor.offset(format),
+            until: u64::MAX,
+        });
+        // Only senders hold the inbox: at shutdown the hub stops once every sender
+        // is gone, and a viewer must not keep it waiting.
+        let input = request.role.sends().then(|| {
+            let bucket = request
+                .flood_controlled
+                .then(|| TokenBucket::new(shared.flood_rate, shared.flood_burst, Instant::now()));
+            Box::new(Input {
+                posts: VecDeque::new(),
+                sender: PollSender::new(tx),
+                bucket,
+                throttle: None,
+                state: InputState::Open,
+                leave: None,
+                left: None,
+            })
+        });
+        let heartbeat = (request.options.heartbeat && format.has_notices()).then(|| {
+            let interval = shared.heartbeat_interval;
+            Box::pin(Heartbeat {
+                interval,
+                timer: sleep(interval),
+            })
+        });
+        Self {
+            id: request.id,
+            role: request.role,
+            format,
+            goodbye: request.options.goodbye,
+            shared,
+            waker,
+            membership,
+            feed,
+            input,
+            out,
+            out_from_feed: false,
+            last_byte: None,
+            heartbeat,
+            drain_deadline: None,
+        }
+    }
+
+    /// Who this member is.
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    /// Its role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The format it receives in.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// Registers the current task to be woken by the hub (after each publish for
+    /// receivers, and at shutdown for everyone). Call first in every poll.
+    pub fn register(&self, cx: &Context<'_>) {
+        self.waker.register(cx);
+    }
+
+    /// The member's own work for this turn: noticing shutdown, its deadline, posting
+    /// what waits (as the inbox and flood control allow), a heartbeat coming due.
+    /// Returns whether anything happened.
+    ///
+    /// # Errors
+    /// The [`End`] of the connection, when it has come.
+    pub fn poll_duties(&mut self, cx: &mut Context<'_>) -> Result<bool, End> {
+        let mut progress = false;
+        if self.drain_deadline.is_none() && self.shared.is_stopping() {
+            self.begin_drain();
+            progress = true;
+        }
+        if let Some(deadline) = &mut self.drain_deadline
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            return Err(End::Deadline);
+        }
+        progress |= self.poll_posts(cx)?;
+        if self.out.is_empty()
+            && let Some(heartbeat) = &mut self.heartbeat
+            && heartbeat.as_mut().poll_due(cx)
+        {
+            self.out = Notice::Ping.to_line();
+            self.out_from_feed = false;
+            progress = true;
+        }
+        Ok(progress)
+    }
+
+    /// What the member wants from the transport's input now.
+    pub fn wants(&self) -> Wants {
+        let Some(input) = &self.input else {
+            return Wants::Nothing;
+        };
+        match input.state {
+            _ if input.sender.is_closed() => Wants::Done,
+            InputState::Ended => Wants::Done,
+            InputState::Draining => Wants::Buffered,
+            InputState::Open if !input.posts.is_empty() || input.throttle.is_some() => Wants::Wait,
+            InputState::Open => Wants::Message,
+        }
+    }
+
+    /// Whether flood control is holding this sender's input back. The transport does
+    /// not read meanwhile, so it checks the peer for departure without reading; the
+    /// member is woken at least every [`HELD_BACK_DEPARTURE_CHECK`] while this holds.
+    pub fn is_held_back(&self) -> bool {
+        self.input.as_ref().is_some_and(|i| i.throttle.is_some())
+    }
+
+    /// Queues one framed message (one or more lines, or one seed read). Call only
+    /// when [`Self::wants`] said [`Wants::Message`] or [`Wants::Buffered`].
+    pub fn post(&mut self, message: Bytes) {
+        if let Some(input) = &mut self.input
+            && !message.is_empty()
+        {
+            input.posts.push_back(message);
+        }
+    }
+
+    /// The peer has closed its end (after the transport posted its last message), or
+    /// at shutdown the transport has handed over everything it had buffered.
+    pub fn end_of_input(&mut self) {
+        if let Some(input) = &mut self.input {
+            input.state = InputState::Ended;
+        }
+    }
+
+    /// Writes what is due (pending output, then the room's batches) through `write`,
+    /// which writes slices as one (vectored) write and returns how many bytes it took,
+    /// or `Pending` when the transport is full (having arranged to be woken). Returns
+    /// whether anything was written.
+    ///
+    /// # Errors
+    /// [`End::PeerError`] when `write` fails, [`End::TooSlow`] under the slow-viewer
+    /// rule.
+    pub fn poll_write<W>(&mut self, cx: &mut Context<'_>, mut write: W) -> Result<bool, End>
+    where
+        W: FnMut(&mut Context<'_>, &[IoSlice<'_>]) -> Poll<io::Result<usize>>,
+    {
+        let mut wrote = false;
+        loop {
+            let mut batches: [Option<Arc<Batch>>; BATCHES_PER_WRITE] = Default::default();
+            let mut gathered = 0;
+            if let Some(feed) = &self.feed {
+                let ring = &self.shared.ring;
+                if self.out.is_empty() {
+                    feed.check(ring, self.format, self.shared.viewer_backlog_bytes)?;
+                }
+                while gathered < BATCHES_PER_WRITE {
+                    match feed.batch(ring, feed.next + gathered as u64, self.format)? {
+                        Some(batch) => {
+                            batches[gathered] = Some(batch);
+                            gathered += 1;
+                        }
+                        None => break,
+                    }
+                }
+            }
+            if self.out.is_empty() && gathered == 0 {
+                return Ok(wrote);
+            }
+            let mut slices = [IoSlice::new(&[]); BATCHES_PER_WRITE + 1];
+            let mut used = 0;
+            for bytes in std::iter::once(&self.out)
+                .chain(batches.iter().flatten().map(|b| b.bytes(self.format)))
+                .filter(|bytes| !bytes.is_empty())
+            {
+                slices[used] = IoSlice::new(bytes);
+                used += 1;
+            }
+            let written = if used == 0 {
+                // Only batches with nothing in this format: step over them.
+                0
+            } else {
+                match write(cx, &slices[..used]) {
+                    Poll::Ready(Ok(0)) => {
+                        return Err(End::PeerError(io::ErrorKind::WriteZero.into()));
+                    }
+                    Poll::Ready(Ok(written)) => written,
+                    Poll::Ready(Err(error)) => return Err(End::PeerError(error)),
+                    Poll::Pending => {
+                        if let Some(feed) = &self.feed {
+                            feed.check(
+                                &self.shared.ring,
+                                self.format,
+                                self.shared.viewer_backlog_bytes,
+                            )?;
+                        }
+                        return Ok(wrote);
+                    }
+                }
+            };
+            wrote |= written > 0;
+            self.consume(written, &batches[..gathered]);
+            if written > 0
+                && let Some(heartbeat) = &mut self.heartbeat
+            {
+                heartbeat.as_mut().restart();
+            }
+            if self.out.is_empty() && gathered < BATCHES_PER_WRITE {
+                // Everything that was ready went out; a later publish wakes us.
+                return Ok(wrote);
+            }
+        }
+    }
+
+    /// Whether the member is done, as a sender that closed (after its goodbye, for a
+    /// chatter) or at the end of shutdown.
+    ///
+    /// # Errors
+    /// The [`End`], once it has come.
+    pub fn poll_end(&mut self, cx: &mut Context<'_>) -> Result<(), End> {
+        if self.is_drained() {
+            return Err(End::ShutDown);
+        }
+        self.poll_goodbye(cx)
+    }
+
+    /// Logs the end, tells the room, and says how the transport should close.
+    pub async fn finish(mut self, end: End) -> Farewell {
+        let held_back = self.input.as_ref().map_or(0, |input| {
+            input.posts.iter().map(|p| text::lines(p).count()).sum()
+        });
+        // Whatever was still to be written is abandoned: let go of it (and of the
+        // ring) before lingering, so a closing connection holds no chat.
+        self.out = Bytes::new();
+        self.feed = None;
+        self.input = None;
+        let id = self.id;
+        let linger = match end {
+            End::TooSlow { .. } => SLOW_VIEWER_LINGER,
+            // Shutdown's deadline has passed: close now.
+            End::Deadline => Duration::ZERO,
+            _ => LINGER,
+        };
+        let notice = match end {
+            End::PeerClosed => {
+                info!(conn = %id, "left");
+                None
+            }
+            End::LeftWhileHeldBack => {
+                info!(
+                    conn = %id,
+                    dropped_lines = held_back,
+                    "left while flood control held lines back; they are dropped"
+                );
+                None
+            }
+            End::PeerError(error) => {
+                info!(conn = %id, %error, "left: connection lost");
+                None
+            }
+            End::TooSlow { behind } => {
+                let total = self.shared.slow_viewers.fetch_add(1, Ordering::Relaxed) + 1;
+                warn!(
+                    conn = %id,
+                    behind,
+                    backlog = self.shared.viewer_backlog_bytes,
+                    slow_viewers = total,
+                    "closed: too slow"
+                );
+                Some(Notice::error(
+                    "too-slow",
+                    format!(
+                        "you fell more than {} bytes behind the room",
+                        self.shared.viewer_backlog_bytes
+                    ),
+                ))
+            }
+            End::TooLong(error) => {
+                info!(conn = %id, %error, "closed: message too long");
+                Some(Notice::error("message-too-long", error))
+            }
+            End::ShutDown => {
+                debug!(conn = %id, "closed: server shutdown");
+                self.goodbye.then(|| Notice::Bye {
+                    text: "the server is shutting down".to_owned(),
+                })
+            }
+            End::Deadline => {
+                info!(conn = %id, "closed: shutdown deadline passed");
+                None
+            }
+        };
+        self.membership.leave().await;
+        let last_words = notice.and_then(|notice| {
+            let line = self.format.notice(&notice)?;
+            if self.last_byte.is_some_and(|b| b != b'\n') {
+                // A batch was cut short mid-line: start the notice on its own line.
+                let mut fresh = BytesMut::with_capacity(line.len() + 1);
+                fresh.extend_from_slice(b"\n");
+                fresh.extend_from_slice(&line);
+                Some(fresh.freeze())
+            } else {
+                Some(line)
+            }
+        });
+        Farewell { last_words, linger }
+    }
+
+    /// Sends what waits for the hub's inbox, as flood control allows.
+    fn poll_posts(&mut self, cx: &mut Context<'_>) -> Result<bool, End> {
+        let id = self.id;
+        let draining = self.drain_deadline.is_some();
+        let Some(input) = &mut self.input else {
+            return Ok(false);
+        };
+        let mut progress = false;
+        if let Some(throttle) = &mut input.throttle {
+            if throttle.as_mut().poll(cx).is_pending() {
+                return Ok(false);
+            }
+            input.throttle = None;
+            progress = true;
+        }
+        let ended = input.state == InputState::Ended;
+        while !input.posts.is_empty() || (ended && input.leave.is_some()) {
+            match input.sender.poll_reserve(cx) {
+                Poll::Pending => break,
+                // The hub has stopped: the server is shutting down.
+                Poll::Ready(Err(_)) => return Err(End::ShutDown),
+                Poll::Ready(Ok(())) => {}
+            }
+            progress = true;
+            let command = match input.posts.pop_front() {
+                Some(bytes) => input.limit(bytes).map(|bytes| Command::Post { id, bytes }),
+                None => input.leave.take().map(|published| Command::Leave {
+                    id,
+                    published: Some(published),
+                }),
+            };
+            match command {
+                // Only fails if the hub stopped since the reservation.
+                Some(command) => {
+                    let _ = input.sender.send_item(command);
+                }
+                None => {
+                    input.sender.abort_send();
+                }
+            }
+            if input.throttle.is_some() {
+                break;
+            }
+        }
+        if draining && ended && input.posts.is_empty() && !input.sender.is_closed() {
+            // Everything read before shutdown is with the hub: let go of its inbox.
+            input.sender.close();
+            progress = true;
+        }
+        Ok(progress)
+    }
+
+    /// Shutdown began: accept nothing more, hand the hub what was already read,
+    /// then let go of its inbox so it can finish.
+    fn begin_drain(&mut self) {
+        self.drain_deadline = Some(Box::pin(sleep(self.shared.shutdown_timeout)));
+        self.membership.forget();
+        if let Some(input) = &mut self.input {
+            // What was already read is delivered at once: the server is closing anyway.
+            input.bucket = None;
+            input.throttle = None;
+            input.leave = None;
+            if input.state == InputState::Open {
+                input.state = InputState::Draining;
+            }
+        }
+    }
+
+    /// Whether a draining member has nothing left to do.
+    fn is_drained(&self) -> bool {
+        if self.drain_deadline.is_none() || !self.out.is_empty() {
+            return false;
+        }
+        let posted = self.input.as_ref().is_none_or(|i| {
+            i.posts.is_empty() && (i.state == InputState::Ended || i.sender.is_closed())
+        });
+        let fed = self
+            .feed
+            .as_ref()
+            .is_none_or(|f| matches!(self.shared.ring.fetch(f.next), Fetch::Closed));
+        posted && fed
+    }
+
+    /// A sender whose peer has closed: a messenger is done; a chatter first sends its
+    /// goodbye and still receives the room up to its own leave.
+    fn poll_goodbye(&mut self, cx: &mut Context<'_>) -> Result<(), End> {
+        if self.drain_deadline.is_some() {
+            return Ok(());
+        }
+        let Some(input) = &mut self.input else {
+            return Ok(());
+        };
+        if input.state != InputState::Ended || !input.posts.is_empty() {
+            return Ok(());
+        }
+        let Some(feed) = &mut self.feed else {
+            return Err(End::PeerClosed);
+        };
+        if !feed.is_saying_goodbye() && input.left.is_none() && input.leave.is_none() {
+            let (published, left) = oneshot::channel();
+            input.leave = Some(published);
+            input.left = Some(left);
+            // The leave goes out through the inbox; the room hears of it once.
+            self.membership.forget();
+            cx.waker().wake_by_ref();
+            return Ok(());
+        }
+        if let Some(left) = &mut input.left {
+            match Pin::new(left).poll(cx) {
+                Poll::Pending => return Ok(()),
+                Poll::Ready(until) => {
+                    feed.until = until.unwrap_or(0);
+                    input.left = None;
+                    cx.waker().wake_by_ref();
+                }
+            }
+        }
+        if self.out.is_empty() && feed.next >= feed.until {
+            return Err(End::PeerClosed);
+        }
+        Ok(())
+    }
+
+    /// Accounts for `written` bytes of `out` followed by `batches`.
+    fn consume(&mut self, mut written: usize, batches: &[Option<Arc<Batch>>]) {
+        let from_out = written.min(self.out.len());
+        if from_out > 0 {
+            self.last_byte = Some(self.out[from_out - 1]);
+            self.out.advance(from_out);
+            if self.out_from_feed
+                && let Some(feed) = &mut self.feed
+            {
+                feed.delivered += from_out as u64;
+            }
+            written -= from_out;
+        }
+        if !self.out.is_empty() {
+            return;
+        }
+        let Some(feed) = &mut self.feed else {
+            return;
+        };
+        for batch in batches.iter().flatten() {
+            let bytes = batch.bytes(self.format);
+            if bytes.is_empty() {
+                feed.next += 1;
+                continue;
+            }
+            if written == 0 {
+                break;
+            }
+            let taken = written.min(bytes.len());
+            self.last_byte = Some(bytes[taken - 1]);
+            feed.delivered += taken as u64;
+            feed.next += 1;
+            written -= taken;
+            if taken < bytes.len() {
+                self.out = bytes.slice(taken..);
+                self.out_from_feed = true;
+                break;
+            }
+        }
+    }
+}
