@@ -355,7 +355,6 @@ impl Heartbeat {
 /// One member of the room. See the module documentation.
 #[derive(Debug)]
 pub struct Member {
-    id: ConnId,
     role: Role,
     format: Format,
     /// Whether it asked for `*** bye` at shutdown.
@@ -425,7 +424,6 @@ impl Member {
             })
         });
         Self {
-            id: request.id,
             role: request.role,
             format,
             goodbye: request.options.goodbye,
@@ -444,7 +442,7 @@ impl Member {
 
     /// Who this member is.
     pub fn id(&self) -> ConnId {
-        self.id
+        self.membership.id
     }
 
     /// Its role.
@@ -632,7 +630,7 @@ impl Member {
         self.out = Bytes::new();
         self.feed = None;
         self.input = None;
-        let id = self.id;
+        let id = self.membership.id;
         let linger = match end {
             End::TooSlow { .. } => SLOW_VIEWER_LINGER,
             // Shutdown's deadline has passed: close now.
@@ -706,7 +704,7 @@ impl Member {
 
     /// Sends what waits for the hub's inbox, as flood control allows.
     fn poll_posts(&mut self, cx: &mut Context<'_>) -> Result<bool, End> {
-        let id = self.id;
+        let id = self.membership.id;
         let draining = self.drain_deadline.is_some();
         let Some(input) = &mut self.input else {
             return Ok(false);

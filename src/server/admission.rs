@@ -76,50 +76,60 @@ impl Gate {
         };
         Some(Admission {
             _permit: permit,
-            _address: address,
-            flood_controlled: limited,
+            address,
         })
     }
 }
 
 /// What a connection holds for being let in: its places under the limits, given
 /// back when it is dropped.
+///
+/// Kept small, since every connection holds one for its whole life: the address is
+/// counted under an 8-byte key, and whether flood control applies is whether the
+/// address was counted (both follow from the loopback exemption).
 #[derive(Debug)]
 pub struct Admission {
     _permit: OwnedSemaphorePermit,
-    _address: Option<AddressSlot>,
+    address: Option<AddressSlot>,
+}
+
+impl Admission {
     /// Whether its posts go through flood control.
-    pub flood_controlled: bool,
+    pub fn is_flood_controlled(&self) -> bool {
+        self.address.is_some()
+    }
 }
 
 /// The key one address is counted under: IPv4 addresses one by one, IPv6 by /64
 /// (what one site is usually given), IPv4-mapped IPv6 as the IPv4 address it is.
-fn address_key(ip: IpAddr) -> IpAddr {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum AddressKey {
+    V4(u32),
+    V6Prefix(u64),
+}
+
+fn address_key(ip: IpAddr) -> AddressKey {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let mut segments = v6.segments();
-                segments[4..].fill(0);
-                IpAddr::V6(segments.into())
-            }
+            Some(v4) => AddressKey::V4(v4.to_bits()),
+            None => AddressKey::V6Prefix((v6.to_bits() >> 64) as u64),
         },
-        v4 => v4,
+        IpAddr::V4(v4) => AddressKey::V4(v4.to_bits()),
     }
 }
 
 /// Open connections per address.
 #[derive(Debug, Clone)]
 pub struct PerAddress {
-    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    counts: Arc<Mutex<HashMap<AddressKey, usize>>>,
     max: usize,
 }
 
 /// One counted connection; uncounted when dropped.
 #[derive(Debug)]
 pub struct AddressSlot {
-    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    key: IpAddr,
+    counts: Arc<Mutex<HashMap<AddressKey, usize>>>,
+    key: AddressKey,
 }
 
 impl PerAddress {

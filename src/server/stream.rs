@@ -53,12 +53,17 @@ pub(super) trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// How the transport is named in logs.
     const TRANSPORT: &'static str;
 
+    /// Whether a write may leave bytes buffered in the stream (TLS records) that
+    /// only a flush sends on.
+    const BUFFERS_WRITES: bool;
+
     /// The TCP socket underneath.
     fn tcp(&self) -> &TcpStream;
 }
 
 impl ByteStream for TcpStream {
     const TRANSPORT: &'static str = "tcp";
+    const BUFFERS_WRITES: bool = false;
 
     fn tcp(&self) -> &TcpStream {
         self
@@ -67,6 +72,7 @@ impl ByteStream for TcpStream {
 
 impl ByteStream for tokio_rustls::server::TlsStream<TcpStream> {
     const TRANSPORT: &'static str = "tls";
+    const BUFFERS_WRITES: bool = true;
 
     fn tcp(&self) -> &TcpStream {
         self.get_ref().0
@@ -142,7 +148,7 @@ async fn admit<S: ByteStream>(mut stream: S, arrival: Arrival) -> Option<Session
         name: hello.name.clone(),
         format,
         options: hello.options,
-        flood_controlled: admission.flood_controlled,
+        flood_controlled: admission.is_flood_controlled(),
         reservation,
     };
     let mut member = match hub.join(request).await {
@@ -185,7 +191,6 @@ async fn admit<S: ByteStream>(mut stream: S, arrival: Arrival) -> Option<Session
         stream,
         member,
         reader,
-        unflushed: false,
         _admission: admission,
     })
 }
@@ -345,8 +350,6 @@ struct Session<S> {
     member: Member,
     /// For senders.
     reader: Option<Box<Reader>>,
-    /// Whether the stream may hold written bytes not yet sent (TLS records).
-    unflushed: bool,
     /// The connection's places under the server's limits, given back at the end.
     _admission: Admission,
 }
@@ -461,13 +464,12 @@ impl<S: ByteStream> Session<S> {
             [one] => Pin::new(&mut *stream).poll_write(cx, one),
             _ => Pin::new(&mut *stream).poll_write_vectored(cx, slices),
         })?;
-        self.unflushed |= wrote;
-        if self.unflushed {
-            match Pin::new(&mut self.stream).poll_flush(cx) {
-                Poll::Ready(Ok(())) => self.unflushed = false,
-                Poll::Ready(Err(error)) => return Err(End::PeerError(error)),
-                Poll::Pending => {}
-            }
+        // Every round, not only after a write: a flush that could not finish (the
+        // socket was full) must go on once it has room. Cheap when nothing waits.
+        if S::BUFFERS_WRITES
+            && let Poll::Ready(Err(error)) = Pin::new(&mut self.stream).poll_flush(cx)
+        {
+            return Err(End::PeerError(error));
         }
         Ok(wrote)
     }

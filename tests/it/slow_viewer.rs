@@ -1,10 +1,9 @@
 //! A viewer that cannot keep up meets the slow-viewer policy; nobody else notices.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
+use rstest::rstest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 
@@ -19,11 +18,13 @@ fn message(i: usize) -> String {
 
 /// A viewer with a small receive buffer that reads its welcome (so it is in the room)
 /// and then nothing more.
-async fn stalled_viewer(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+async fn stalled_viewer(target: Target) -> Stream {
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
-    let mut stream = socket.connect(addr).await.unwrap();
+    let stream = socket.connect(target.addr).await.unwrap();
+    let mut stream = over(stream, target.transport).await;
     stream.write_all(b"viewer\n").await.unwrap();
+    stream.flush().await.unwrap();
     let mut welcome = vec![0; WELCOME.len() + 1];
     within("the welcome", stream.read_exact(&mut welcome))
         .await
@@ -32,16 +33,19 @@ async fn stalled_viewer(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
     stream
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_viewer_is_dropped_while_a_fast_one_gets_every_line_in_order() {
+async fn a_stalled_viewer_is_dropped_while_a_fast_one_gets_every_line_in_order(
+    #[values(Transport::Tcp, Transport::Tls)] transport: Transport,
+) {
     let server = start_server(Config {
         viewer_backlog_bytes: BACKLOG,
         ..config()
     })
     .await;
-    let fast = Client::viewer(server.addr).await;
-    let mut stalled = stalled_viewer(server.addr).await;
-    let mut flood = Client::messenger(server.addr, "flood").await;
+    let fast = Client::viewer(server.at(transport)).await;
+    let mut stalled = stalled_viewer(server.at(transport)).await;
+    let mut flood = Client::messenger(server.at(transport), "flood").await;
 
     let mut expected = String::from("flood has joined the chat.\n");
     for i in 0..MESSAGES {
@@ -116,15 +120,18 @@ async fn a_stalled_viewer_is_dropped_while_a_fast_one_gets_every_line_in_order()
 }
 
 /// A viewer that reads slowly but steadily stays within its backlog and misses nothing.
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_viewer_that_keeps_up_within_its_backlog_is_not_dropped() {
+async fn a_viewer_that_keeps_up_within_its_backlog_is_not_dropped(
+    #[values(Transport::Tcp, Transport::Tls)] transport: Transport,
+) {
     let server = start_server(Config {
         viewer_backlog_bytes: BACKLOG,
         ..config()
     })
     .await;
-    let mut leisurely = Client::viewer(server.addr).await;
-    let mut talker = Client::messenger(server.addr, "talker").await;
+    let mut leisurely = Client::viewer(server.at(transport)).await;
+    let mut talker = Client::messenger(server.at(transport), "talker").await;
     assert_eq!(leisurely.line().await, "talker has joined the chat.");
     for round in 0..20 {
         let mut burst = String::new();

@@ -6,13 +6,11 @@
 //! `TCPCHAT_REQUIRE_MONO=1`, which turns a missing Mono into a failure; elsewhere these
 //! tests say they were skipped.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::OnceLock;
 
-use common::*;
+use crate::common::*;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 

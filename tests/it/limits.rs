@@ -1,26 +1,28 @@
 //! Limits: a client that is silent, slow or too big costs only itself.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
+use rstest::rstest;
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_client_is_closed_at_the_handshake_timeout_and_delays_nobody() {
+async fn a_silent_client_is_closed_at_the_handshake_timeout_and_delays_nobody(
+    #[values(Transport::Tcp, Transport::Tls)] transport: Transport,
+) {
     let server = start_server(Config {
         handshake_timeout: Duration::from_millis(500),
         ..config()
     })
     .await;
     let connected = Instant::now();
-    let mut silent = Client::connect(server.addr).await;
-    let mut half = Client::connect(server.addr).await;
+    let mut silent = Client::connect(server.at(transport)).await;
+    let mut half = Client::connect(server.at(transport)).await;
     half.send(b"vie").await;
 
     // Meanwhile the room works as usual.
-    let mut viewer = Client::viewer(server.addr).await;
-    let mut amy = Client::messenger(server.addr, "amy").await;
+    let mut viewer = Client::viewer(server.at(transport)).await;
+    let mut amy = Client::messenger(server.at(transport), "amy").await;
     amy.send(b"not waiting for anyone\n").await;
     assert_eq!(viewer.line().await, "amy has joined the chat.");
     assert_eq!(viewer.line().await, "amy: not waiting for anyone");
@@ -44,14 +46,17 @@ async fn a_silent_client_is_closed_at_the_handshake_timeout_and_delays_nobody() 
     half.expect_closed().await;
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_line_handshake_that_never_ends_is_cut_at_the_size_limit() {
+async fn a_line_handshake_that_never_ends_is_cut_at_the_size_limit(
+    #[values(Transport::Tcp, Transport::Tls)] transport: Transport,
+) {
     let server = start_server(Config {
         max_handshake_bytes: 64,
         ..config()
     })
     .await;
-    let mut client = Client::connect(server.addr).await;
+    let mut client = Client::connect(server.at(transport)).await;
     client.send(b"viewer ").await;
     client.send(&[b'x'; 60]).await;
     assert_eq!(
@@ -61,15 +66,18 @@ async fn a_line_handshake_that_never_ends_is_cut_at_the_size_limit() {
     client.expect_closed().await;
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_line_at_the_size_limit_passes_and_one_byte_more_closes_the_sender() {
+async fn a_line_at_the_size_limit_passes_and_one_byte_more_closes_the_sender(
+    #[values(Transport::Tcp, Transport::Tls)] transport: Transport,
+) {
     let server = start_server(Config {
         max_message_bytes: 100,
         ..config()
     })
     .await;
-    let mut viewer = Client::viewer(server.addr).await;
-    let mut kim = Client::messenger(server.addr, "kim").await;
+    let mut viewer = Client::viewer(server.at(transport)).await;
+    let mut kim = Client::messenger(server.at(transport), "kim").await;
     assert_eq!(viewer.line().await, "kim has joined the chat.");
     let at_limit = "a".repeat(100);
     kim.send(format!("{at_limit}\nbefore\n{}\nafter\n", "b".repeat(101)).as_bytes())
@@ -86,14 +94,17 @@ async fn a_line_at_the_size_limit_passes_and_one_byte_more_closes_the_sender() {
 
 /// A sender that never ends its line is stopped at the limit, without the server
 /// buffering the rest of what it sends.
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_endless_line_is_stopped_at_the_limit() {
+async fn an_endless_line_is_stopped_at_the_limit(
+    #[values(Transport::Tcp, Transport::Tls)] transport: Transport,
+) {
     let server = start_server(Config {
         max_message_bytes: 1000,
         ..config()
     })
     .await;
-    let mut lee = Client::messenger(server.addr, "lee").await;
+    let mut lee = Client::messenger(server.at(transport), "lee").await;
     let flood = vec![b'z'; 64 * 1024];
     let writer = async {
         use tokio::io::AsyncWriteExt;
@@ -144,11 +155,12 @@ fn limited(config: Config) -> Config {
     }
 }
 
-async fn connect_from(source: &str, addr: std::net::SocketAddr) -> Client {
+async fn connect_from(source: &str, target: impl Into<Target>) -> Client {
+    let target = target.into();
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
-    let stream = socket.connect(addr).await.unwrap();
-    Client::from_stream(stream)
+    let stream = socket.connect(target.addr).await.unwrap();
+    Client::from_stream(over(stream, target.transport).await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,11 +197,14 @@ async fn loopback_is_exempt_from_the_address_limit_by_default() {
     }
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_paste_within_the_burst_is_not_slowed() {
+async fn a_paste_within_the_burst_is_not_slowed(
+    #[values(Transport::Tcp, Transport::Tls)] transport: Transport,
+) {
     let server = start_server(limited(config())).await;
-    let mut viewer = Client::viewer(server.addr).await;
-    let mut paster = Client::messenger(server.addr, "paster").await;
+    let mut viewer = Client::viewer(server.at(transport)).await;
+    let mut paster = Client::messenger(server.at(transport), "paster").await;
     assert_eq!(viewer.line().await, "paster has joined the chat.");
     let sent = Instant::now();
     let paste: String = (0..10).map(|i| format!("line {i}\n")).collect();
@@ -206,16 +221,19 @@ async fn a_paste_within_the_burst_is_not_slowed() {
 
 /// Past the burst, a flood is slowed to the rate: nothing is dropped, nothing is
 /// out of order, and the sender's writes are held back by TCP, not buffered.
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flood_is_slowed_to_the_rate_without_loss() {
+async fn a_flood_is_slowed_to_the_rate_without_loss(
+    #[values(Transport::Tcp, Transport::Tls)] transport: Transport,
+) {
     let server = start_server(limited(Config {
         flood_rate: 20.0,
         flood_burst: 5,
         ..config()
     }))
     .await;
-    let mut viewer = Client::viewer(server.addr).await;
-    let mut flooder = Client::messenger(server.addr, "flooder").await;
+    let mut viewer = Client::viewer(server.at(transport)).await;
+    let mut flooder = Client::messenger(server.at(transport), "flooder").await;
     assert_eq!(viewer.line().await, "flooder has joined the chat.");
     let sent = Instant::now();
     let flood: String = (0..45).map(|i| format!("{i}\n")).collect();
@@ -237,11 +255,14 @@ async fn a_flood_is_slowed_to_the_rate_without_loss() {
     );
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flooding_sender_meets_backpressure_and_the_room_goes_on() {
+async fn a_flooding_sender_meets_backpressure_and_the_room_goes_on(
+    #[values(Transport::Tcp, Transport::Tls)] transport: Transport,
+) {
     let server = start_server(limited(config())).await;
-    let mut viewer = Client::viewer(server.addr).await;
-    let mut flooder = Client::messenger(server.addr, "flooder").await;
+    let mut viewer = Client::viewer(server.at(transport)).await;
+    let mut flooder = Client::messenger(server.at(transport), "flooder").await;
     // 64 MiB of lines: far more than socket buffers hold.
     let chunk = "flood\n".repeat(64 * 1024 / 6);
     let writing = async {
@@ -256,7 +277,7 @@ async fn a_flooding_sender_meets_backpressure_and_the_room_goes_on() {
         "the server took 64 MiB from a rate-limited sender"
     );
     // Everyone else is unaffected.
-    let mut calm = connect_from("127.0.0.3", server.addr).await;
+    let mut calm = connect_from("127.0.0.3", server.at(transport)).await;
     calm.send(b"name:calm\n").await;
     assert_eq!(calm.line().await, "*** ok: joined as calm");
     calm.send(b"still fine\n").await;

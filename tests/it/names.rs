@@ -1,11 +1,9 @@
 //! Names: unique among connected messengers, free again the moment their holder
 //! leaves, and never a way to pass one's words off as someone else's.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_name_is_free_again_as_soon_as_its_leave_is_announced() {
@@ -59,7 +57,7 @@ async fn a_seed_name_is_held_during_the_grace_period() {
     // What the original Messenger does next: wait 10 ms and take "still connected"
     // as accepted. From then on the name must be its own, grace or not.
     tokio::time::sleep(Duration::from_millis(10)).await;
-    seed.assert_nothing_buffered();
+    seed.assert_nothing_buffered().await;
     let mut rival = Client::connect(server.addr).await;
     rival.send(b"name:zed\n").await;
     assert_eq!(

@@ -1,11 +1,9 @@
 //! Seed mode: the original tutorial's protocol, byte for byte. Clients here write the
 //! way the original Viewer and Messenger do: one write per message, no terminator.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_on_the_wire_is_byte_exact() {
@@ -75,7 +73,7 @@ async fn an_accepted_original_messenger_is_still_connected_after_its_check() {
     alice.send(b"name:alice").await;
     // The original's check: about 10 ms later, not closed and nothing to read.
     tokio::time::sleep(Duration::from_millis(20)).await;
-    alice.assert_nothing_buffered();
+    alice.assert_nothing_buffered().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

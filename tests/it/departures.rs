@@ -1,20 +1,22 @@
 //! Departures: a messenger that closes (FIN) or resets (RST) is announced at once,
 //! without waiting for any I/O of ours, and its name is free again.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
+use rstest::rstest;
 
 /// The bound: leaves are announced within a second.
 const ANNOUNCED_WITHIN: Duration = Duration::from_secs(1);
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fin_is_announced_within_a_second() {
+async fn a_fin_is_announced_within_a_second(
+    #[values(Transport::Tcp, Transport::Tls)] transport: Transport,
+) {
     let server = start_server(config()).await;
-    let mut viewer = Client::viewer(server.addr).await;
-    let ann = Client::messenger(server.addr, "ann").await;
+    let mut viewer = Client::viewer(server.at(transport)).await;
+    let ann = Client::messenger(server.at(transport), "ann").await;
     assert_eq!(viewer.line().await, "ann has joined the chat.");
     let closed = Instant::now();
     drop(ann);
@@ -87,4 +89,52 @@ async fn viewers_leave_silently() {
     drop(_seed);
     let _cy = Client::messenger(server.addr, "cy").await;
     assert_eq!(watcher.line().await, "cy has joined the chat.");
+}
+
+/// A sender under flood control is not read while its lines wait for tokens. If it
+/// pastes far more than its burst and closes, its departure must still be noticed
+/// within a second (not once the rate has worked through the paste, which would take
+/// half an hour), and the lines it sent beyond its rate are dropped, not delivered.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paster_under_flood_control_that_closes_is_announced_within_a_second(
+    #[values(Transport::Tcp, Transport::Tls)] transport: Transport,
+) {
+    let server = start_server(Config {
+        no_loopback_exemption: true,
+        ..config()
+    })
+    .await;
+    let mut viewer = Client::viewer(server.at(transport)).await;
+    let mut paster = Client::messenger(server.at(transport), "paster").await;
+    assert_eq!(viewer.line().await, "paster has joined the chat.");
+    let paste: String = (0..8000).map(|i| format!("{}\n", i % 10)).collect();
+    paster.send(paste.as_bytes()).await;
+    // The burst comes through at once: the server has read the paste and is now
+    // holding the rest back.
+    for i in 0..20 {
+        assert_eq!(viewer.line().await, format!("paster: {}", i % 10));
+    }
+    paster.finish_sending().await;
+    let closed = Instant::now();
+    let mut delivered = 20;
+    loop {
+        let line = viewer.line().await;
+        if line == "paster has left the chat" {
+            break;
+        }
+        assert_eq!(line, format!("paster: {}", delivered % 10), "out of order");
+        delivered += 1;
+        assert!(
+            closed.elapsed() < ANNOUNCED_WITHIN,
+            "still delivering the paste {:?} after the close ({delivered} lines)",
+            closed.elapsed()
+        );
+    }
+    let noticed = closed.elapsed();
+    assert!(noticed < ANNOUNCED_WITHIN, "noticed after {noticed:?}");
+    // At 5 lines a second, a second's worth at most came through meanwhile.
+    assert!(delivered < 30, "{delivered} lines delivered of 8000");
+    // The name is free again at once.
+    let _again = Client::messenger(server.at(transport), "paster").await;
 }

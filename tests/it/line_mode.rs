@@ -1,18 +1,17 @@
 //! Line mode: a handshake ending in `\n` selects newline framing both ways. These
 //! clients write what `nc` and telnet write.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
-use tokio::io::AsyncWriteExt;
+use crate::common::*;
+use rstest::rstest;
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_nc_session() {
+async fn an_nc_session(#[values(Transport::Tcp, Transport::Tls)] transport: Transport) {
     let server = start_server(config()).await;
-    let mut viewer = Client::viewer(server.addr).await;
-    let mut alice = Client::connect(server.addr).await;
+    let mut viewer = Client::viewer(server.at(transport)).await;
+    let mut alice = Client::connect(server.at(transport)).await;
     alice.send(b"name:alice\n").await;
     assert_eq!(alice.line().await, "*** ok: joined as alice");
     assert_eq!(viewer.line().await, "alice has joined the chat.");
@@ -22,11 +21,14 @@ async fn an_nc_session() {
     assert_eq!(viewer.line().await, "alice has left the chat");
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crlf_is_stripped_and_empty_lines_are_ignored() {
+async fn crlf_is_stripped_and_empty_lines_are_ignored(
+    #[values(Transport::Tcp, Transport::Tls)] transport: Transport,
+) {
     let server = start_server(config()).await;
-    let mut viewer = Client::viewer(server.addr).await;
-    let mut bob = Client::connect(server.addr).await;
+    let mut viewer = Client::viewer(server.at(transport)).await;
+    let mut bob = Client::connect(server.at(transport)).await;
     bob.send(b"name:bob\r\n").await;
     assert_eq!(bob.line().await, "*** ok: joined as bob");
     bob.send(b"\r\n\n   \r\nhi there\r\n\n").await;
@@ -35,17 +37,20 @@ async fn crlf_is_stripped_and_empty_lines_are_ignored() {
     assert_eq!(viewer.line().await, "bob: hi there");
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_handshake_in_pieces_is_understood() {
+async fn a_handshake_in_pieces_is_understood(
+    #[values(Transport::Tcp, Transport::Tls)] transport: Transport,
+) {
     // The real seed grace: the pieces arrive further apart than a packet split.
     let server = start_server(Config::default()).await;
-    let mut viewer = Client::connect(server.addr).await;
+    let mut viewer = Client::connect(server.at(transport)).await;
     viewer.send(b"viewer").await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     viewer.send(b"\n").await;
     assert_eq!(viewer.line().await, WELCOME);
 
-    let mut alice = Client::connect(server.addr).await;
+    let mut alice = Client::connect(server.at(transport)).await;
     for piece in [&b"na"[..], b"me:al", b"i", b"ce\r", b"\n"] {
         alice.send(piece).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -54,7 +59,7 @@ async fn a_handshake_in_pieces_is_understood() {
     assert_eq!(viewer.line().await, "alice has joined the chat.");
 
     // Cut right after the colon: `name:` alone would be an empty seed name.
-    let mut bob = Client::connect(server.addr).await;
+    let mut bob = Client::connect(server.at(transport)).await;
     bob.send(b"name:").await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     bob.send(b"bob\n").await;
@@ -62,12 +67,15 @@ async fn a_handshake_in_pieces_is_understood() {
     assert_eq!(viewer.line().await, "bob has joined the chat.");
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lines_are_framed_however_the_bytes_arrive() {
+async fn lines_are_framed_however_the_bytes_arrive(
+    #[values(Transport::Tcp, Transport::Tls)] transport: Transport,
+) {
     let server = start_server(config()).await;
-    let mut viewer = Client::viewer(server.addr).await;
+    let mut viewer = Client::viewer(server.at(transport)).await;
     // Handshake and two messages in one write, then one line over three writes.
-    let mut carol = Client::connect(server.addr).await;
+    let mut carol = Client::connect(server.at(transport)).await;
     carol.send(b"name:carol\none\ntwo\nthr").await;
     carol.send(b"e").await;
     carol.send(b"e\n").await;
@@ -82,43 +90,52 @@ async fn lines_are_framed_however_the_bytes_arrive() {
     }
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_last_line_needs_no_newline_when_the_sender_closes() {
+async fn the_last_line_needs_no_newline_when_the_sender_closes(
+    #[values(Transport::Tcp, Transport::Tls)] transport: Transport,
+) {
     let server = start_server(config()).await;
-    let mut viewer = Client::viewer(server.addr).await;
-    let mut dan = Client::messenger(server.addr, "dan").await;
+    let mut viewer = Client::viewer(server.at(transport)).await;
+    let mut dan = Client::messenger(server.at(transport), "dan").await;
     dan.send(b"unterminated").await;
-    dan.stream.shutdown().await.unwrap();
+    dan.finish_sending().await;
     assert_eq!(viewer.line().await, "dan has joined the chat.");
     assert_eq!(viewer.line().await, "dan: unterminated");
     assert_eq!(viewer.line().await, "dan has left the chat");
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn messengers_get_their_acknowledgement_and_no_chat_traffic() {
+async fn messengers_get_their_acknowledgement_and_no_chat_traffic(
+    #[values(Transport::Tcp, Transport::Tls)] transport: Transport,
+) {
     let server = start_server(config()).await;
-    let mut viewer = Client::viewer(server.addr).await;
-    let mut quiet = Client::messenger(server.addr, "quiet").await;
-    let mut loud = Client::messenger(server.addr, "loud").await;
+    let mut viewer = Client::viewer(server.at(transport)).await;
+    let mut quiet = Client::messenger(server.at(transport), "quiet").await;
+    let mut loud = Client::messenger(server.at(transport), "loud").await;
     loud.send(b"can anyone hear me\n").await;
     assert_eq!(viewer.line().await, "quiet has joined the chat.");
     assert_eq!(viewer.line().await, "loud has joined the chat.");
     assert_eq!(viewer.line().await, "loud: can anyone hear me");
-    quiet.assert_nothing_buffered();
-    loud.assert_nothing_buffered();
+    quiet.assert_nothing_buffered().await;
+    loud.assert_nothing_buffered().await;
 }
 
 /// A plain line-mode viewer gets the seed's texts with `\n`, and nothing else: no
 /// pings, and no goodbye when the server stops (it did not ask for them).
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plain_viewer_gets_exactly_the_seed_texts_with_newlines() {
+async fn a_plain_viewer_gets_exactly_the_seed_texts_with_newlines(
+    #[values(Transport::Tcp, Transport::Tls)] transport: Transport,
+) {
     let server = start_server(Config {
         heartbeat_interval: Duration::from_millis(20),
         ..config()
     })
     .await;
-    let mut viewer = Client::viewer(server.addr).await;
-    let mut erin = Client::messenger(server.addr, "erin").await;
+    let mut viewer = Client::viewer(server.at(transport)).await;
+    let mut erin = Client::messenger(server.at(transport), "erin").await;
     erin.send(b"hi\n").await;
     assert_eq!(viewer.line().await, "erin has joined the chat.");
     assert_eq!(viewer.line().await, "erin: hi");
@@ -131,22 +148,25 @@ async fn a_plain_viewer_gets_exactly_the_seed_texts_with_newlines() {
     viewer.expect_closed().await;
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clients_that_ask_get_heartbeats_and_a_goodbye() {
+async fn clients_that_ask_get_heartbeats_and_a_goodbye(
+    #[values(Transport::Tcp, Transport::Tls)] transport: Transport,
+) {
     let server = start_server(Config {
         heartbeat_interval: Duration::from_millis(50),
         ..config()
     })
     .await;
-    let mut viewer = Client::connect(server.addr).await;
+    let mut viewer = Client::connect(server.at(transport)).await;
     viewer.send(b"viewer heartbeat goodbye\n").await;
     assert_eq!(viewer.line().await, WELCOME);
     assert_eq!(viewer.line().await, "*** ping");
     assert_eq!(viewer.line().await, "*** ping");
-    let mut frank = Client::connect(server.addr).await;
+    let mut frank = Client::connect(server.at(transport)).await;
     frank.send(b"name:frank goodbye\n").await;
     assert_eq!(frank.line().await, "*** ok: joined as frank");
-    let mut gus = Client::connect(server.addr).await;
+    let mut gus = Client::connect(server.at(transport)).await;
     gus.send(b"chat:gus goodbye\n").await;
     assert_eq!(gus.line().await, WELCOME);
     assert_eq!(gus.line().await, "gus has joined the chat.");
@@ -162,14 +182,17 @@ async fn clients_that_ask_get_heartbeats_and_a_goodbye() {
     frank.expect_closed().await;
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_chatter_sends_and_sees_the_room_including_itself() {
+async fn a_chatter_sends_and_sees_the_room_including_itself(
+    #[values(Transport::Tcp, Transport::Tls)] transport: Transport,
+) {
     let server = start_server(config()).await;
-    let mut gina = Client::connect(server.addr).await;
+    let mut gina = Client::connect(server.at(transport)).await;
     gina.send(b"chat:gina\n").await;
     assert_eq!(gina.line().await, WELCOME);
     assert_eq!(gina.line().await, "gina has joined the chat.");
-    let mut hal = Client::messenger(server.addr, "hal").await;
+    let mut hal = Client::messenger(server.at(transport), "hal").await;
     assert_eq!(gina.line().await, "hal has joined the chat.");
     hal.send(b"hello gina\n").await;
     assert_eq!(gina.line().await, "hal: hello gina");
@@ -177,10 +200,13 @@ async fn a_chatter_sends_and_sees_the_room_including_itself() {
     assert_eq!(gina.line().await, "gina: hello hal");
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refused_line_clients_get_one_error_line_then_the_close() {
+async fn refused_line_clients_get_one_error_line_then_the_close(
+    #[values(Transport::Tcp, Transport::Tls)] transport: Transport,
+) {
     let server = start_server(config()).await;
-    let _ivy = Client::messenger(server.addr, "ivy").await;
+    let _ivy = Client::messenger(server.at(transport), "ivy").await;
     let cases: &[(&[u8], &str)] = &[
         (
             b"hello\n",
@@ -217,7 +243,7 @@ async fn refused_line_clients_get_one_error_line_then_the_close() {
         ),
     ];
     for (handshake, error) in cases {
-        let mut client = Client::connect(server.addr).await;
+        let mut client = Client::connect(server.at(transport)).await;
         client.send(handshake).await;
         assert_eq!(
             client.line().await,
@@ -229,12 +255,15 @@ async fn refused_line_clients_get_one_error_line_then_the_close() {
     }
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_viewers_own_input_is_ignored() {
+async fn a_viewers_own_input_is_ignored(
+    #[values(Transport::Tcp, Transport::Tls)] transport: Transport,
+) {
     let server = start_server(config()).await;
-    let mut viewer = Client::viewer(server.addr).await;
+    let mut viewer = Client::viewer(server.at(transport)).await;
     viewer.send(b"name:mallory\nI am not a messenger\n").await;
-    let mut jo = Client::messenger(server.addr, "jo").await;
+    let mut jo = Client::messenger(server.at(transport), "jo").await;
     jo.send(b"hi\n").await;
     assert_eq!(viewer.line().await, "jo has joined the chat.");
     assert_eq!(viewer.line().await, "jo: hi");
@@ -242,17 +271,20 @@ async fn a_viewers_own_input_is_ignored() {
 
 /// A chatter that says goodbye (FIN) still receives the room up to its own leave,
 /// so it sees its last lines come back.
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_chatter_saying_goodbye_receives_the_room_up_to_its_own_leave() {
+async fn a_chatter_saying_goodbye_receives_the_room_up_to_its_own_leave(
+    #[values(Transport::Tcp, Transport::Tls)] transport: Transport,
+) {
     let server = start_server(config()).await;
     for round in 0..20 {
         let name = format!("kit{round}");
-        let mut kit = Client::connect(server.addr).await;
+        let mut kit = Client::connect(server.at(transport)).await;
         kit.send(format!("chat:{name}\n").as_bytes()).await;
         assert_eq!(kit.line().await, WELCOME);
         let lines: String = (0..20).map(|i| format!("{i}\n")).collect();
         kit.send(lines.as_bytes()).await;
-        kit.stream.shutdown().await.unwrap();
+        kit.finish_sending().await;
         let rest = String::from_utf8(kit.rest().await).unwrap();
         let mut expected = format!("{name} has joined the chat.\n");
         for i in 0..20 {

@@ -1,0 +1,20 @@
+//! The integration tests: one test binary, one module per concern. Every test talks
+//! to a real server over real sockets on ephemeral loopback ports (or, for `cli`,
+//! `tls` and `dead_peers`, to the built `tcpchat` binary), and waits for what a user
+//! would see, each wait bounded.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+mod cli;
+mod dead_peers;
+mod departures;
+mod fuzz_corpus;
+mod limits;
+mod line_mode;
+mod names;
+mod original_clients;
+mod seed_mode;
+mod shutdown;
+mod slow_viewer;
