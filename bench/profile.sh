@@ -5,14 +5,15 @@
 #
 #   bench/profile.sh TARGET WORKLOAD      e.g. bench/profile.sh tcpchat latency-10x100msgs
 #
-# TARGET: tcpchat, redis, nats or irc. WORKLOAD: a name from bench/lib.sh
-# (fanout-4x100, fanout-1x1000, latency-10x100msgs, idle-19000). For idle-N only the
-# one message to all is sampled: perf starts once the server holds every connection.
+# TARGET: tcpchat, redis, nats or irc (tcpchat+tls or redis+tls: over TLS). WORKLOAD:
+# a name from bench/lib.sh (fanout-4x100, fanout-1x1000, latency-10x100msgs,
+# idle-19000). For idle-N only the one message to all is sampled: perf starts once the
+# server holds every connection and stops once the message has reached them all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ $# -ne 2 ]; then
-  sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 fi
 target=$1
@@ -20,6 +21,13 @@ workload=$2
 
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
+args=$(workload_args "$workload")
+if [ -z "$args" ]; then
+  echo "bench: no workload named $workload" >&2
+  exit 2
+fi
+case "$workload" in idle-*) args="$args --hold 3s" ;; esac
+args="$args $(target_args "$target") --server-cpu $server_cpu"
 if ! command -v perf >/dev/null; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null
@@ -28,17 +36,39 @@ install_peers "$target"
 cargo build --release --locked -p tcpchat -p tcpchat-bench
 ulimit -n "$(ulimit -Hn)"
 
-start_server "$target"
-args=$(workload_args "$workload")
-case "$workload" in idle-*) args="$args --hold 3s" ;; esac
-if [ -z "$args" ]; then
-  echo "bench: no workload named $workload" >&2
-  exit 2
-fi
+work=$(mktemp -d)
+bench_pid=""
+perf_pid=""
+# On any early exit: the load generator, asked to stop, stops the server it started.
+# shellcheck disable=SC2317 # run by the trap
+cleanup() {
+  if [ -n "$perf_pid" ]; then kill -INT "$perf_pid" 2>/dev/null || true; fi
+  if [ -n "$bench_pid" ] && kill -0 "$bench_pid" 2>/dev/null; then
+    kill -TERM "$bench_pid" 2>/dev/null || true
+    wait "$bench_pid" 2>/dev/null || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
 # shellcheck disable=SC2086 # the arguments are meant to split
-taskset -c "$load_cpu" "$bench_bin" $args --target "$target" \
-  >"$work/result.json" 2>"$work/bench.log" &
+taskset -c "$load_cpu" "$bench_bin" $args >"$work/result.json" 2>"$work/bench.log" &
 bench_pid=$!
+
+# The load generator says which process the server is once it is up (within the
+# harness's 20 s start timeout; a minute is ample).
+server_pid=""
+for _ in $(seq 300); do
+  server_pid=$(sed -n 's/^bench: server pid \([0-9][0-9]*\) listening on .*/\1/p' \
+    "$work/bench.log" | head -n 1)
+  if [ -n "$server_pid" ] || ! kill -0 "$bench_pid" 2>/dev/null; then break; fi
+  sleep 0.2
+done
+if [ -z "$server_pid" ]; then
+  echo "bench: the server did not start:" >&2
+  cat "$work/bench.log" >&2
+  exit 1
+fi
 
 case "$workload" in
   idle-*)
@@ -51,17 +81,21 @@ case "$workload" in
 esac
 perf record -q -F 4999 -g -p "$server_pid" -o "$work/perf.data" 2>"$work/perf.log" &
 perf_pid=$!
+# Sampling ends when the workload does: for idle-N once the message has reached
+# everyone (before the closes), otherwise before the server is stopped. Either line
+# comes before the load generator exits, which ends the wait in any case.
 case "$workload" in
-  idle-*) # Until the message has reached everyone, before the closes.
-    grep -q -m1 '^conns: holding' < <(tail -n +1 --pid="$bench_pid" -f "$work/bench.log") || true
-    ;;
+  idle-*) until='^conns: holding' ;;
+  *) until='^bench: stopping server' ;;
 esac
+grep -q -m1 "$until" < <(tail -n +1 --pid="$bench_pid" -f "$work/bench.log") || true
+kill -INT "$perf_pid" 2>/dev/null || true
+wait "$perf_pid" 2>/dev/null || true
+perf_pid=""
 status=0
 wait "$bench_pid" || status=$?
-kill -INT "$perf_pid" 2>/dev/null || true
+bench_pid=""
 cat "$work/bench.log" >&2
-wait "$perf_pid" 2>/dev/null || true
-stop_server
 
 perf report -i "$work/perf.data" --stdio --no-children -g none --sort sym \
   --percent-limit 0.01 2>/dev/null | grep '%' >"$work/symbols.txt" || true

@@ -2,16 +2,17 @@
 # Benchmarks tcpchat against the servers people would use instead: Redis pub/sub,
 # NATS and an IRC server (InspIRCd), all from Debian's packages, on this machine.
 #
-#   bench/run.sh           every workload on every server, 3 runs each (about 20 min)
+#   bench/run.sh           every workload on every server, 3 runs each, and tcpchat
+#                          and Redis over TLS too (about 25 min)
 #   bench/run.sh --report  only the tables, chart and docs from the last full run's results
-#   bench/run.sh --quick   tcpchat only, small workloads, one run (CI's smoke test:
-#                          it prints figures and fails only if a run was incomplete
-#                          or lost, duplicated or reordered a message)
+#   bench/run.sh --quick   tcpchat only, plain and TLS, small workloads, one run (CI's
+#                          smoke test: it prints figures and fails only if a run was
+#                          incomplete or lost, duplicated or reordered a message)
 #
-# Each run starts a fresh server pinned to CPU 0, runs the load generator
-# (`tcpchat bench`) pinned to CPU 1, and stops the server. Results go to
-# bench/results/ as JSON lines; the medians become the tables printed at the end,
-# the chart docs/benchmarks.svg, and the results section of docs/BENCHMARKS.md.
+# Each run is one `tcpchat-bench` pinned to CPU 1, which starts a fresh server pinned
+# to CPU 0, runs the workload and stops the server. Results go to bench/results/ as
+# JSON lines; the medians become the tables printed at the end, the chart
+# docs/benchmarks.svg, and the results section of docs/BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,15 +23,17 @@ case "${1:-}" in
   --quick) quick=1 variant=quick ;;
   --report) report_only=1 ;;
   "") ;;
-  *) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  *) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac
 
+# A target with +tls is the same server with every client over TLS (tcpchat and
+# Redis only).
 runs=3
-targets="tcpchat redis nats irc"
+targets="tcpchat redis nats irc tcpchat+tls redis+tls"
 results=bench/results/results.jsonl
 if [ "$quick" = 1 ]; then
   runs=1
-  targets="tcpchat"
+  targets="tcpchat tcpchat+tls"
   results=bench/results/quick.jsonl
 fi
 
@@ -50,14 +53,14 @@ if [ "$report_only" = 0 ]; then
     for target in $targets; do
       for workload in "${workloads[@]}"; do
         name=${workload%%|*}
-        echo "bench: run $run/$runs, $name on $target" >&2
-        start_server "$target"
         args=$(workload_args "$name" "$variant")
+        echo "bench: run $run/$runs, ${args##*--label } on $target" >&2
+        args="$args $(target_args "$target")"
         # shellcheck disable=SC2086 # the arguments are meant to split
-        if ! taskset -c "$load_cpu" "$bench_bin" $args --target "$target" >>"$results"; then
+        if ! taskset -c "$load_cpu" "$bench_bin" $args --server-cpu "$server_cpu" \
+          >>"$results"; then
           failed=1
         fi
-        stop_server
       done
     done
   done

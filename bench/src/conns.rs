@@ -2,37 +2,31 @@
 //! connection, and how fast one message then reaches them all.
 
 use std::cell::Cell;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
 use tokio::sync::Semaphore;
 
-use super::proto::{Payload, Target, connect};
+use super::proto::{Payload, Target};
+use super::server::{Endpoint, ServerArgs};
+use super::transport::{Stream, Transport};
 use super::{Progress, cpu_time, source_address};
 
 /// Payload size of the one message.
 const SIZE: usize = 64;
 
-/// What `tcpchat bench conns` takes.
+/// What `tcpchat-bench conns` takes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnsArgs {
-    /// The kind of server.
-    #[arg(long, value_enum, default_value_t = Target::Tcpchat)]
-    pub target: Target,
-    /// Its address.
-    #[arg(long, default_value = "127.0.0.1:6000")]
-    pub addr: SocketAddr,
+    /// The server, and how to reach it.
+    #[command(flatten)]
+    pub server: ServerArgs,
     /// Idle viewers to hold.
     #[arg(long, default_value_t = 19_000)]
     pub viewers: usize,
-    /// The server's process id, to read its memory from /proc.
-    #[arg(long)]
-    pub pid: Option<u32>,
     /// Connections being set up at once.
     #[arg(long, default_value_t = 256)]
     pub parallel: usize,
@@ -56,6 +50,9 @@ pub struct ConnsArgs {
 pub struct ConnsReport {
     workload: String,
     target: Target,
+    transport: Transport,
+    /// The TLS version and cipher suite negotiated (with TLS).
+    tls: Option<String>,
     viewers: usize,
     connected: usize,
     complete: bool,
@@ -65,7 +62,8 @@ pub struct ConnsReport {
     connect_seconds: f64,
     delivered: usize,
     broadcast_ms: f64,
-    /// The server's CPU time for that one message, in milliseconds (with `--pid`).
+    /// The server's CPU time for that one message, in milliseconds (when its pid is
+    /// known).
     broadcast_server_cpu_ms: Option<f64>,
 }
 
@@ -81,8 +79,12 @@ impl ConnsReport {
             Some(bytes) => format!("{bytes:.0} B of server RSS per connection"),
             None => "server memory not measured (no --pid)".to_owned(),
         };
+        let tls = match &self.tls {
+            Some(tls) => format!(" over {tls}"),
+            None => String::new(),
+        };
         format!(
-            "{} on {}: {} of {} idle viewers connected in {:.1} s; {memory}\n  \
+            "{} on {}{tls}: {} of {} idle viewers connected in {:.1} s; {memory}\n  \
              one message reached {} of them in {:.1} ms{}",
             self.workload,
             self.target,
@@ -112,29 +114,33 @@ fn rss_kib(pid: u32) -> Option<u64> {
 ///
 /// # Errors
 /// When the room cannot be prepared or the sender cannot join in time.
-pub async fn run(args: ConnsArgs) -> anyhow::Result<ConnsReport> {
+pub async fn run(args: ConnsArgs, endpoint: Endpoint) -> anyhow::Result<ConnsReport> {
     let timeout = args.timeout;
-    tokio::time::timeout(timeout, measure(args))
+    tokio::time::timeout(timeout, measure(args, endpoint))
         .await
         .context("the run took longer than --timeout")?
 }
 
-async fn measure(args: ConnsArgs) -> anyhow::Result<ConnsReport> {
-    let rss_before = args.pid.and_then(rss_kib);
-    let owner = args
+async fn measure(args: ConnsArgs, endpoint: Endpoint) -> anyhow::Result<ConnsReport> {
+    let rss_before = endpoint.pid.and_then(rss_kib);
+    let owner = endpoint
         .target
-        .open_room(args.addr)
+        .open_room(&endpoint)
         .await
         .context("cannot prepare the room")?;
     // The sender joins before the viewers, so that the only thing they are sent is
     // the one message (a tcpchat viewer is told of every join).
-    let mut sender = connect(args.addr, None)
+    let mut sender = endpoint
+        .connector
+        .connect(endpoint.addr, None)
         .await
         .context("the sender cannot connect")?;
-    args.target
+    endpoint
+        .target
         .join_sender(&mut sender, 0)
         .await
         .context("the sender cannot join")?;
+    let tls = sender.tls_parameters();
     let start = Instant::now();
     let connected = Rc::new(Cell::new(0usize));
     let failed = Rc::new(Cell::new(0usize));
@@ -156,14 +162,17 @@ async fn measure(args: ConnsArgs) -> anyhow::Result<ConnsReport> {
             all_reached.clone(),
             progress.clone(),
         );
-        let (target, addr, total) = (args.target, args.addr, args.viewers);
+        let (endpoint, total) = (endpoint.clone(), args.viewers);
         viewers.push(tokio::task::spawn_local(async move {
             let stream = {
                 let _permit = gate.acquire().await;
                 let joined = async {
-                    let mut stream = connect(addr, Some(source_address(id))).await?;
-                    target.subscribe(&mut stream, id).await?;
-                    Ok::<TcpStream, std::io::Error>(stream)
+                    let mut stream = endpoint
+                        .connector
+                        .connect(endpoint.addr, Some(source_address(id)))
+                        .await?;
+                    endpoint.target.subscribe(&mut stream, id).await?;
+                    Ok::<Stream, std::io::Error>(stream)
                 };
                 match joined.await {
                     Ok(stream) => stream,
@@ -206,13 +215,13 @@ async fn measure(args: ConnsArgs) -> anyhow::Result<ConnsReport> {
         );
     }
     tokio::time::sleep(args.settle).await;
-    let rss_after = args.pid.and_then(rss_kib);
+    let rss_after = endpoint.pid.and_then(rss_kib);
 
     // One message, to all of them.
     let mut out = BytesMut::new();
-    let cpu_before = args.pid.and_then(cpu_time);
+    let cpu_before = endpoint.pid.and_then(cpu_time);
     let sent_at = start.elapsed();
-    args.target.encode(
+    endpoint.target.encode(
         &Payload {
             sender: 0,
             seq: 0,
@@ -221,14 +230,11 @@ async fn measure(args: ConnsArgs) -> anyhow::Result<ConnsReport> {
         SIZE,
         &mut out,
     );
-    sender
-        .write_all(&out)
-        .await
-        .context("the sender cannot send")?;
+    sender.send(&out).await.context("the sender cannot send")?;
     if connected.get() > 0 {
         let _ = tokio::time::timeout(args.timeout, all_reached.notified()).await;
     }
-    let cpu_after = args.pid.and_then(cpu_time);
+    let cpu_after = endpoint.pid.and_then(cpu_time);
     if !args.hold.is_zero() {
         eprintln!(
             "conns: holding {} connections for {:?}",
@@ -249,7 +255,9 @@ async fn measure(args: ConnsArgs) -> anyhow::Result<ConnsReport> {
     };
     Ok(ConnsReport {
         workload: args.label,
-        target: args.target,
+        target: endpoint.target,
+        transport: endpoint.transport(),
+        tls,
         viewers: args.viewers,
         connected: connected.get(),
         complete: connected.get() == args.viewers && delivered.get() == args.viewers,
@@ -267,7 +275,7 @@ async fn measure(args: ConnsArgs) -> anyhow::Result<ConnsReport> {
 }
 
 /// Waits for the one message; returns whether it came.
-async fn wait_for_message(stream: &mut TcpStream) -> bool {
+async fn wait_for_message(stream: &mut Stream) -> bool {
     let mut buf = BytesMut::with_capacity(1024);
     loop {
         while let Some(end) = memchr::memchr(b'\n', &buf) {

@@ -8,7 +8,6 @@
 //! each sender sends that many messages per second, at evenly staggered phases.
 
 use std::cell::{Cell, RefCell};
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -16,21 +15,19 @@ use anyhow::{Context, bail};
 use bytes::BytesMut;
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_util::task::AbortOnDropHandle;
 
-use super::proto::{MIN_PAYLOAD, Payload, Target, connect};
+use super::proto::{MIN_PAYLOAD, Payload, Target};
+use super::server::{Endpoint, ServerArgs};
+use super::transport::{Stream, Transport};
 use super::{PARALLEL_SETUP, Progress, connect_all, cpu_time, source_address};
 
-/// What `tcpchat bench fanout` takes.
+/// What `tcpchat-bench fanout` takes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct FanoutArgs {
-    /// The kind of server.
-    #[arg(long, value_enum, default_value_t = Target::Tcpchat)]
-    pub target: Target,
-    /// Its address.
-    #[arg(long, default_value = "127.0.0.1:6000")]
-    pub addr: SocketAddr,
+    /// The server, and how to reach it.
+    #[command(flatten)]
+    pub server: ServerArgs,
     /// Viewers (receivers).
     #[arg(long, default_value_t = 100)]
     pub viewers: usize,
@@ -55,9 +52,6 @@ pub struct FanoutArgs {
     /// A label for the results (the workload's name).
     #[arg(long, default_value = "fanout")]
     pub label: String,
-    /// The server's process id, to read the CPU time it spends from /proc.
-    #[arg(long)]
-    pub pid: Option<u32>,
 }
 
 /// The outcome of a fanout run.
@@ -65,6 +59,9 @@ pub struct FanoutArgs {
 pub struct FanoutReport {
     workload: String,
     target: Target,
+    transport: Transport,
+    /// The TLS version and cipher suite negotiated (with TLS).
+    tls: Option<String>,
     viewers: usize,
     senders: usize,
     messages_per_sender: u32,
@@ -78,7 +75,7 @@ pub struct FanoutReport {
     seconds: f64,
     deliveries_per_sec: f64,
     /// The server's CPU time (user and system) per delivery, from the first send
-    /// to the last delivery, in microseconds (with `--pid`).
+    /// to the last delivery, in microseconds (when its pid is known).
     server_cpu_us_per_delivery: Option<f64>,
     latency_us: Latency,
 }
@@ -103,8 +100,12 @@ impl FanoutReport {
             Some(rate) => format!(" at {rate} msg/s each"),
             None => String::new(),
         };
+        let tls = match &self.tls {
+            Some(tls) => format!(" over {tls}"),
+            None => String::new(),
+        };
         format!(
-            "{} on {}: {} senders{rate} x {} messages of {} B into {} viewers\n  \
+            "{} on {}{tls}: {} senders{rate} x {} messages of {} B into {} viewers\n  \
              {:.0} deliveries/s ({} of {} in {:.2} s); lost {}, duplicated or reordered {}\n  \
              latency us: p50 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}{}",
             self.workload,
@@ -158,35 +159,38 @@ impl Shared {
 ///
 /// # Errors
 /// When clients cannot connect or join in time.
-pub async fn run(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
+pub async fn run(args: FanoutArgs, endpoint: Endpoint) -> anyhow::Result<FanoutReport> {
     if args.size < MIN_PAYLOAD {
         bail!("--size must be at least {MIN_PAYLOAD}");
     }
     let deadline = tokio::time::Instant::now() + args.timeout;
-    let setup = tokio::time::timeout_at(deadline, set_up(&args))
+    let setup = tokio::time::timeout_at(deadline, set_up(&args, &endpoint))
         .await
         .context("setting up took longer than --timeout")??;
-    measure(args, setup, deadline).await
+    measure(args, &endpoint, setup, deadline).await
 }
 
 /// Clients of a run, connected and joined.
 struct Setup {
-    owner: Option<TcpStream>,
-    viewers: Vec<TcpStream>,
-    senders: Vec<TcpStream>,
+    owner: Option<Stream>,
+    viewers: Vec<Stream>,
+    senders: Vec<Stream>,
 }
 
-async fn set_up(args: &FanoutArgs) -> anyhow::Result<Setup> {
-    let owner = args
+async fn set_up(args: &FanoutArgs, endpoint: &Endpoint) -> anyhow::Result<Setup> {
+    let owner = endpoint
         .target
-        .open_room(args.addr)
+        .open_room(endpoint)
         .await
         .context("cannot prepare the room")?;
     let viewers = connect_all(args.viewers, PARALLEL_SETUP, |id| {
-        let (target, addr) = (args.target, args.addr);
+        let endpoint = endpoint.clone();
         async move {
-            let mut stream = connect(addr, Some(source_address(id))).await?;
-            target.subscribe(&mut stream, id).await?;
+            let mut stream = endpoint
+                .connector
+                .connect(endpoint.addr, Some(source_address(id)))
+                .await?;
+            endpoint.target.subscribe(&mut stream, id).await?;
             Ok(stream)
         }
     })
@@ -194,11 +198,14 @@ async fn set_up(args: &FanoutArgs) -> anyhow::Result<Setup> {
     .context("a viewer cannot subscribe")?;
     let mut senders = Vec::with_capacity(args.senders);
     for sender in 0..args.senders {
-        let mut stream = connect(args.addr, None)
+        let mut stream = endpoint
+            .connector
+            .connect(endpoint.addr, None)
             .await
             .with_context(|| format!("sender {sender} cannot connect"))?;
         let id = u16::try_from(sender).context("too many senders")?;
-        args.target
+        endpoint
+            .target
             .join_sender(&mut stream, id)
             .await
             .with_context(|| format!("sender {sender} cannot join"))?;
@@ -213,6 +220,7 @@ async fn set_up(args: &FanoutArgs) -> anyhow::Result<Setup> {
 
 async fn measure(
     args: FanoutArgs,
+    endpoint: &Endpoint,
     setup: Setup,
     deadline: tokio::time::Instant,
 ) -> anyhow::Result<FanoutReport> {
@@ -221,6 +229,10 @@ async fn measure(
         viewers,
         senders,
     } = setup;
+    let tls = viewers
+        .first()
+        .or(senders.first())
+        .and_then(Stream::tls_parameters);
     let expected_per_viewer = args.senders as u64 * u64::from(args.messages);
     let shared = Rc::new(Shared {
         start: Instant::now(),
@@ -232,7 +244,7 @@ async fn measure(
         sent: Cell::new(0),
         progressed: tokio::sync::Notify::new(),
     });
-    let cpu_before = args.pid.and_then(cpu_time);
+    let cpu_before = endpoint.pid.and_then(cpu_time);
     let progress = Progress::new(expected_per_viewer * args.viewers as u64, &args.label);
     let mut watching = Vec::new();
     for (index, stream) in viewers.into_iter().enumerate() {
@@ -249,6 +261,7 @@ async fn measure(
         sending.push(tokio::task::spawn_local(send(
             stream,
             sender,
+            endpoint.target,
             args.clone(),
             shared.clone(),
         )));
@@ -261,7 +274,7 @@ async fn measure(
     })
     .await
     .is_ok();
-    let cpu_after = args.pid.and_then(cpu_time);
+    let cpu_after = endpoint.pid.and_then(cpu_time);
     progress.finish();
     for task in sending {
         task.abort();
@@ -277,7 +290,9 @@ async fn measure(
     let us = |ns: u64| ns as f64 / 1000.0;
     Ok(FanoutReport {
         workload: args.label,
-        target: args.target,
+        target: endpoint.target,
+        transport: endpoint.transport(),
+        tls,
         viewers: args.viewers,
         senders: args.senders,
         messages_per_sender: args.messages,
@@ -311,7 +326,7 @@ async fn measure(
 
 /// One viewer: reads, finds every payload, checks order, records latency.
 async fn view(
-    mut stream: TcpStream,
+    mut stream: Stream,
     index: usize,
     args: FanoutArgs,
     shared: Rc<Shared>,
@@ -378,9 +393,10 @@ async fn view(
 /// One sender: sends its messages, windowed or at a fixed rate, and discards what
 /// the server sends back (Redis counts receivers after every PUBLISH). Runs until
 /// aborted at the end of the run, so the connection stays open until then.
-async fn send(stream: TcpStream, sender: usize, args: FanoutArgs, shared: Rc<Shared>) {
-    let (mut read, mut write) = stream.into_split();
-    let target = args.target;
+async fn send(stream: Stream, sender: usize, target: Target, args: FanoutArgs, shared: Rc<Shared>) {
+    // Reading and writing from two tasks: the halves share the stream (a TLS session
+    // is one state for both directions), each taking it only while it polls.
+    let (mut read, mut write) = tokio::io::split(stream);
     let _drain = AbortOnDropHandle::new(tokio::task::spawn_local(async move {
         let mut buf = vec![0u8; 64 * 1024];
         while let Ok(n) = read.read(&mut buf).await {
@@ -434,7 +450,8 @@ async fn send(stream: TcpStream, sender: usize, args: FanoutArgs, shared: Rc<Sha
             seq += 1;
         }
         shared.sent.set(shared.sent.get() + u64::from(batch));
-        if write.write_all(&out).await.is_err() {
+        // Flushed, so that nothing waits in a TLS session's buffer for the next batch.
+        if write.write_all(&out).await.is_err() || write.flush().await.is_err() {
             break;
         }
         out.clear();

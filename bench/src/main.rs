@@ -7,6 +7,11 @@
 //!   to all.
 //! - [`report`]: turns the JSON lines of many runs into tables and a chart.
 //!
+//! `fanout` and `conns` start the server themselves ([`server`]: a fresh one per
+//! run, pinned to a CPU with `--server-cpu`, stopped by its PID at the end), or use
+//! one already running (`--addr`). Clients speak plain TCP or, with `--tls`, TLS 1.3
+//! ([`transport`]).
+//!
 //! It runs on one thread (pin it to a core of its own): the server under test gets
 //! the other. Each run prints a readable summary on stderr and one JSON line on
 //! stdout, and fails (exit code 1) if any message was lost, duplicated or reordered
@@ -16,6 +21,8 @@ mod conns;
 mod fanout;
 mod proto;
 mod report;
+mod server;
+mod transport;
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -52,19 +59,15 @@ fn main() -> std::process::ExitCode {
 /// # Errors
 /// When the run cannot be set up, or it was incomplete or lossy.
 fn run(command: BenchCommand) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let local = tokio::task::LocalSet::new();
     let (json, complete) = match command {
         BenchCommand::Report(args) => return report::run(&args),
         BenchCommand::Fanout(args) => {
-            let report = runtime.block_on(local.run_until(fanout::run(args)))?;
+            let report = with_server(&args.server.clone(), |endpoint| fanout::run(args, endpoint))?;
             eprintln!("{}", report.summary());
             (serde_json::to_string(&report)?, report.is_clean())
         }
         BenchCommand::Conns(args) => {
-            let report = runtime.block_on(local.run_until(conns::run(args)))?;
+            let report = with_server(&args.server.clone(), |endpoint| conns::run(args, endpoint))?;
             eprintln!("{}", report.summary());
             (serde_json::to_string(&report)?, report.is_clean())
         }
@@ -74,6 +77,52 @@ fn run(command: BenchCommand) -> anyhow::Result<()> {
         bail!("the run was incomplete, or lost, duplicated or reordered messages");
     }
     Ok(())
+}
+
+/// Starts the server `args` describe (unless it is already running), runs
+/// `workload` against it on a single-threaded runtime, and stops it.
+///
+/// # Errors
+/// When the server cannot be started, or the workload fails.
+fn with_server<F, Fut, R>(args: &server::ServerArgs, workload: F) -> anyhow::Result<R>
+where
+    F: FnOnce(server::Endpoint) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<R>>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let server = server::Server::start(args)?;
+    let local = tokio::task::LocalSet::new();
+    let endpoint = server.endpoint().clone();
+    let result = runtime.block_on(local.run_until(async move {
+        tokio::select! {
+            result = workload(endpoint) => result,
+            signal = interrupted() => Err(anyhow::anyhow!("interrupted by {signal}")),
+        }
+    }));
+    // Every client task (and connection) ends before the server is stopped, so that
+    // its shutdown has nobody to say goodbye to; and it is stopped whatever the
+    // outcome, so that a failed run leaves no server behind.
+    drop(local);
+    server.stop();
+    result
+}
+
+/// Waits for SIGINT or SIGTERM (never returns if neither can be watched), so that a
+/// run interrupted (bench/profile.sh ending early, Ctrl-C) still stops its server.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
 }
 
 /// The CPU time process `pid`'s threads have used so far, in nanoseconds from
@@ -100,14 +149,15 @@ pub const PARALLEL_SETUP: usize = 256;
 ///
 /// # Errors
 /// The first failure.
-pub async fn connect_all<F, Fut>(
+pub async fn connect_all<F, Fut, S>(
     count: usize,
     parallel: usize,
     connect: F,
-) -> std::io::Result<Vec<tokio::net::TcpStream>>
+) -> std::io::Result<Vec<S>>
 where
     F: Fn(usize) -> Fut,
-    Fut: std::future::Future<Output = std::io::Result<tokio::net::TcpStream>> + 'static,
+    Fut: std::future::Future<Output = std::io::Result<S>> + 'static,
+    S: 'static,
 {
     let gate = std::rc::Rc::new(tokio::sync::Semaphore::new(parallel.max(1)));
     let tasks: Vec<_> = (0..count)

@@ -6,11 +6,12 @@
 
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
 
 use bytes::{BufMut, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::io::AsyncReadExt;
+
+use super::server::Endpoint;
+use super::transport::Stream;
 
 /// The server under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -98,27 +99,9 @@ fn hex(digits: &[u8]) -> Option<u64> {
 /// The room every client of a run uses.
 const ROOM: &str = "bench";
 
-/// Opens a connection from `source` (a loopback address, so that tens of thousands
-/// of connections do not run out of ephemeral ports).
-///
-/// # Errors
-/// When the connection fails.
-pub async fn connect(addr: SocketAddr, source: Option<std::net::IpAddr>) -> io::Result<TcpStream> {
-    let socket = match addr {
-        SocketAddr::V4(_) => TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => TcpSocket::new_v6()?,
-    };
-    if let Some(source) = source {
-        socket.bind(SocketAddr::new(source, 0))?;
-    }
-    let stream = socket.connect(addr).await?;
-    stream.set_nodelay(true)?;
-    Ok(stream)
-}
-
 /// Reads until `done` says the handshake is over, answering pings on the way.
 async fn read_until(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     what: &str,
     mut done: impl FnMut(&str) -> bool,
 ) -> io::Result<()> {
@@ -129,9 +112,7 @@ async fn read_until(
             let line = String::from_utf8_lossy(&line);
             let line = line.trim_end();
             if let Some(token) = line.strip_prefix("PING") {
-                stream
-                    .write_all(format!("PONG{token}\r\n").as_bytes())
-                    .await?;
+                stream.send(format!("PONG{token}\r\n").as_bytes()).await?;
             }
             if done(line) {
                 return Ok(());
@@ -151,22 +132,22 @@ impl Target {
     ///
     /// # Errors
     /// When the server refuses or closes.
-    pub async fn subscribe(self, stream: &mut TcpStream, id: usize) -> io::Result<()> {
+    pub async fn subscribe(self, stream: &mut Stream, id: usize) -> io::Result<()> {
         match self {
             Self::Tcpchat => {
-                stream.write_all(b"viewer\n").await?;
+                stream.send(b"viewer\n").await?;
                 read_until(stream, "the welcome", |l| l.starts_with("Welcome")).await
             }
             Self::Redis => {
                 stream
-                    .write_all(format!("SUBSCRIBE {ROOM}\r\n").as_bytes())
+                    .send(format!("SUBSCRIBE {ROOM}\r\n").as_bytes())
                     .await?;
                 // *3 $9 subscribe $5 bench :1
                 read_until(stream, "the subscription", |l| l.starts_with(':')).await
             }
             Self::Nats => {
                 stream
-                    .write_all(
+                    .send(
                         format!(
                             "CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nSUB {ROOM} 1\r\nPING\r\n"
                         )
@@ -177,9 +158,7 @@ impl Target {
             }
             Self::Irc => {
                 irc_register(stream, &format!("v{id}")).await?;
-                stream
-                    .write_all(format!("JOIN #{ROOM}\r\n").as_bytes())
-                    .await?;
+                stream.send(format!("JOIN #{ROOM}\r\n").as_bytes()).await?;
                 // 366: end of the member list.
                 read_until(stream, "the join", |l| irc_numeric(l) == Some("366")).await
             }
@@ -191,26 +170,22 @@ impl Target {
     ///
     /// # Errors
     /// When the server refuses or closes.
-    pub async fn join_sender(self, stream: &mut TcpStream, sender: u16) -> io::Result<()> {
+    pub async fn join_sender(self, stream: &mut Stream, sender: u16) -> io::Result<()> {
         match self {
             Self::Tcpchat => {
-                stream
-                    .write_all(format!("name:b{sender}\n").as_bytes())
-                    .await?;
+                stream.send(format!("name:b{sender}\n").as_bytes()).await?;
                 read_until(stream, "the acknowledgement", |l| l.starts_with("*** ok")).await
             }
             Self::Redis => Ok(()),
             Self::Nats => {
                 stream
-                    .write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPING\r\n")
+                    .send(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPING\r\n")
                     .await?;
                 read_until(stream, "PONG", |l| l == "PONG").await
             }
             Self::Irc => {
                 irc_register(stream, &format!("s{sender}")).await?;
-                stream
-                    .write_all(format!("JOIN #{ROOM}\r\n").as_bytes())
-                    .await?;
+                stream.send(format!("JOIN #{ROOM}\r\n").as_bytes()).await?;
                 read_until(stream, "the join", |l| irc_numeric(l) == Some("366")).await
             }
         }
@@ -221,14 +196,14 @@ impl Target {
     ///
     /// # Errors
     /// When the server refuses or closes.
-    pub async fn open_room(self, addr: SocketAddr) -> io::Result<Option<TcpStream>> {
+    pub async fn open_room(self, endpoint: &Endpoint) -> io::Result<Option<Stream>> {
         if self != Self::Irc {
             return Ok(None);
         }
-        let mut owner = connect(addr, None).await?;
+        let mut owner = endpoint.connector.connect(endpoint.addr, None).await?;
         irc_register(&mut owner, "owner").await?;
         owner
-            .write_all(format!("JOIN #{ROOM}\r\nMODE #{ROOM} +u\r\n").as_bytes())
+            .send(format!("JOIN #{ROOM}\r\nMODE #{ROOM} +u\r\n").as_bytes())
             .await?;
         read_until(&mut owner, "the mode change", |l| {
             l.contains(" MODE ") && l.contains("+u")
@@ -265,9 +240,9 @@ impl Target {
     }
 }
 
-async fn irc_register(stream: &mut TcpStream, nick: &str) -> io::Result<()> {
+async fn irc_register(stream: &mut Stream, nick: &str) -> io::Result<()> {
     stream
-        .write_all(format!("NICK {nick}\r\nUSER {nick} 0 * :{nick}\r\n").as_bytes())
+        .send(format!("NICK {nick}\r\nUSER {nick} 0 * :{nick}\r\n").as_bytes())
         .await?;
     // 001: welcome; registration is complete.
     read_until(stream, "registration", |l| irc_numeric(l) == Some("001")).await

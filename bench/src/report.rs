@@ -4,6 +4,10 @@
 //! server, and takes the median of each figure over the runs. Throughput is also
 //! given as a ratio to Redis measured in the same runs: absolute figures on a shared
 //! machine move with its load, ratios much less.
+//!
+//! A server over TLS is a server of its own in the tables (`tcpchat+tls`), compared
+//! with Redis over TLS (`redis+tls`), and has its own panels in the chart: plaintext
+//! against plaintext, TLS against TLS.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -12,17 +16,47 @@ use std::path::PathBuf;
 use anyhow::Context;
 use serde_json::Value;
 
-/// What `tcpchat bench report` takes.
+/// What `tcpchat-bench report` takes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReportArgs {
-    /// A file of JSON lines from `tcpchat bench fanout` and `tcpchat bench conns`.
+    /// A file of JSON lines from `tcpchat-bench fanout` and `tcpchat-bench conns`.
     pub results: PathBuf,
     /// Also draw the medians as an SVG chart into this file.
     #[arg(long)]
     pub svg: Option<PathBuf>,
 }
 
-const SERVERS: [&str; 4] = ["tcpchat", "redis", "nats", "irc"];
+/// The servers in the order of the tables: plaintext, then TLS. Any other comes after.
+const SERVERS: [&str; 6] = [
+    "tcpchat",
+    "redis",
+    "nats",
+    "irc",
+    "tcpchat+tls",
+    "redis+tls",
+];
+
+/// What marks a server over TLS.
+const TLS_SUFFIX: &str = "+tls";
+
+/// The server of a run: its target, and `+tls` when the run was over TLS (runs from
+/// before the transport was recorded were all plaintext).
+fn server_of(run: &Value) -> String {
+    let target = run["target"].as_str().unwrap_or("?");
+    match run["transport"].as_str() {
+        Some("tls") => format!("{target}{TLS_SUFFIX}"),
+        _ => target.to_owned(),
+    }
+}
+
+/// The Redis a server is compared with: Redis over the same transport.
+fn redis_for(server: &str) -> &'static str {
+    if server.ends_with(TLS_SUFFIX) {
+        "redis+tls"
+    } else {
+        "redis"
+    }
+}
 
 /// The runs of one workload on one server.
 #[derive(Debug, Default)]
@@ -74,6 +108,8 @@ struct Results {
     order: Vec<String>,
     kinds: BTreeMap<String, Kind>,
     runs: BTreeMap<(String, String), Runs>,
+    /// Every server seen, in table order.
+    servers: Vec<String>,
 }
 
 impl Results {
@@ -87,7 +123,10 @@ impl Results {
             let run: Value = serde_json::from_str(line)
                 .with_context(|| format!("line {} is not JSON", number + 1))?;
             let workload = run["workload"].as_str().unwrap_or("?").to_owned();
-            let target = run["target"].as_str().unwrap_or("?").to_owned();
+            let target = server_of(&run);
+            if !results.servers.contains(&target) {
+                results.servers.push(target.clone());
+            }
             let kind = if run.get("server_bytes_per_connection").is_some() {
                 Kind::Connections
             } else if run["rate_per_sender"].is_null() {
@@ -106,6 +145,14 @@ impl Results {
                 .0
                 .push(run);
         }
+        // The known ones in their order, then the others as they came.
+        let rank = |server: &String| {
+            SERVERS
+                .iter()
+                .position(|s| s == server)
+                .unwrap_or(SERVERS.len())
+        };
+        results.servers.sort_by_key(rank);
         Ok(results)
     }
 
@@ -149,7 +196,7 @@ fn tables(results: &Results) -> String {
         }
         out.push_str(header);
         for workload in workloads {
-            for server in SERVERS {
+            for server in &results.servers {
                 if let Some(runs) = results.of(workload, server) {
                     out.push_str(&row(workload, server, runs));
                 }
@@ -164,7 +211,7 @@ fn tables(results: &Results) -> String {
         &|workload, server, runs| {
             let rate = runs.median("/deliveries_per_sec");
             let redis = results
-                .of(workload, "redis")
+                .of(workload, redis_for(server))
                 .and_then(|r| r.median("/deliveries_per_sec"));
             let ratio = match (rate, redis) {
                 (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
@@ -220,12 +267,13 @@ fn yes_no(clean: bool) -> &'static str {
     if clean { "yes" } else { "NO" }
 }
 
-/// One panel of the chart: one figure of a workload for each server.
+/// One panel of the chart: one figure of a workload for each server over one
+/// transport (bars are labelled with the target alone; the title says TLS).
 struct Panel {
     title: String,
     unit: &'static str,
     lower_is_better: bool,
-    bars: Vec<(&'static str, f64)>,
+    bars: Vec<(String, f64)>,
 }
 
 fn panels(results: &Results) -> Vec<Panel> {
@@ -254,23 +302,33 @@ fn panels(results: &Results) -> Vec<Panel> {
             ],
             None => continue,
         };
-        for &(pointer, scale, unit, lower_is_better) in figures {
-            let bars: Vec<_> = SERVERS
-                .iter()
-                .filter_map(|server| {
-                    Some((
-                        *server,
-                        results.of(workload, server)?.median(pointer)? * scale,
-                    ))
-                })
-                .collect();
-            if !bars.is_empty() {
-                panels.push(Panel {
-                    title: workload.clone(),
-                    unit,
-                    lower_is_better,
-                    bars,
-                });
+        // Plaintext panels, then TLS ones: TLS figures are another scale, and only
+        // comparable with each other.
+        for tls in [false, true] {
+            for &(pointer, scale, unit, lower_is_better) in figures {
+                let bars: Vec<_> = results
+                    .servers
+                    .iter()
+                    .filter(|server| server.ends_with(TLS_SUFFIX) == tls)
+                    .filter_map(|server| {
+                        Some((
+                            server.trim_end_matches(TLS_SUFFIX).to_owned(),
+                            results.of(workload, server)?.median(pointer)? * scale,
+                        ))
+                    })
+                    .collect();
+                if !bars.is_empty() {
+                    panels.push(Panel {
+                        title: if tls {
+                            format!("{workload}, TLS")
+                        } else {
+                            workload.clone()
+                        },
+                        unit,
+                        lower_is_better,
+                        bars,
+                    });
+                }
             }
         }
     }
@@ -335,10 +393,13 @@ fn svg(panels: &[Panel]) -> String {
             y0 + 38.0,
             panel.unit
         );
-        let slot = (W - 40.0) / panel.bars.len().max(1) as f64;
+        // Bars as wide as in a panel of four, centred: a TLS panel's two bars look
+        // like the same servers' bars beside them.
+        let slot = (W - 40.0) / panel.bars.len().max(4) as f64;
+        let left = x0 + (W - slot * panel.bars.len() as f64) / 2.0;
         for (j, (server, value)) in panel.bars.iter().enumerate() {
             let height = (H - TOP - BOTTOM) * value / max;
-            let x = x0 + 20.0 + slot * j as f64 + slot * 0.15;
+            let x = left + slot * j as f64 + slot * 0.15;
             let y = y0 + H - BOTTOM - height;
             let _ = writeln!(
                 out,
@@ -355,9 +416,10 @@ fn svg(panels: &[Panel]) -> String {
             );
             let _ = writeln!(
                 out,
-                r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{server}</text>"#,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
                 x + slot * 0.35,
-                y0 + H - BOTTOM + 16.0
+                y0 + H - BOTTOM + 16.0,
+                escape(server)
             );
         }
     }
@@ -406,6 +468,13 @@ mod tests {
 {"workload":"idle","target":"redis","complete":false,"server_bytes_per_connection":2000.0,"broadcast_ms":30.0,"broadcast_server_cpu_ms":25.0,"connect_seconds":4.0}
 "#;
 
+    /// The same workload over TLS, and one plaintext run that says so.
+    const TLS_RUNS: &str = r#"
+{"workload":"4x100","target":"redis","transport":"tls","complete":true,"lost":0,"duplicated_or_reordered":0,"rate_per_sender":null,"deliveries_per_sec":1000000.0,"latency_us":{"p50":1.0,"p99":9.0,"p999":3.0,"max":4.0}}
+{"workload":"4x100","target":"tcpchat","transport":"tls","complete":true,"lost":0,"duplicated_or_reordered":0,"rate_per_sender":null,"server_cpu_us_per_delivery":0.05,"deliveries_per_sec":3000000.0,"latency_us":{"p50":1.0,"p99":7.0,"p999":3.0,"max":4.0}}
+{"workload":"4x100","target":"nats","transport":"tcp","complete":true,"lost":1,"duplicated_or_reordered":0,"rate_per_sender":null,"deliveries_per_sec":1000000.0,"latency_us":{"p50":1.0,"p99":6.0,"p999":3.0,"max":4.0}}
+"#;
+
     #[test]
     fn medians_and_ratios_to_redis() {
         let results = Results::parse(RUNS).unwrap();
@@ -422,6 +491,45 @@ mod tests {
             table.contains("| idle | redis | 1 | NO | 2,000 | 30.0 | 25 | 4.0 |"),
             "{table}"
         );
+    }
+
+    #[test]
+    fn tls_rows_follow_plaintext_ones_and_compare_with_redis_over_tls() {
+        let results = Results::parse(&format!("{TLS_RUNS}{RUNS}")).unwrap();
+        let table = tables(&results);
+        let rows: Vec<&str> = table
+            .lines()
+            .filter(|l| l.starts_with("| 4x100 |"))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                "| 4x100 | tcpchat | 3 | yes | 8,000,000 | 4.00x | 2,500 | 2 |",
+                "| 4x100 | redis | 1 | yes | 2,000,000 | 1.00x | - | 5 |",
+                "| 4x100 | nats | 1 | NO | 1,000,000 | 0.50x | - | 6 |",
+                "| 4x100 | tcpchat+tls | 1 | yes | 3,000,000 | 3.00x | 50 | 7 |",
+                "| 4x100 | redis+tls | 1 | yes | 1,000,000 | 1.00x | - | 9 |",
+            ],
+            "{table}"
+        );
+        let panels = panels(&results);
+        let titles: Vec<(&str, usize)> = panels
+            .iter()
+            .map(|p| (p.title.as_str(), p.bars.len()))
+            .collect();
+        assert_eq!(
+            titles,
+            [
+                ("4x100", 3),
+                ("4x100", 1),
+                ("4x100, TLS", 2),
+                ("4x100, TLS", 1),
+                ("idle", 1),
+                ("idle", 1),
+            ]
+        );
+        // TLS bars carry the target's name (and colour); the title says TLS.
+        assert_eq!(panels[2].bars[0].0, "tcpchat");
     }
 
     #[test]

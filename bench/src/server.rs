@@ -1,0 +1,339 @@
+//! The server under test: started (and stopped) by the load generator itself through
+//! the harness, or one already running at a given address.
+//!
+//! Each target's command line lives here: tcpchat on an ephemeral port it reports
+//! in its log; redis-server, nats-server and InspIRCd on a free port, each with the
+//! settings of docs/BENCHMARKS.md ("The peers"). A started server may be pinned to
+//! one CPU, is stopped by its PID with SIGTERM when the run ends, and is killed if
+//! it does not exit in time.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use harness::{ServerProcess, Signal, Spec};
+
+use super::proto::Target;
+use super::transport::{Certificate, Connector, TempDir, Transport, read_certificates};
+
+/// InspIRCd's configuration, with `@PORT@` and `@DIR@` to fill in.
+const INSPIRCD_CONF: &str = include_str!("../peers/inspircd.conf.in");
+
+/// Which server to benchmark and how to reach it (shared by `fanout` and `conns`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// The kind of server.
+    #[arg(long, value_enum, default_value_t = Target::Tcpchat)]
+    pub target: Target,
+    /// Benchmark the server already running at this address instead of starting one.
+    #[arg(long)]
+    pub addr: Option<SocketAddr>,
+    /// With --addr: that server's process id, to read its CPU time and memory from /proc.
+    #[arg(long, requires = "addr")]
+    pub pid: Option<u32>,
+    /// The tcpchat binary to start (default: `tcpchat` beside this program).
+    #[arg(long, conflicts_with = "addr")]
+    pub server_bin: Option<PathBuf>,
+    /// Pin the server started to this CPU (default: anywhere).
+    #[arg(long, conflicts_with = "addr")]
+    pub server_cpu: Option<usize>,
+    /// Connect over TLS 1.3 (tcpchat and redis only). A server started here is given
+    /// a self-signed certificate made for this run.
+    #[arg(long)]
+    pub tls: bool,
+    /// With --addr and --tls: the PEM certificate(s) to trust.
+    #[arg(long, requires = "addr", requires = "tls")]
+    pub tls_ca: Option<PathBuf>,
+}
+
+/// Where and how a run's clients reach the server.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// The server's kind.
+    pub target: Target,
+    /// Where its clients connect (the TLS listener with `--tls`).
+    pub addr: SocketAddr,
+    /// Its process id, when known.
+    pub pid: Option<u32>,
+    /// Opens connections to it.
+    pub connector: Connector,
+}
+
+impl Endpoint {
+    /// Plain TCP or TLS.
+    pub fn transport(&self) -> Transport {
+        self.connector.transport()
+    }
+}
+
+/// The server of one run: started here (and stopped by [`Server::stop`], or killed
+/// when dropped), or one already running.
+#[derive(Debug)]
+pub struct Server {
+    endpoint: Endpoint,
+    // Field order is drop order: the process goes before the files it reads.
+    process: Option<ServerProcess>,
+    _certificate: Option<Certificate>,
+    _dir: Option<TempDir>,
+}
+
+impl Server {
+    /// Starts the server `args` describe or, with `--addr`, takes the one already
+    /// running there. Once a started server accepts connections, says so on stderr
+    /// in one line, `bench: server pid N listening on ADDR`, that scripts wait for
+    /// (bench/profile.sh).
+    ///
+    /// # Errors
+    /// When the options do not fit together, or the server cannot be started.
+    pub fn start(args: &ServerArgs) -> anyhow::Result<Self> {
+        if args.tls && !matches!(args.target, Target::Tcpchat | Target::Redis) {
+            bail!(
+                "--tls is supported for tcpchat and redis only, not {}",
+                args.target
+            );
+        }
+        if let Some(addr) = args.addr {
+            let connector = match (&args.tls_ca, args.tls) {
+                (Some(ca), true) => Connector::tls(read_certificates(ca)?)?,
+                (None, true) => {
+                    bail!("--tls with --addr needs --tls-ca (the certificate to trust)")
+                }
+                (_, false) => Connector::plain(),
+            };
+            return Ok(Self {
+                endpoint: Endpoint {
+                    target: args.target,
+                    addr,
+                    pid: args.pid,
+                    connector,
+                },
+                process: None,
+                _certificate: None,
+                _dir: None,
+            });
+        }
+
+        let certificate = if args.tls {
+            Some(Certificate::generate()?)
+        } else {
+            None
+        };
+        let connector = match &certificate {
+            Some(certificate) => Connector::tls(vec![certificate.der()])?,
+            None => Connector::plain(),
+        };
+        let dir =
+            TempDir::new("tcpchat-bench-server").context("cannot create a temporary directory")?;
+        let spec = spec(args, certificate.as_ref(), &dir)?.pinned_to(args.server_cpu);
+        // The harness's errors name the server and end with its last output.
+        let process = spec.start()?;
+        let addr = match (args.target, args.tls) {
+            (Target::Tcpchat, true) => process
+                .tls_addr()
+                .context("tcpchat started without a TLS listener")?,
+            _ => process.addr(),
+        };
+        eprintln!(
+            "bench: server pid {} listening on {addr}{}",
+            process.pid(),
+            if args.tls { " (TLS)" } else { "" }
+        );
+        Ok(Self {
+            endpoint: Endpoint {
+                target: args.target,
+                addr,
+                pid: Some(process.pid()),
+                connector,
+            },
+            process: Some(process),
+            _certificate: certificate,
+            _dir: Some(dir),
+        })
+    }
+
+    /// Where and how to reach it.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Stops a server started here (SIGTERM, then a kill if it has not exited within
+    /// the harness's stop timeout); a server that was already running is left alone.
+    /// A server that had to be killed is reported on stderr, not as a failed run:
+    /// the run's figures were taken before.
+    pub fn stop(mut self) {
+        let Some(process) = self.process.take() else {
+            return;
+        };
+        let pid = process.pid();
+        eprintln!("bench: stopping server pid {pid}");
+        if let Err(error) = process.stop(Signal::SIGTERM) {
+            eprintln!("bench: server pid {pid}: {error}");
+        }
+    }
+}
+
+/// How to start `args.target` (never with `--addr`): its command line, with the
+/// certificate for TLS, and InspIRCd's configuration written into `dir`.
+fn spec(
+    args: &ServerArgs,
+    certificate: Option<&Certificate>,
+    dir: &TempDir,
+) -> anyhow::Result<Spec> {
+    // The peers cannot be told to pick a port and report it: each gets a free one.
+    let free = || -> anyhow::Result<(SocketAddr, String)> {
+        let port = harness::free_port().context("no free port")?;
+        Ok((
+            SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            port.to_string(),
+        ))
+    };
+    Ok(match args.target {
+        Target::Tcpchat => {
+            let binary = match &args.server_bin {
+                Some(binary) => binary.clone(),
+                None => std::env::current_exe()
+                    .context("cannot find this program's path")?
+                    .with_file_name("tcpchat"),
+            };
+            if !binary.is_file() {
+                bail!(
+                    "no tcpchat at {} (build it, or give --server-bin)",
+                    binary.display()
+                );
+            }
+            let spec = Spec::tcpchat(binary);
+            match certificate {
+                None => spec,
+                // On an ephemeral port too, which tcpchat logs.
+                Some(certificate) => spec
+                    .arg("--tls-cert")
+                    .arg(&certificate.cert_file)
+                    .arg("--tls-key")
+                    .arg(&certificate.key_file)
+                    .args(["--tls-port", "0"]),
+            }
+        }
+        Target::Redis => {
+            let (addr, port) = free()?;
+            // Persistence off; as many clients as the idle workload holds.
+            let spec = Spec::listening("redis-server", addr).args([
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+                "--maxclients",
+                "19500",
+                "--daemonize",
+                "no",
+            ]);
+            match certificate {
+                None => spec.args(["--port", &port]),
+                // Only the TLS listener; clients are not asked for certificates.
+                Some(certificate) => spec
+                    .args(["--port", "0", "--tls-port", &port])
+                    .arg("--tls-cert-file")
+                    .arg(&certificate.cert_file)
+                    .arg("--tls-key-file")
+                    .arg(&certificate.key_file)
+                    .arg("--tls-ca-cert-file")
+                    .arg(&certificate.cert_file)
+                    .args(["--tls-auth-clients", "no"]),
+            }
+        }
+        Target::Nats => {
+            let (addr, port) = free()?;
+            Spec::listening("nats-server", addr).args(["-a", "127.0.0.1", "-p", &port])
+        }
+        Target::Irc => {
+            let (addr, port) = free()?;
+            let config = dir.path().join("inspircd.conf");
+            let text = INSPIRCD_CONF
+                .replace("@PORT@", &port)
+                .replace("@DIR@", &dir.path().to_string_lossy());
+            std::fs::write(&config, text)
+                .with_context(|| format!("cannot write {}", config.display()))?;
+            let mut config_arg = std::ffi::OsString::from("--config=");
+            config_arg.push(&config);
+            Spec::listening("inspircd", addr).args([
+                std::ffi::OsString::from("--runasroot"),
+                "--nofork".into(),
+                config_arg,
+            ])
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(target: Target) -> ServerArgs {
+        ServerArgs {
+            target,
+            addr: None,
+            pid: None,
+            server_bin: None,
+            server_cpu: None,
+            tls: false,
+            tls_ca: None,
+        }
+    }
+
+    #[test]
+    fn tls_is_refused_for_servers_benchmarked_in_plaintext_only() {
+        for target in [Target::Nats, Target::Irc] {
+            let error = Server::start(&ServerArgs {
+                tls: true,
+                ..args(target)
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(error.contains("tcpchat and redis only"), "{error}");
+        }
+        let error = Server::start(&ServerArgs {
+            tls: true,
+            addr: Some("127.0.0.1:1".parse().unwrap()),
+            ..args(Target::Redis)
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("--tls-ca"), "{error}");
+    }
+
+    #[test]
+    fn a_running_server_is_used_as_it_is() {
+        let server = Server::start(&ServerArgs {
+            addr: Some("127.0.0.1:6000".parse().unwrap()),
+            pid: Some(42),
+            ..args(Target::Redis)
+        })
+        .unwrap();
+        let endpoint = server.endpoint();
+        assert_eq!(endpoint.addr.port(), 6000);
+        assert_eq!(endpoint.pid, Some(42));
+        assert_eq!(endpoint.transport(), Transport::Tcp);
+        server.stop();
+    }
+
+    #[test]
+    fn inspircd_gets_its_configuration_filled_in() {
+        let dir = TempDir::new("tcpchat-bench-test").unwrap();
+        let _spec = spec(&args(Target::Irc), None, &dir).unwrap();
+        let config = std::fs::read_to_string(dir.path().join("inspircd.conf")).unwrap();
+        assert!(
+            !config.contains("@PORT@") && !config.contains("@DIR@"),
+            "{config}"
+        );
+        assert!(config.contains(&format!("{}/inspircd.pid", dir.path().display())));
+        let port = config
+            .split("port=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap();
+        assert!(port.parse::<u16>().unwrap() > 0);
+    }
+}
