@@ -3,58 +3,102 @@
 
 Usage: python3 scripts/mutations.py [NAME ...]   (all mutations when no name is given)
 
-Each mutation edits the source, runs the relevant integration tests with
---no-fail-fast, records the failing tests, and restores the files with
-`git checkout`. It refuses to touch a file with uncommitted changes.
-Results are in docs/RELIABILITY.md ("Each protection, removed").
+Each mutation edits the source, runs the tests that guard it with --no-fail-fast,
+records the failing tests, and restores the files with `git checkout`. It refuses
+to touch a file with uncommitted changes, and refuses a mutation whose code is gone
+(so this script cannot silently go stale). Results are in docs/RELIABILITY.md
+("Each protection, removed").
 """
 import re
 import subprocess
 import sys
 
+# (name, tests to run, edits). Tests are cargo test filters: "it::MODULE::" runs a
+# module of the integration binary, "lib::PATH" the library's unit tests.
 MUTATIONS = [
-    ("connection limit ignored", ["limits"], [
-        ("src/server/mod.rs", "let max_connections = accept::max_connections(&config);",
+    ("connection limit ignored", ["it::limits::"], [
+        ("src/server/admission.rs", "let max_connections = max_connections(config);",
          "let max_connections = usize::MAX >> 4;")]),
-    ("flood control and per-address limit off", ["limits"], [
+    ("flood control and per-address limit off", ["it::limits::", "it::departures::"], [
+        ("src/server/admission.rs",
+         "let limited = !(self.loopback_exempt && peer.ip().is_loopback());",
+         "let limited = false && self.loopback_exempt;")]),
+    ("handshake timeout never fires", ["it::limits::", "it::tls::"], [
+        ("src/server/accept.rs", "deadline: Instant::now() + config.handshake_timeout,",
+         "deadline: Instant::now() + Duration::from_secs(3600),")]),
+    ("TLS handshake not under the handshake timeout", ["it::tls::"], [
         ("src/server/accept.rs",
-         "let limited = !peer.ip().is_loopback() || shared.config.no_loopback_exemption;",
-         "let limited = false && shared.config.no_loopback_exemption;")]),
-    ("handshake timeout never fires", ["limits"], [
-        ("src/server/tcp.rs", "let deadline = sleep(config.handshake_timeout);",
-         "let deadline = sleep(Duration::from_secs(3600));")]),
-    ("handshake size unchecked while waiting for the newline", ["limits"], [
-        ("src/protocol/handshake.rs", "State::Line if self.buf.len() > self.max_bytes =>",
-         "State::Line if false =>")]),
-    ("line limit off by one", ["fuzz_corpus"], [
+         "tokio::time::timeout_at(arrival.deadline, acceptor.accept(stream))",
+         "tokio::time::timeout_at(arrival.deadline + Duration::from_secs(3600), acceptor.accept(stream))")]),
+    ("seed handshakes accepted over TLS", ["it::tls::"], [
+        ("src/server/accept.rs", "seed_allowed: matches!(transport, Transport::Plain),",
+         "seed_allowed: true,")]),
+    ("handshake size unchecked while waiting for the newline", ["it::limits::"], [
+        ("src/protocol/handshake.rs",
+         "    fn push_line_in_progress(&mut self) -> Step {\n        if self.buf.len() > self.max_bytes {",
+         "    fn push_line_in_progress(&mut self) -> Step {\n        if false {")]),
+    ("line limit off by one", ["it::fuzz_corpus::"], [
         ("src/protocol/line.rs", "if newline - line_start > self.max_line_bytes {",
          "if newline - line_start > self.max_line_bytes + 1 {")]),
-    ("name length unchecked", ["names"], [
-        ("src/protocol/name.rs", "if name.chars().count() > max_chars {",
+    ("name length unchecked", ["it::names::"], [
+        ("src/room/name.rs", "if name.chars().count() > max_chars {",
          "if name.chars().count() > max_chars + 1000 {")]),
-    ("slow-viewer policy off (a lagging viewer skips what it missed)", ["slow_viewer"], [
+    ("slow-viewer policy off (a lagging viewer is never dropped)", ["it::slow_viewer::"], [
         ("src/hub/ring.rs", "    behind > backlog\n", "    let _ = (behind, backlog);\n    false\n"),
-        ("src/server/tcp.rs",
-         "            Fetch::Gone => Err(End::TooSlow {\n                behind: feed.behind(self.mode),\n            }),",
-         "            Fetch::Gone => {\n                feed.next += 1;\n                Ok(false)\n            }")]),
-    ("control characters passed through", ["names"], [
-        ("src/protocol/text.rs", "    if !decoded.chars().any(needs_neutralizing) {", "    if true {")]),
-    ("messages not split at line breaks", ["seed_mode", "names"], [
+        ("src/hub/member.rs",
+         "            Fetch::Gone => Err(End::TooSlow {\n                behind: self.behind(ring, format),\n            }),",
+         "            Fetch::Gone => Ok(None),")]),
+    ("control characters passed through", ["it::names::"], [
+        ("src/room/text.rs", "    if !decoded.chars().any(needs_neutralizing) {", "    if true {")]),
+    ("messages not split at line breaks", ["it::seed_mode::", "it::names::"], [
         ("src/room/mod.rs", "        for line in text::lines(bytes) {",
          "        for line in [bytes].into_iter().filter(|b| !b.is_empty()) {")]),
-    ("dead-peer detection off", ["dead_peers"], [
+    ("dead-peer detection off", ["it::dead_peers::"], [
         ("src/socket.rs",
          "    socket.set_tcp_keepalive(&keepalive)?;\n    socket.set_tcp_user_timeout(Some(dead_peer_timeout))?;\n",
          "    let _ = (keepalive, socket);\n")]),
-    ("a leaving chatter not given the room up to its leave", ["line_mode"], [
-        ("src/server/tcp.rs",
-         "                    Some(feed) if feed.until.is_none() => {\n                        feed.until = Some(self.membership.leave_and_wait().await.unwrap_or(0));\n                        continue;\n                    }",
-         "                    Some(feed) if feed.until.is_none() => return End::PeerClosed,")]),
-    ("shutdown closes viewers at once instead of draining", ["shutdown"], [
-        ("src/server/tcp.rs",
-         "                Wake::Stop => {\n                    self.begin_drain();\n                    Ok(())\n                }",
-         "                Wake::Stop => Err(End::Deadline),")]),
+    ("departure of a held-back sender not checked", ["it::departures::"], [
+        ("src/server/stream.rs",
+         "if self.member.is_held_back() && socket::is_peer_gone(self.stream.tcp()) {",
+         "if false && self.member.is_held_back() && socket::is_peer_gone(self.stream.tcp()) {")]),
+    ("held-back sender woken only when its next token is due", ["lib::hub::member", "it::departures::"], [
+        ("src/hub/member.rs",
+         "let wait = bucket.next_token_in(now).min(HELD_BACK_DEPARTURE_CHECK);",
+         "let wait = bucket.next_token_in(now);")]),
+    ("flood control on the system clock", ["lib::hub::member"], [
+        ("src/hub/member.rs",
+         "            let now = Instant::now();\n            let wanted = text::lines(&bytes).count();",
+         "            let now = Instant::from_std(std::time::Instant::now());\n            let wanted = text::lines(&bytes).count();")]),
+    ("a leaving chatter not given the room up to its leave", ["it::line_mode::"], [
+        ("src/hub/member.rs",
+         "        if !feed.is_saying_goodbye() && input.left.is_none() && input.leave.is_none() {",
+         "        if !feed.is_saying_goodbye() {\n            return Err(End::PeerClosed);\n        }\n"
+         "        if !feed.is_saying_goodbye() && input.left.is_none() && input.leave.is_none() {")]),
+    ("shutdown closes viewers at once instead of draining", ["it::shutdown::"], [
+        ("src/hub/member.rs",
+         "        if self.drain_deadline.is_none() && self.shared.is_stopping() {\n            self.begin_drain();",
+         "        if self.drain_deadline.is_none() && self.shared.is_stopping() {\n            return Err(End::Deadline);")]),
+    ("shutdown deadline ignored", ["it::shutdown::"], [
+        ("src/hub/member.rs",
+         "            && deadline.as_mut().poll(cx).is_ready()\n        {\n            return Err(End::Deadline);",
+         "            && false\n            && deadline.as_mut().poll(cx).is_ready()\n        {\n            return Err(End::Deadline);")]),
+    ("log writes that panic on a closed stderr", ["it::cli::"], [
+        ("src/main.rs", "        .with_writer(writer)\n", "        .with_writer(std::io::stderr)\n"),
+        ("src/main.rs", "        .log_internal_errors(false)\n", "        .log_internal_errors(true)\n"),
+        ("src/main.rs", "    let (writer, guard) =", "    let (_writer, guard) =")]),
 ]
+
+
+def cargo_args(tests):
+    """One cargo invocation per kind of test binary."""
+    runs = []
+    lib = [t[len("lib::"):] for t in tests if t.startswith("lib::")]
+    it = [t[len("it::"):] for t in tests if t.startswith("it::")]
+    if lib:
+        runs.append(["cargo", "test", "-q", "-p", "tcpchat", "--no-fail-fast", "--lib", "--"] + lib)
+    if it:
+        runs.append(["cargo", "test", "-q", "-p", "tcpchat", "--no-fail-fast", "--test", "it", "--"] + it)
+    return runs
 
 
 def main():
@@ -74,12 +118,13 @@ def main():
                 if old not in source:
                     sys.exit(f"{name}: the code to mutate is gone from {path}; update this script")
                 open(path, "w").write(source.replace(old, new, 1))
-            args = ["cargo", "test", "-q", "--no-fail-fast"]
-            for test in tests:
-                args += ["--test", test]
-            out = subprocess.run(args, capture_output=True, text=True).stdout
-            failed = sorted(set(re.findall(r"^    (\S+)$", out, re.M)))
-            print(f"| {name} | {', '.join(failed) or 'NOTHING FAILED'} |", flush=True)
+            failed = set()
+            for args in cargo_args(tests):
+                run = subprocess.run(args, capture_output=True, text=True)
+                failed |= set(re.findall(r"^    (\S+)$", run.stdout, re.M))
+                if run.returncode != 0 and not failed and "error[" in run.stderr:
+                    failed.add("(does not compile)")
+            print(f"| {name} | {', '.join(sorted(failed)) or 'NOTHING FAILED'} |", flush=True)
         finally:
             subprocess.run(["git", "checkout", "--"] + paths)
 

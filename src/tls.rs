@@ -18,16 +18,17 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use thiserror::Error;
 
-/// Why a certificate, key or CA could not be used.
+/// Why a certificate, key or CA could not be used. Each message is complete in
+/// itself (no `source` chain to print after it).
 #[derive(Debug, Error)]
 pub enum TlsError {
     /// A file could not be read or parsed as PEM.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {error}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
         /// What went wrong.
-        source: rustls_pki_types::pem::Error,
+        error: rustls_pki_types::pem::Error,
     },
     /// The file holds no certificate.
     #[error("{} holds no PEM certificate", path.display())]
@@ -41,10 +42,23 @@ pub enum TlsError {
         /// The file.
         path: PathBuf,
     },
-    /// rustls refused the pair (a key that does not match the certificate, say) or
-    /// a CA certificate.
+    /// The private key does not belong to the certificate.
+    #[error("the key in {} does not belong to the certificate in {}", key.display(), cert.display())]
+    KeyMismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+    },
+    /// rustls refused the pair or a CA certificate for another reason.
     #[error("{0}")]
-    Rejected(#[from] rustls::Error),
+    Rejected(rustls::Error),
+}
+
+impl From<rustls::Error> for TlsError {
+    fn from(error: rustls::Error) -> Self {
+        Self::Rejected(error)
+    }
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -58,9 +72,9 @@ fn provider() -> Arc<CryptoProvider> {
 pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certificates = CertificateDer::pem_file_iter(path)
         .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        .map_err(|source| TlsError::Read {
+        .map_err(|error| TlsError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
     if certificates.is_empty() {
         return Err(TlsError::NoCertificate {
@@ -75,13 +89,13 @@ pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Tl
 /// # Errors
 /// [`TlsError::Read`] or [`TlsError::NoKey`].
 pub fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|source| match source {
+    PrivateKeyDer::from_pem_file(path).map_err(|error| match error {
         rustls_pki_types::pem::Error::NoItemsFound => TlsError::NoKey {
             path: path.to_owned(),
         },
-        source => TlsError::Read {
+        error => TlsError::Read {
             path: path.to_owned(),
-            source,
+            error,
         },
     })
 }
@@ -92,11 +106,18 @@ pub fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError>
 /// [`TlsError`] when either cannot be read or they do not belong together.
 pub fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, TlsError> {
     let chain = read_certificates(cert)?;
-    let key = read_private_key(key)?;
+    let key_der = read_private_key(key)?;
     let config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(chain, key)?;
+        .with_single_cert(chain, key_der)
+        .map_err(|error| match error {
+            rustls::Error::InconsistentKeys(_) => TlsError::KeyMismatch {
+                cert: cert.to_owned(),
+                key: key.to_owned(),
+            },
+            error => TlsError::Rejected(error),
+        })?;
     Ok(config)
 }
 

@@ -48,8 +48,12 @@ pub fn free_port() -> io::Result<u16> {
 #[derive(Debug, Clone)]
 enum Ready {
     /// tcpchat: its `listening` log lines give the plain address and, when it was
-    /// given a certificate, the TLS one.
-    TcpchatLog { tls: bool },
+    /// given a certificate, the TLS one. It listens on `bind`:`port`.
+    TcpchatLog {
+        tls: bool,
+        bind: String,
+        port: String,
+    },
     /// Anything else: it accepts a connection at this address.
     Accepting(SocketAddr),
 }
@@ -60,28 +64,47 @@ pub struct Spec {
     program: OsString,
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
-    cpu: Option<usize>,
+    /// A command that runs the server (`taskset -c 0`, `ip netns exec NS`).
+    prefix: Vec<OsString>,
+    /// Close the reading end of the server's stderr at once (its writes fail).
+    stderr_closed: bool,
     ready: Ready,
     name: String,
 }
 
 impl Spec {
     /// `BINARY serve --bind 127.0.0.1 --port 0`, logging at `info` (more arguments
-    /// may follow). With `--tls-cert`, the TLS listener goes on an ephemeral port too
-    /// unless `--tls-port` is given.
+    /// may follow; [`Spec::listen_on`] changes the address). With `--tls-cert`, pass
+    /// `--tls-port` too (0 for an ephemeral one).
     pub fn tcpchat(binary: impl Into<PathBuf>) -> Self {
         let binary: PathBuf = binary.into();
         Self {
             program: binary.into_os_string(),
-            args: ["serve", "--bind", "127.0.0.1", "--port", "0"]
-                .iter()
-                .map(OsString::from)
-                .collect(),
+            args: Vec::new(),
             envs: vec![("RUST_LOG".into(), "info".into())],
-            cpu: None,
-            ready: Ready::TcpchatLog { tls: false },
+            prefix: Vec::new(),
+            stderr_closed: false,
+            ready: Ready::TcpchatLog {
+                tls: false,
+                bind: "127.0.0.1".to_owned(),
+                port: "0".to_owned(),
+            },
             name: "tcpchat".to_owned(),
         }
+    }
+
+    /// For [`Spec::tcpchat`]: listen on `bind`:`port` instead of an ephemeral
+    /// loopback port.
+    #[must_use]
+    pub fn listen_on(mut self, bind: &str, port: u16) -> Self {
+        if let Ready::TcpchatLog {
+            bind: b, port: p, ..
+        } = &mut self.ready
+        {
+            *b = bind.to_owned();
+            *p = port.to_string();
+        }
+        self
     }
 
     /// `PROGRAM` (with the arguments that follow), ready once `addr` accepts.
@@ -92,7 +115,8 @@ impl Spec {
             program,
             args: Vec::new(),
             envs: Vec::new(),
-            cpu: None,
+            prefix: Vec::new(),
+            stderr_closed: false,
             ready: Ready::Accepting(addr),
         }
     }
@@ -101,7 +125,7 @@ impl Spec {
     #[must_use]
     pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
         let arg = arg.into();
-        if let Ready::TcpchatLog { tls } = &mut self.ready {
+        if let Ready::TcpchatLog { tls, .. } = &mut self.ready {
             *tls |= arg == "--tls-cert";
         }
         self.args.push(arg);
@@ -130,8 +154,33 @@ impl Spec {
     /// Runs the server pinned to one CPU (with `taskset`, so every thread it starts
     /// stays there).
     #[must_use]
-    pub fn pinned_to(mut self, cpu: Option<usize>) -> Self {
-        self.cpu = cpu;
+    pub fn pinned_to(self, cpu: Option<usize>) -> Self {
+        match cpu {
+            Some(cpu) => self.run_by(["taskset".to_owned(), "-c".to_owned(), cpu.to_string()]),
+            None => self,
+        }
+    }
+
+    /// Runs the server through `command`, which must exec it in the end (so the
+    /// process id stays the server's): `["ip", "netns", "exec", "NS"]`, say.
+    #[must_use]
+    pub fn run_by<I, S>(mut self, command: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        let mut prefix: Vec<OsString> = command.into_iter().map(Into::into).collect();
+        prefix.append(&mut self.prefix);
+        self.prefix = prefix;
+        self
+    }
+
+    /// Gives the server a stderr whose reading end is closed at once, so every
+    /// write to it fails (a log pipe whose reader went away). Only with
+    /// [`Spec::listening`]: tcpchat's address could not be read from its log.
+    #[must_use]
+    pub fn stderr_closed(mut self) -> Self {
+        self.stderr_closed = true;
         self
     }
 
@@ -141,14 +190,17 @@ impl Spec {
     /// When it cannot be started, exits, or is not ready within [`START_TIMEOUT`]; the
     /// error includes the end of its output.
     pub fn start(self) -> io::Result<ServerProcess> {
-        let mut command = match self.cpu {
-            Some(cpu) => {
-                let mut command = Command::new("taskset");
-                command.arg("-c").arg(cpu.to_string()).arg(&self.program);
+        let mut command = match self.prefix.split_first() {
+            Some((first, rest)) => {
+                let mut command = Command::new(first);
+                command.args(rest).arg(&self.program);
                 command
             }
             None => Command::new(&self.program),
         };
+        if let Ready::TcpchatLog { bind, port, .. } = &self.ready {
+            command.args(["serve", "--bind", bind, "--port", port]);
+        }
         command
             .args(&self.args)
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
@@ -161,8 +213,12 @@ impl Spec {
         let log = Arc::new(Log::default());
         let mut streams = 0;
         if let Some(stderr) = child.stderr.take() {
-            Log::follow(&log, stderr);
-            streams += 1;
+            if self.stderr_closed {
+                drop(stderr);
+            } else {
+                Log::follow(&log, stderr);
+                streams += 1;
+            }
         }
         if let Some(stdout) = child.stdout.take() {
             Log::follow(&log, stdout);
@@ -178,7 +234,7 @@ impl Spec {
             log,
         };
         match self.ready {
-            Ready::TcpchatLog { tls } => {
+            Ready::TcpchatLog { tls, .. } => {
                 let plain = server.wait_for_log("transport=tcp", START_TIMEOUT);
                 server.addr = plain
                     .as_deref()

@@ -866,3 +866,132 @@ impl Member {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+
+    use super::*;
+    use crate::hub;
+
+    fn request(id: u64, role: Role, name: Option<&str>, flood_controlled: bool) -> JoinRequest {
+        JoinRequest {
+            id: ConnId(id),
+            role,
+            name: name.map(str::to_owned),
+            format: Format::Line,
+            options: Options::default(),
+            flood_controlled,
+            reservation: None,
+        }
+    }
+
+    /// A transport that takes every byte it is given at once.
+    fn take_all(member: &mut Member, cx: &mut Context<'_>, out: &mut Vec<u8>) -> bool {
+        member
+            .poll_write(cx, |_, slices| {
+                let mut n = 0;
+                for slice in slices {
+                    out.extend_from_slice(slice);
+                    n += slice.len();
+                }
+                Poll::Ready(Ok(n))
+            })
+            .unwrap()
+    }
+
+    /// Flood control runs on tokio's clock, so on paused time its pacing is exact: a
+    /// burst at once, then one line per 1/rate seconds, nothing lost or reordered.
+    #[tokio::test(start_paused = true)]
+    async fn flood_control_paces_a_paste_on_tokio_time() {
+        let config = Config {
+            flood_rate: 20.0,
+            flood_burst: 5,
+            ..Config::default()
+        };
+        let (hub, _task) = hub::spawn(&config);
+        let mut viewer = hub
+            .join(request(1, Role::Viewer, None, false))
+            .await
+            .unwrap();
+        let mut sender = hub
+            .join(request(2, Role::Messenger, Some("flood"), true))
+            .await
+            .unwrap();
+        let paste: String = (0..45).map(|i| format!("{i}\n")).collect();
+        sender.post(Bytes::from(paste));
+        let start = Instant::now();
+        let mut arrivals: Vec<(Duration, String)> = Vec::new();
+        let mut pending = Vec::new();
+        poll_fn(|cx| {
+            viewer.register(cx);
+            sender.register(cx);
+            loop {
+                let mut progress = sender.poll_duties(cx).unwrap();
+                progress |= take_all(&mut viewer, cx, &mut pending);
+                while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).collect();
+                    let line = String::from_utf8_lossy(&line[..end]).into_owned();
+                    arrivals.push((start.elapsed(), line));
+                }
+                if arrivals.len() == 2 + 45 {
+                    return Poll::Ready(());
+                }
+                if !progress {
+                    return Poll::Pending;
+                }
+            }
+        })
+        .await;
+        assert_eq!(arrivals[1].1, "flood has joined the chat.");
+        for (i, (at, line)) in arrivals[2..].iter().enumerate() {
+            assert_eq!(*line, format!("flood: {i}"));
+            // The burst at once, then one line every 50 ms.
+            let due = Duration::from_millis(50 * i.saturating_sub(4) as u64);
+            assert!(
+                *at >= due.saturating_sub(Duration::from_millis(1))
+                    && *at <= due + Duration::from_millis(2),
+                "line {i} at {at:?}, due at {due:?}"
+            );
+        }
+    }
+
+    /// While flood control holds a sender back for a long time (a token every 10 s),
+    /// its task is still woken at least every [`HELD_BACK_DEPARTURE_CHECK`], so its
+    /// transport can notice the peer leaving.
+    #[tokio::test(start_paused = true)]
+    async fn a_held_back_sender_is_woken_at_least_every_departure_check() {
+        let config = Config {
+            flood_rate: 0.1,
+            flood_burst: 1,
+            ..Config::default()
+        };
+        let (hub, _task) = hub::spawn(&config);
+        let mut sender = hub
+            .join(request(1, Role::Messenger, Some("slow"), true))
+            .await
+            .unwrap();
+        sender.post(Bytes::from_static(b"a\nb\nc\n"));
+        let start = Instant::now();
+        let mut wakes = Vec::new();
+        poll_fn(|cx| {
+            sender.register(cx);
+            while sender.poll_duties(cx).unwrap() {}
+            assert!(sender.is_held_back(), "at {:?}", start.elapsed());
+            assert_eq!(sender.wants(), Wants::Wait);
+            wakes.push(start.elapsed());
+            if wakes.len() == 4 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        for pair in wakes.windows(2) {
+            assert!(
+                pair[1] - pair[0] <= HELD_BACK_DEPARTURE_CHECK,
+                "woken at {wakes:?}"
+            );
+        }
+    }
+}

@@ -11,17 +11,17 @@ use harness::{ServerProcess, Signal, Spec};
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
 
-const WAIT: Duration = Duration::from_secs(10);
-const WELCOME: &str = "Welcome to the \"Bad IRC\" Chat Server!";
+pub(crate) const WAIT: Duration = Duration::from_secs(10);
+pub(crate) const WELCOME: &str = "Welcome to the \"Bad IRC\" Chat Server!";
 
-fn tcpchat() -> Command {
+pub(crate) fn tcpchat() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tcpchat"));
     command.env_remove("RUST_LOG");
     command
 }
 
 /// Runs to completion and returns (exit code, stdout, stderr).
-fn run(command: &mut Command) -> (i32, String, String) {
+pub(crate) fn run(command: &mut Command) -> (i32, String, String) {
     let output = command.stdin(Stdio::null()).output().expect("run tcpchat");
     (
         output.status.code().unwrap_or(-1),
@@ -31,7 +31,7 @@ fn run(command: &mut Command) -> (i32, String, String) {
 }
 
 /// Waits for a child to exit, for at most [`WAIT`].
-fn exit_of(mut child: Child) -> ExitStatus {
+pub(crate) fn exit_of(mut child: Child) -> ExitStatus {
     let (tx, rx) = mpsc::channel();
     let pid = child.id();
     std::thread::spawn(move || {
@@ -46,34 +46,34 @@ fn exit_of(mut child: Child) -> ExitStatus {
     }
 }
 
-fn signal(child: &Child, signal: Signal) {
+pub(crate) fn signal(child: &Child, signal: Signal) {
     kill(Pid::from_raw(child.id() as i32), signal).expect("kill");
 }
 
 /// A `tcpchat serve` process on ephemeral loopback ports.
-fn start_server() -> ServerProcess {
+pub(crate) fn start_server() -> ServerProcess {
     Spec::tcpchat(env!("CARGO_BIN_EXE_tcpchat"))
         .args(["--seed-grace", "50ms"])
         .start()
         .expect("start the server")
 }
 
-fn port(server: &ServerProcess) -> String {
+pub(crate) fn port(server: &ServerProcess) -> String {
     server.addr().port().to_string()
 }
 
 /// Sends `sig` and returns how the server exited.
-fn stop(server: ServerProcess, sig: Signal) -> ExitStatus {
+pub(crate) fn stop(server: ServerProcess, sig: Signal) -> ExitStatus {
     server.stop(sig).expect("the server stops")
 }
 
 /// A raw line-mode connection.
-struct Raw {
+pub(crate) struct Raw {
     reader: BufReader<TcpStream>,
 }
 
 impl Raw {
-    fn connect(addr: SocketAddr, handshake: &str) -> Self {
+    pub(crate) fn connect(addr: SocketAddr, handshake: &str) -> Self {
         let mut stream = TcpStream::connect(addr).expect("connect");
         stream.set_read_timeout(Some(WAIT)).expect("timeout");
         stream.write_all(handshake.as_bytes()).expect("write");
@@ -82,13 +82,13 @@ impl Raw {
         }
     }
 
-    fn viewer(addr: SocketAddr) -> Self {
+    pub(crate) fn viewer(addr: SocketAddr) -> Self {
         let mut raw = Self::connect(addr, "viewer\n");
         assert_eq!(raw.line(), WELCOME);
         raw
     }
 
-    fn line(&mut self) -> String {
+    pub(crate) fn line(&mut self) -> String {
         let mut line = String::new();
         self.reader.read_line(&mut line).expect("read a line");
         assert!(line.ends_with('\n'), "incomplete line {line:?}");
@@ -96,14 +96,14 @@ impl Raw {
         line
     }
 
-    fn send(&mut self, text: &str) {
+    pub(crate) fn send(&mut self, text: &str) {
         self.reader
             .get_mut()
             .write_all(text.as_bytes())
             .expect("write");
     }
 
-    fn expect_closed(&mut self) {
+    pub(crate) fn expect_closed(&mut self) {
         let mut rest = Vec::new();
         self.reader.read_to_end(&mut rest).expect("read to end");
         assert!(
@@ -115,10 +115,10 @@ impl Raw {
 }
 
 /// Reads a child's stdout line by line, each wait bounded.
-struct Lines(mpsc::Receiver<String>);
+pub(crate) struct Lines(mpsc::Receiver<String>);
 
 impl Lines {
-    fn of(stdout: ChildStdout) -> Self {
+    pub(crate) fn of(stdout: ChildStdout) -> Self {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -128,12 +128,12 @@ impl Lines {
         Self(rx)
     }
 
-    fn next(&self) -> String {
+    pub(crate) fn next(&self) -> String {
         self.0.recv_timeout(WAIT).expect("a line on stdout")
     }
 }
 
-fn one_line(stderr: &str) -> &str {
+pub(crate) fn one_line(stderr: &str) -> &str {
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(
         lines.len(),
@@ -373,4 +373,33 @@ fn chat_shows_the_room_and_sends_what_is_typed() {
     assert_eq!(lines.next(), "eve: hi fay");
     stdin.write_all(b"/quit\n").unwrap();
     assert_eq!(exit_of(child).code(), Some(0));
+}
+
+/// The server's log is a pipe whose reader went away (`tcpchat serve 2>&1 | tee log`
+/// and `tee` stopped): every log line fails to be written. That costs log lines,
+/// nothing else: clients are served, joins and leaves go on, and SIGTERM still
+/// shuts the server down in order.
+#[test]
+fn a_closed_log_pipe_costs_log_lines_not_the_server() {
+    let port = harness::free_port().expect("a free port");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let server = Spec::listening(env!("CARGO_BIN_EXE_tcpchat"), addr)
+        .args(["serve", "--bind", "127.0.0.1", "--port", &port.to_string()])
+        .env("RUST_LOG", "debug")
+        .stderr_closed()
+        .start()
+        .expect("start the server");
+    let mut viewer = Raw::viewer(addr);
+    for i in 0..20 {
+        let name = format!("m{i}");
+        let mut messenger = Raw::connect(addr, &format!("name:{name}\n"));
+        assert_eq!(messenger.line(), format!("*** ok: joined as {name}"));
+        messenger.send("logged nowhere\n");
+        assert_eq!(viewer.line(), format!("{name} has joined the chat."));
+        assert_eq!(viewer.line(), format!("{name}: logged nowhere"));
+        drop(messenger);
+        assert_eq!(viewer.line(), format!("{name} has left the chat"));
+    }
+    assert_eq!(stop(server, Signal::SIGTERM).code(), Some(0));
+    viewer.expect_closed();
 }

@@ -12,6 +12,8 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use harness::Spec;
+
 const DEAD_PEER_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Two namespaces, `server` at 10.77.0.1 and `client` at 10.77.0.2, removed on drop.
@@ -147,25 +149,17 @@ fn a_vanished_peer_is_announced_within_the_dead_peer_timeout() {
     };
     let tcpchat = env!("CARGO_BIN_EXE_tcpchat");
     let timeout = format!("{}s", DEAD_PEER_TIMEOUT.as_secs());
-    let mut server = ns
-        .command(&ns.server, tcpchat)
-        .args(["serve", "--bind", "0.0.0.0", "--port", "6000"])
+    let _server = Spec::tcpchat(tcpchat)
+        .run_by(["ip", "netns", "exec", &ns.server])
+        .listen_on("0.0.0.0", 6000)
         .args([
             "--dead-peer-timeout",
             &timeout,
             "--heartbeat-interval",
             "1h",
         ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
+        .start()
         .expect("start the server");
-    let log = Lines::of(server.stderr.take().unwrap());
-    let _server = Killed(server);
-    assert!(
-        log.next_within(Duration::from_secs(10))
-            .contains("listening")
-    );
 
     // The witness watches from the server's own namespace, over its loopback.
     let mut watcher = ns

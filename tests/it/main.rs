@@ -18,3 +18,4 @@ mod original_clients;
 mod seed_mode;
 mod shutdown;
 mod slow_viewer;
+mod tls;

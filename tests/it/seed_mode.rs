@@ -182,3 +182,24 @@ async fn a_viewer_that_talks_and_vanishes_harms_nobody() {
     dave.send(b"still here").await;
     steady.expect_bytes(b"dave: still here").await;
 }
+
+/// The documented exception to "refused in time for the original Messenger's check":
+/// `name:` with nothing after it may be the start of a line-mode `name:bob\n` split
+/// by the network, so it is refused (silently, as the original did) only when the
+/// seed grace ends. The Messenger's 10 ms check passes; its first message finds the
+/// connection closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_seed_name_is_refused_when_the_seed_grace_ends() {
+    let server = start_server(Config::default()).await;
+    let mut nameless = Client::connect(server.addr).await;
+    nameless.send(b"name:").await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    nameless.assert_nothing_buffered().await;
+    let asked = Instant::now();
+    nameless.expect_closed().await;
+    assert!(
+        asked.elapsed() < Config::default().seed_grace + Duration::from_millis(500),
+        "closed after {:?}",
+        asked.elapsed()
+    );
+}
