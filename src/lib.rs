@@ -2,17 +2,22 @@
 //! mode, byte for byte) and adds a newline-framed line mode, with clients to match.
 //!
 //! The map, from the wire inwards:
-//! - [`protocol`]: pure functions. Handshakes, framing, name rules, text
-//!   neutralization, and the encoding of events and notices. No I/O, no clock.
-//! - [`room`]: the core. Membership, names, the order of events and their sequence
-//!   numbers. A plain struct; knows no sockets.
-//! - [`hub`]: the one task that owns the room. Takes commands from a bounded inbox,
-//!   encodes each batch of events once per wire format and publishes it on a shared
-//!   ring that every viewer reads at its own pace.
-//! - [`server`]: the TCP transport. Accept loop, limits, one task per connection
-//!   translating between its socket and the hub; orderly shutdown.
+//! - [`server`]: the transports. One accept loop per listener (plain TCP; TLS for
+//!   line mode), admission and its limits, and one session loop for every byte
+//!   stream, translating between a connection and its member; orderly shutdown.
+//! - [`hub`]: the one task that owns the room, and the member core every transport
+//!   holds ([`hub::member`]): posting under flood control, receiving from the shared
+//!   ring under the slow-viewer rule, goodbyes and the drain at shutdown. Each batch
+//!   of events is encoded once per wire format in use.
+//! - [`protocol`]: pure functions. Handshakes, framing, and the wire formats of
+//!   events and notices. No I/O, no clock.
+//! - [`room`]: the core. Membership, names and their rules, text neutralization, the
+//!   order of events and their sequence numbers. A plain struct; imports nothing else
+//!   of the crate.
+//! - [`tls`]: certificates and keys to rustls configs, reloadable on the server.
 //! - [`client`]: the `viewer`, `messenger` and `chat` programs.
 //! - [`config`]: every default and limit, in one place.
+//! - [`socket`]: socket options shared by the server and the clients.
 //!
 //! The load generator (`tcpchat-bench`) and the soak (`tcpchat-soak`) are workspace
 //! members of their own: they drive a server process from outside, as black boxes.

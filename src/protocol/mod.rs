@@ -7,6 +7,10 @@
 //! - [`handshake`]: a connection's first bytes -> role, mode and options.
 //! - [`mod@line`]: a messenger's stream -> messages (line framing, or seed reads).
 //! - [`wire`]: events and notices -> bytes, once per wire format.
+//!
+//! The rules for names and text belong to the room ([`crate::room::name`],
+//! [`crate::room::text`]): the room enforces them on every transport, and this module
+//! uses them, never the reverse.
 
 pub mod handshake;
 #[doc(hidden)]

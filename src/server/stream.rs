@@ -380,8 +380,10 @@ impl<S: ByteStream> Session<S> {
     fn round(&mut self, cx: &mut Context<'_>) -> Result<bool, End> {
         let mut progress = self.member.poll_duties(cx)?;
         progress |= self.poll_input(cx)?;
-        // Last, so that whatever became ready above goes out in this same round.
-        progress |= self.poll_output(cx)?;
+        // Last, so that whatever became ready above goes out in this same round. Not
+        // progress: it writes until nothing is ready or the stream is full (and then
+        // the stream wakes us), so another round would find nothing new to write.
+        self.poll_output(cx)?;
         self.member.poll_end(cx)?;
         Ok(progress)
     }
@@ -455,7 +457,8 @@ impl<S: ByteStream> Session<S> {
         Ok(true)
     }
 
-    /// Writes what the member has for the stream, and flushes it.
+    /// Writes what the member has for the stream, and flushes it. Returns whether
+    /// anything was written.
     fn poll_output(&mut self, cx: &mut Context<'_>) -> Result<bool, End> {
         let stream = &mut self.stream;
         let wrote = self.member.poll_write(cx, |cx, slices| match slices {
