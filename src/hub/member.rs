@@ -462,8 +462,8 @@ impl Member {
     }
 
     /// The member's own work for this turn: noticing shutdown, its deadline, posting
-    /// what waits (as the inbox and flood control allow), a heartbeat coming due.
-    /// Returns whether anything happened.
+    /// what waits (as the inbox and flood control allow). Returns whether anything
+    /// happened.
     ///
     /// # Errors
     /// The [`End`] of the connection, when it has come.
@@ -479,14 +479,6 @@ impl Member {
             return Err(End::Deadline);
         }
         progress |= self.poll_posts(cx)?;
-        if self.out.is_empty()
-            && let Some(heartbeat) = &mut self.heartbeat
-            && heartbeat.as_mut().poll_due(cx)
-        {
-            self.out = Notice::Ping.to_line();
-            self.out_from_feed = false;
-            progress = true;
-        }
         Ok(progress)
     }
 
@@ -529,7 +521,8 @@ impl Member {
         }
     }
 
-    /// Writes what is due (pending output, then the room's batches) through `write`,
+    /// Writes what is due (pending output, then the room's batches, and a ping when the
+    /// heartbeat comes due on a quiet connection) through `write`,
     /// which writes slices as one (vectored) write and returns how many bytes it took,
     /// or `Pending` when the transport is full (having arranged to be woken). Returns
     /// whether anything was written.
@@ -561,6 +554,10 @@ impl Member {
                 }
             }
             if self.out.is_empty() && gathered == 0 {
+                // Polled last, after any write restarted it, so its timer is armed.
+                if self.poll_ping(cx) {
+                    continue;
+                }
                 return Ok(wrote);
             }
             let mut slices = [IoSlice::new(&[]); BATCHES_PER_WRITE + 1];
@@ -601,11 +598,28 @@ impl Member {
             {
                 heartbeat.as_mut().restart();
             }
-            if self.out.is_empty() && gathered < BATCHES_PER_WRITE {
+            if self.out.is_empty() && gathered < BATCHES_PER_WRITE && !self.poll_ping(cx) {
                 // Everything that was ready went out; a later publish wakes us.
                 return Ok(wrote);
             }
         }
+    }
+
+    /// Queues a ping if the heartbeat is due (registering for its next deadline if
+    /// not). Only on a connection with nothing else to write.
+    fn poll_ping(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.out.is_empty() {
+            return false;
+        }
+        let Some(heartbeat) = &mut self.heartbeat else {
+            return false;
+        };
+        if !heartbeat.as_mut().poll_due(cx) {
+            return false;
+        }
+        self.out = Notice::Ping.to_line();
+        self.out_from_feed = false;
+        true
     }
 
     /// Whether the member is done, as a sender that closed (after its goodbye, for a
