@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 
 use super::proto::{Payload, Target};
 use super::server::{Endpoint, ServerArgs};
-use super::transport::{Stream, Transport};
+use super::transport::{BenchStream, Stream, Transport};
 use super::{Progress, cpu_time, source_address};
 
 /// Payload size of the one message.

@@ -19,7 +19,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use super::proto::{MIN_PAYLOAD, Payload, Target};
 use super::server::{Endpoint, ServerArgs};
-use super::transport::{Stream, Transport};
+use super::transport::{BenchStream, Stream, Transport};
 use super::{PARALLEL_SETUP, Progress, connect_all, cpu_time, source_address};
 
 /// What `tcpchat-bench fanout` takes.
@@ -232,7 +232,7 @@ async fn measure(
     let tls = viewers
         .first()
         .or(senders.first())
-        .and_then(Stream::tls_parameters);
+        .and_then(BenchStream::tls_parameters);
     let expected_per_viewer = args.senders as u64 * u64::from(args.messages);
     let shared = Rc::new(Shared {
         start: Instant::now(),

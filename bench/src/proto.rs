@@ -11,7 +11,7 @@ use bytes::{BufMut, BytesMut};
 use tokio::io::AsyncReadExt;
 
 use super::server::Endpoint;
-use super::transport::Stream;
+use super::transport::{BenchStream, Stream};
 
 /// The server under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]

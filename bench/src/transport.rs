@@ -14,17 +14,16 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use anyhow::Context as _;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
+use tokio_util::either::Either;
 
 /// How a run's clients speak to the server, as the results record it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -204,31 +203,39 @@ impl Connector {
         let stream = socket.connect(addr).await?;
         stream.set_nodelay(true)?;
         match &self.tls {
-            None => Ok(Stream::Plain(stream)),
+            None => Ok(Either::Left(stream)),
             Some(tls) => {
                 let name = ServerName::IpAddress(addr.ip().into());
                 let stream = tls.connect(name, stream).await?;
-                Ok(Stream::Tls(Box::new(stream)))
+                Ok(Either::Right(Box::new(stream)))
             }
         }
     }
 }
 
-/// One client connection, plain or TLS.
-#[derive(Debug)]
-pub enum Stream {
-    /// Plain TCP.
-    Plain(TcpStream),
-    /// TLS over TCP (boxed: a TLS session is far bigger than a socket).
-    Tls(Box<TlsStream<TcpStream>>),
+/// One client connection: plain TCP (left) or TLS (right; boxed, since a TLS session
+/// is far bigger than a socket). tokio-util's `Either` reads and writes whichever it is.
+pub type Stream = Either<TcpStream, Box<TlsStream<TcpStream>>>;
+
+/// What the bench asks of a connection besides reading and writing.
+pub(crate) trait BenchStream {
+    /// The TLS version and cipher suite negotiated, for the results (`None` in plain).
+    fn tls_parameters(&self) -> Option<String>;
+
+    /// Writes all of `bytes` and flushes them: a TLS session may keep encrypted
+    /// bytes it could not write at once until the next write or flush, and a message
+    /// must not wait for one.
+    ///
+    /// # Errors
+    /// When the connection fails.
+    async fn send(&mut self, bytes: &[u8]) -> io::Result<()>;
 }
 
-impl Stream {
-    /// The TLS version and cipher suite negotiated, for the results (`None` in plain).
-    pub fn tls_parameters(&self) -> Option<String> {
+impl BenchStream for Stream {
+    fn tls_parameters(&self) -> Option<String> {
         match self {
-            Self::Plain(_) => None,
-            Self::Tls(stream) => {
+            Either::Left(_) => None,
+            Either::Right(stream) => {
                 let session = stream.get_ref().1;
                 Some(format!(
                     "{:?} {:?}",
@@ -239,55 +246,9 @@ impl Stream {
         }
     }
 
-    /// Writes all of `bytes` and flushes them: a TLS session may keep encrypted
-    /// bytes it could not write at once until the next write or flush, and a message
-    /// must not wait for one.
-    ///
-    /// # Errors
-    /// When the connection fails.
-    pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+    async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.write_all(bytes).await?;
         self.flush().await
-    }
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
-            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
-            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(stream) => Pin::new(stream).poll_flush(cx),
-            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
-            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
-        }
     }
 }
 

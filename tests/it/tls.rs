@@ -124,7 +124,7 @@ async fn tls_client(
     .await
     .expect("TLS handshake");
     let presented = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
-    (Client::from_stream(Stream::Tls(Box::new(tls))), presented)
+    (Client::from_stream(Either::Right(Box::new(tls))), presented)
 }
 
 fn start_tls_server(cert: &TestCert) -> ServerProcess {

@@ -7,19 +7,17 @@
 
 pub mod certs;
 
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
+pub use tokio_util::either::Either;
 
 pub use tcpchat::Config;
 
@@ -121,66 +119,14 @@ impl TestServer {
     }
 }
 
-/// A client's byte stream, plain or TLS.
-pub enum Stream {
-    Tcp(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
+/// A client's byte stream: plain TCP (left) or TLS (right).
+pub type Stream = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
-impl Stream {
-    /// The TCP socket underneath.
-    pub fn tcp(&self) -> &TcpStream {
-        match self {
-            Self::Tcp(stream) => stream,
-            Self::Tls(stream) => stream.get_ref().0,
-        }
-    }
-
-    fn into_tcp(self) -> TcpStream {
-        match self {
-            Self::Tcp(stream) => stream,
-            Self::Tls(stream) => stream.into_inner().0,
-        }
-    }
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Tcp(stream) => Pin::new(stream).poll_read(cx, buf),
-            Self::Tls(stream) => Pin::new(stream).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Tcp(stream) => Pin::new(stream).poll_write(cx, buf),
-            Self::Tls(stream) => Pin::new(stream).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Tcp(stream) => Pin::new(stream).poll_flush(cx),
-            Self::Tls(stream) => Pin::new(stream).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Tcp(stream) => Pin::new(stream).poll_shutdown(cx),
-            Self::Tls(stream) => Pin::new(stream).poll_shutdown(cx),
-        }
+/// The TCP socket underneath a client's stream.
+fn into_tcp(stream: Stream) -> TcpStream {
+    match stream {
+        Either::Left(stream) => stream,
+        Either::Right(stream) => stream.into_inner().0,
     }
 }
 
@@ -188,7 +134,7 @@ impl AsyncWrite for Stream {
 pub async fn over(stream: TcpStream, transport: Transport) -> Stream {
     stream.set_nodelay(true).expect("nodelay");
     match transport {
-        Transport::Tcp => Stream::Tcp(stream),
+        Transport::Tcp => Either::Left(stream),
         Transport::Tls => {
             let connector = TlsConnector::from(Arc::new(certs::shared().client_config()));
             let name = "localhost".try_into().expect("server name");
@@ -196,7 +142,7 @@ pub async fn over(stream: TcpStream, transport: Transport) -> Stream {
                 .await
                 .expect("TLS handshake timed out")
                 .expect("TLS handshake");
-            Stream::Tls(Box::new(tls))
+            Either::Right(Box::new(tls))
         }
     }
 }
@@ -355,7 +301,7 @@ impl Client {
 
     /// Closes with a reset instead of a FIN.
     pub fn reset(self) {
-        let std = self.stream.into_tcp().into_std().expect("into std");
+        let std = into_tcp(self.stream).into_std().expect("into std");
         socket2::SockRef::from(&std)
             .set_linger(Some(Duration::ZERO))
             .expect("linger");
