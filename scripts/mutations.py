@@ -74,6 +74,18 @@ MUTATIONS = [
          "        if !feed.is_saying_goodbye() && input.left.is_none() && input.leave.is_none() {",
          "        if !feed.is_saying_goodbye() {\n            return Err(End::PeerClosed);\n        }\n"
          "        if !feed.is_saying_goodbye() && input.left.is_none() && input.leave.is_none() {")]),
+    ("a chatter saying goodbye stops counting as a receiver at once", ["lib::hub::member"], [
+        ("src/hub/mod.rs",
+         "                    Some(published) => {\n                        self.flush();",
+         "                    Some(published) => {\n                        self.receivers.remove(id);\n                        self.flush();")]),
+    ("a chatter's leave forgotten before it is sent", ["lib::hub::member"], [
+        ("src/hub/member.rs",
+         "            input.left = Some(left);\n            cx.waker().wake_by_ref();",
+         "            input.left = Some(left);\n            self.membership.forget();\n            cx.waker().wake_by_ref();")]),
+    ("a draining chatter waits for the ring's end, not its own leave", ["lib::hub::member"], [
+        ("src/hub/member.rs",
+         "            f.next >= f.until || matches!(self.shared.ring.fetch(f.next), Fetch::Closed)",
+         "            matches!(self.shared.ring.fetch(f.next), Fetch::Closed)")]),
     ("shutdown closes viewers at once instead of draining", ["it::shutdown::"], [
         ("src/hub/member.rs",
          "        if self.drain_deadline.is_none() && self.shared.is_stopping() {\n            self.begin_drain();",

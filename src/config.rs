@@ -29,6 +29,25 @@ pub const HELD_BACK_DEPARTURE_CHECK: Duration = Duration::from_millis(500);
 /// standard streams, the runtime and logging.
 pub const RESERVED_FDS: u64 = 64;
 
+/// Bytes of viewer backlog per batch the shared backlog holds. Each batch held costs
+/// about 128 bytes besides its text, so this keeps that overhead to half the backlog
+/// at most. Under load batches are large and the byte bound binds; when events
+/// trickle in one per batch, this one does.
+pub const BACKLOG_BYTES_PER_BATCH: usize = 256;
+
+/// How many batches of events the shared backlog holds for `viewer_backlog_bytes`
+/// (4096 by default): a viewer that many batches behind is too slow, however few
+/// bytes they hold.
+pub fn backlog_batches(viewer_backlog_bytes: usize) -> usize {
+    (viewer_backlog_bytes / BACKLOG_BYTES_PER_BATCH)
+        .clamp(1024, 1 << 16)
+        .next_power_of_two()
+}
+
+/// Most bytes a line-mode sender's connection reads at once (at least
+/// `max_message_bytes`): it bounds what is read ahead of flood control and the inbox.
+pub const LINE_READ_BYTES: usize = 16 * 1024;
+
 use clap::Parser;
 
 /// The server's settings.
@@ -102,7 +121,7 @@ pub struct Config {
     /// Messages per second a messenger may sustain, counted in lines. Past its burst,
     /// the server stops reading the sender's socket until the rate allows more: TCP
     /// backpressure slows it down; nothing is dropped and nothing piles up.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, value_parser = positive_rate)]
     pub flood_rate: f64,
 
     /// Lines a messenger may send at once before the rate applies, so that someone
@@ -130,6 +149,16 @@ pub struct Config {
     /// already accepted before closing whoever is left.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
     pub shutdown_timeout: Duration,
+}
+
+/// A rate of lines per second: finite and above zero (no rate at all would hold a
+/// sender's second burst back forever).
+fn positive_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        Ok(_) => Err("must be a number of lines per second above 0".to_owned()),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 impl Default for Config {

@@ -58,6 +58,17 @@ enum Ready {
     Accepting(SocketAddr),
 }
 
+/// What becomes of a server's stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stderr {
+    /// Read line by line into the kept output.
+    Read,
+    /// Its reading end closed at once.
+    Closed,
+    /// Kept open and never read.
+    Unread,
+}
+
 /// What to start, built step by step.
 #[derive(Debug, Clone)]
 pub struct Spec {
@@ -66,8 +77,8 @@ pub struct Spec {
     envs: Vec<(OsString, OsString)>,
     /// A command that runs the server (`taskset -c 0`, `ip netns exec NS`).
     prefix: Vec<OsString>,
-    /// Close the reading end of the server's stderr at once (its writes fail).
-    stderr_closed: bool,
+    /// What becomes of the server's stderr besides being read into the log.
+    stderr: Stderr,
     ready: Ready,
     name: String,
 }
@@ -83,7 +94,7 @@ impl Spec {
             args: Vec::new(),
             envs: vec![("RUST_LOG".into(), "info".into())],
             prefix: Vec::new(),
-            stderr_closed: false,
+            stderr: Stderr::Read,
             ready: Ready::TcpchatLog {
                 tls: false,
                 bind: "127.0.0.1".to_owned(),
@@ -116,7 +127,7 @@ impl Spec {
             args: Vec::new(),
             envs: Vec::new(),
             prefix: Vec::new(),
-            stderr_closed: false,
+            stderr: Stderr::Read,
             ready: Ready::Accepting(addr),
         }
     }
@@ -180,7 +191,16 @@ impl Spec {
     /// [`Spec::listening`]: tcpchat's address could not be read from its log.
     #[must_use]
     pub fn stderr_closed(mut self) -> Self {
-        self.stderr_closed = true;
+        self.stderr = Stderr::Closed;
+        self
+    }
+
+    /// Gives the server a stderr pipe that nobody reads (a log pipe whose reader is
+    /// stopped): once the pipe is full, every write to it blocks. Only with
+    /// [`Spec::listening`], as for [`Spec::stderr_closed`].
+    #[must_use]
+    pub fn stderr_unread(mut self) -> Self {
+        self.stderr = Stderr::Unread;
         self
     }
 
@@ -212,12 +232,15 @@ impl Spec {
             .map_err(|e| io::Error::new(e.kind(), format!("cannot start {}: {e}", self.name)))?;
         let log = Arc::new(Log::default());
         let mut streams = 0;
+        let mut unread = None;
         if let Some(stderr) = child.stderr.take() {
-            if self.stderr_closed {
-                drop(stderr);
-            } else {
-                Log::follow(&log, stderr);
-                streams += 1;
+            match self.stderr {
+                Stderr::Read => {
+                    Log::follow(&log, stderr);
+                    streams += 1;
+                }
+                Stderr::Closed => drop(stderr),
+                Stderr::Unread => unread = Some(stderr),
             }
         }
         if let Some(stdout) = child.stdout.take() {
@@ -228,6 +251,7 @@ impl Spec {
         let mut server = ServerProcess {
             pid: child.id(),
             child: Some(child),
+            _unread: unread,
             name: self.name,
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             tls_addr: None,
@@ -315,6 +339,8 @@ impl Log {
 #[derive(Debug)]
 pub struct ServerProcess {
     child: Option<Child>,
+    /// A stderr pipe kept open and never read, for as long as the server runs.
+    _unread: Option<std::process::ChildStderr>,
     pid: u32,
     name: String,
     addr: SocketAddr,

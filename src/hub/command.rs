@@ -37,6 +37,9 @@ pub(crate) enum Command {
     },
     /// One or more messages from a member (split into lines by the room).
     Post { id: ConnId, bytes: Bytes },
+    /// A chatter whose leave was announced ([`Command::Leave`] with `published`) has
+    /// read the room up to it and is gone: it no longer counts as a receiver.
+    Release { id: ConnId },
     /// A member is gone.
     Leave {
         id: ConnId,

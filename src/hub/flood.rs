@@ -44,7 +44,8 @@ impl TokenBucket {
         if tokens >= 1.0 {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64((1.0 - tokens) / self.rate)
+            // A rate too small for a `Duration` (the flag refuses 0) waits forever.
+            Duration::try_from_secs_f64((1.0 - tokens) / self.rate).unwrap_or(Duration::MAX)
         }
     }
 
@@ -89,5 +90,13 @@ mod tests {
             now += bucket.next_token_in(now).max(Duration::from_millis(1));
         }
         assert!((49..=51).contains(&sent), "{sent} lines in 10 s at 5/s");
+    }
+
+    #[test]
+    fn a_rate_too_small_for_a_duration_waits_forever_instead_of_panicking() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(f64::MIN_POSITIVE, 1, start);
+        assert_eq!(bucket.take(2, start), 1);
+        assert_eq!(bucket.next_token_in(start), Duration::MAX);
     }
 }

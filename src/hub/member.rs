@@ -105,28 +105,48 @@ impl Shared {
 pub(super) struct Membership {
     id: ConnId,
     tx: Option<mpsc::Sender<Command>>,
+    /// The leave was already announced (a chatter's goodbye): only the member's place
+    /// among the receivers is left to give back.
+    announced: bool,
 }
 
 impl Membership {
     pub(super) fn new(id: ConnId, tx: mpsc::Sender<Command>) -> Self {
-        Self { id, tx: Some(tx) }
-    }
-
-    async fn leave(&mut self) {
-        if let Some(tx) = self.tx.take() {
-            // Fails only if the hub has stopped, and then the room is gone anyway.
-            let _ = tx
-                .send(Command::Leave {
-                    id: self.id,
-                    published: None,
-                })
-                .await;
+        Self {
+            id,
+            tx: Some(tx),
+            announced: false,
         }
     }
 
-    /// The hub hears of this departure some other way (a chatter's goodbye), or not
-    /// at all (at shutdown the room ends with the server, and the hub may stop once
-    /// every connection has let go of its inbox).
+    /// What the hub must still be told.
+    fn last_command(&self) -> Command {
+        if self.announced {
+            Command::Release { id: self.id }
+        } else {
+            Command::Leave {
+                id: self.id,
+                published: None,
+            }
+        }
+    }
+
+    async fn leave(&mut self) {
+        let command = self.last_command();
+        if let Some(tx) = self.tx.take() {
+            // Fails only if the hub has stopped, and then the room is gone anyway.
+            let _ = tx.send(command).await;
+        }
+    }
+
+    /// The leave went out (a chatter's goodbye, through the member's own inbox
+    /// sender): from now on the end of the connection only releases its place.
+    fn announce(&mut self) {
+        self.announced = true;
+    }
+
+    /// The hub hears of this departure not at all: at shutdown the room ends with the
+    /// server, and the hub may stop once every connection has let go of its inbox.
     fn forget(&mut self) {
         self.tx = None;
     }
@@ -134,18 +154,17 @@ impl Membership {
 
 impl Drop for Membership {
     fn drop(&mut self) {
+        let command = self.last_command();
         let Some(tx) = self.tx.take() else {
             return;
         };
         // Reached when a task ends without `finish` (dropped, cancelled): the name
         // must still be freed and the leave announced.
-        if let Err(mpsc::error::TrySendError::Full(leave)) = tx.try_send(Command::Leave {
-            id: self.id,
-            published: None,
-        }) && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        if let Err(mpsc::error::TrySendError::Full(command)) = tx.try_send(command)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             runtime.spawn(async move {
-                let _ = tx.send(leave).await;
+                let _ = tx.send(command).await;
             });
         }
     }
@@ -224,7 +243,10 @@ pub enum End {
 pub struct Farewell {
     /// A last line to write before closing, in the member's format.
     pub last_words: Option<Bytes>,
-    /// How long the peer gets to read it and close its end.
+    /// How long writing what is left (the last words, and whatever the transport
+    /// still holds, such as TLS records) may take.
+    pub flush_within: Duration,
+    /// How long the peer then gets to close its end.
     pub linger: Duration,
 }
 
@@ -645,11 +667,23 @@ impl Member {
         self.feed = None;
         self.input = None;
         let id = self.membership.id;
-        let linger = match end {
-            End::TooSlow { .. } => SLOW_VIEWER_LINGER,
+        let (flush_within, linger) = match end {
+            // Its socket is full of chat it has not read: it gets time to read its
+            // way to the notice.
+            End::TooSlow { .. } => (SLOW_VIEWER_LINGER, LINGER),
             // Shutdown's deadline has passed: close now.
-            End::Deadline => Duration::ZERO,
-            _ => LINGER,
+            End::Deadline => (Duration::ZERO, Duration::ZERO),
+            // What the transport still holds (a TLS session's records) goes out within
+            // what is left of the drain deadline.
+            End::ShutDown => {
+                let left = self.drain_deadline.as_ref().map_or(LINGER, |deadline| {
+                    deadline
+                        .deadline()
+                        .saturating_duration_since(Instant::now())
+                });
+                (left.max(LINGER), LINGER)
+            }
+            _ => (LINGER, LINGER),
         };
         let notice = match end {
             End::PeerClosed => {
@@ -680,8 +714,9 @@ impl Member {
                 Some(Notice::error(
                     "too-slow",
                     format!(
-                        "you fell more than {} bytes behind the room",
-                        self.shared.viewer_backlog_bytes
+                        "you fell more than {} bytes or {} events behind the room",
+                        self.shared.viewer_backlog_bytes,
+                        self.shared.ring.capacity()
                     ),
                 ))
             }
@@ -713,10 +748,15 @@ impl Member {
                 Some(line)
             }
         });
-        Farewell { last_words, linger }
+        Farewell {
+            last_words,
+            flush_within,
+            linger,
+        }
     }
 
-    /// Sends what waits for the hub's inbox, as flood control allows.
+    /// Sends what waits for the hub's inbox, as flood control allows. Every timer it
+    /// sets is polled before it returns, so the member is woken when it fires.
     fn poll_posts(&mut self, cx: &mut Context<'_>) -> Result<bool, End> {
         let id = self.membership.id;
         let draining = self.drain_deadline.is_some();
@@ -724,15 +764,18 @@ impl Member {
             return Ok(false);
         };
         let mut progress = false;
-        if let Some(throttle) = &mut input.throttle {
-            if throttle.as_mut().poll(cx).is_pending() {
-                return Ok(false);
-            }
-            input.throttle = None;
-            progress = true;
-        }
         let ended = input.state == InputState::Ended;
-        while !input.posts.is_empty() || (ended && input.leave.is_some()) {
+        loop {
+            if let Some(throttle) = &mut input.throttle {
+                if throttle.as_mut().poll(cx).is_pending() {
+                    break;
+                }
+                input.throttle = None;
+                progress = true;
+            }
+            if input.posts.is_empty() && !(ended && input.leave.is_some()) {
+                break;
+            }
             match input.sender.poll_reserve(cx) {
                 Poll::Pending => break,
                 // The hub has stopped: the server is shutting down.
@@ -748,16 +791,16 @@ impl Member {
                 }),
             };
             match command {
-                // Only fails if the hub stopped since the reservation.
                 Some(command) => {
-                    let _ = input.sender.send_item(command);
+                    let goodbye = matches!(command, Command::Leave { .. });
+                    // Fails only if the hub stopped since the reservation.
+                    if input.sender.send_item(command).is_ok() && goodbye {
+                        self.membership.announce();
+                    }
                 }
                 None => {
                     input.sender.abort_send();
                 }
-            }
-            if input.throttle.is_some() {
-                break;
             }
         }
         if draining && ended && input.posts.is_empty() && !input.sender.is_closed() {
@@ -792,10 +835,10 @@ impl Member {
         let posted = self.input.as_ref().is_none_or(|i| {
             i.posts.is_empty() && (i.state == InputState::Ended || i.sender.is_closed())
         });
-        let fed = self
-            .feed
-            .as_ref()
-            .is_none_or(|f| matches!(self.shared.ring.fetch(f.next), Fetch::Closed));
+        // A chatter that said goodbye is fed once it has its own leave.
+        let fed = self.feed.as_ref().is_none_or(|f| {
+            f.next >= f.until || matches!(self.shared.ring.fetch(f.next), Fetch::Closed)
+        });
         posted && fed
     }
 
@@ -816,10 +859,10 @@ impl Member {
         };
         if !feed.is_saying_goodbye() && input.left.is_none() && input.leave.is_none() {
             let (published, left) = oneshot::channel();
+            // The leave goes out through the inbox after the last post, and the room
+            // hears of it once: until it is sent, the membership still owes it.
             input.leave = Some(published);
             input.left = Some(left);
-            // The leave goes out through the inbox; the room hears of it once.
-            self.membership.forget();
             cx.waker().wake_by_ref();
             return Ok(());
         }
@@ -937,7 +980,7 @@ mod tests {
         let start = Instant::now();
         let mut arrivals: Vec<(Duration, String)> = Vec::new();
         let mut pending = Vec::new();
-        poll_fn(|cx| {
+        bounded(poll_fn(|cx| {
             viewer.register(cx);
             sender.register(cx);
             loop {
@@ -955,7 +998,7 @@ mod tests {
                     return Poll::Pending;
                 }
             }
-        })
+        }))
         .await;
         assert_eq!(arrivals[1].1, "flood has joined the chat.");
         for (i, (at, line)) in arrivals[2..].iter().enumerate() {
@@ -988,7 +1031,7 @@ mod tests {
         sender.post(Bytes::from_static(b"a\nb\nc\n"));
         let start = Instant::now();
         let mut wakes = Vec::new();
-        poll_fn(|cx| {
+        bounded(poll_fn(|cx| {
             sender.register(cx);
             while sender.poll_duties(cx).unwrap() {}
             assert!(sender.is_held_back(), "at {:?}", start.elapsed());
@@ -999,7 +1042,7 @@ mod tests {
             } else {
                 Poll::Pending
             }
-        })
+        }))
         .await;
         for pair in wakes.windows(2) {
             assert!(
@@ -1007,5 +1050,175 @@ mod tests {
                 "woken at {wakes:?}"
             );
         }
+    }
+
+    /// Gives `member` one turn as a transport would (duties, writes through `write`,
+    /// the end check), until nothing more happens. `Some` once it has ended.
+    fn turn(
+        member: &mut Member,
+        cx: &mut Context<'_>,
+        mut write: impl FnMut(&[IoSlice<'_>]) -> Poll<io::Result<usize>>,
+    ) -> Option<End> {
+        member.register(cx);
+        loop {
+            let result = member.poll_duties(cx).and_then(|progress| {
+                member.poll_write(cx, |_, slices| write(slices))?;
+                member.poll_end(cx)?;
+                Ok(progress)
+            });
+            match result {
+                Err(end) => return Some(end),
+                Ok(false) => return None,
+                Ok(true) => {}
+            }
+        }
+    }
+
+    /// A transport that takes everything into `out`.
+    fn into(out: &mut Vec<u8>) -> impl FnMut(&[IoSlice<'_>]) -> Poll<io::Result<usize>> + '_ {
+        |slices| {
+            let mut n = 0;
+            for slice in slices {
+                out.extend_from_slice(slice);
+                n += slice.len();
+            }
+            Poll::Ready(Ok(n))
+        }
+    }
+
+    /// Awaits `future` for at most a minute of (paused) time: a member that is never
+    /// woken again fails the test instead of hanging it.
+    async fn bounded<T>(future: impl Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(60), future)
+            .await
+            .expect("never finished: a waker was lost")
+    }
+
+    /// A chatter alone in the room says goodbye while its socket is full. Its leave is
+    /// published when nobody else receives its format; it must still get every line
+    /// up to that leave, not be dropped as too slow because the ring let go of them.
+    #[tokio::test(start_paused = true)]
+    async fn a_chatter_alone_gets_the_room_up_to_its_leave_even_from_behind() {
+        let config = Config {
+            max_batch_bytes: 64,
+            ..Config::default()
+        };
+        let (hub, _task) = hub::spawn(&config);
+        let mut kit = hub
+            .join(request(1, Role::Chatter, Some("kit"), false))
+            .await
+            .unwrap();
+        let lines: String = (0..200).map(|i| format!("{i}\n")).collect();
+        kit.post(Bytes::from(lines));
+        kit.end_of_input();
+        // The socket is full until the hub has answered the goodbye.
+        bounded(poll_fn(|cx| {
+            assert!(turn(&mut kit, cx, |_| Poll::Pending).is_none());
+            if kit.feed.as_ref().unwrap().is_saying_goodbye() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }))
+        .await;
+        let mut out = Vec::new();
+        let end = bounded(poll_fn(|cx| match turn(&mut kit, cx, into(&mut out)) {
+            Some(end) => Poll::Ready(end),
+            None => Poll::Pending,
+        }))
+        .await;
+        assert!(matches!(end, End::PeerClosed), "{end:?}");
+        let mut expected =
+            String::from("Welcome to the \"Bad IRC\" Chat Server!\nkit has joined the chat.\n");
+        for i in 0..200 {
+            expected.push_str(&format!("kit: {i}\n"));
+        }
+        expected.push_str("kit has left the chat\n");
+        assert_eq!(String::from_utf8(out).unwrap(), expected);
+    }
+
+    /// A chatter's goodbye is queued behind a full inbox when its connection fails:
+    /// its leave must still reach the room, and its name must be free again.
+    #[tokio::test(start_paused = true)]
+    async fn a_goodbye_that_never_left_the_member_is_still_a_leave() {
+        let config = Config {
+            hub_inbox: 1,
+            ..Config::default()
+        };
+        let (hub, _task) = hub::spawn(&config);
+        let mut kit = hub
+            .join(request(1, Role::Chatter, Some("kit"), false))
+            .await
+            .unwrap();
+        kit.post(Bytes::from_static(b"one\n"));
+        kit.end_of_input();
+        // Two turns, without letting the hub run: the post fills the inbox, then the
+        // goodbye is due and waits behind it.
+        poll_fn(|cx| {
+            assert!(turn(&mut kit, cx, |_| Poll::Pending).is_none());
+            assert!(turn(&mut kit, cx, |_| Poll::Pending).is_none());
+            Poll::Ready(())
+        })
+        .await;
+        assert!(
+            kit.input.as_ref().unwrap().leave.is_some(),
+            "the goodbye is due"
+        );
+        let farewell = kit.finish(End::PeerError(io::ErrorKind::ConnectionReset.into()));
+        bounded(farewell).await;
+        let again = bounded(hub.join(request(2, Role::Chatter, Some("kit"), false))).await;
+        assert!(again.is_ok(), "the name was never freed: {:?}", again.err());
+    }
+
+    /// At shutdown, a chatter that said goodbye is done once it has written the room up
+    /// to its own leave, though others posted after it left: it does not wait for
+    /// the deadline.
+    #[tokio::test(start_paused = true)]
+    async fn a_chatter_that_said_goodbye_is_done_at_shutdown_without_the_deadline() {
+        let (hub, _task) = hub::spawn(&Config::default());
+        let mut kit = hub
+            .join(request(1, Role::Chatter, Some("kit"), false))
+            .await
+            .unwrap();
+        let mut other = hub
+            .join(request(2, Role::Messenger, Some("other"), false))
+            .await
+            .unwrap();
+        kit.end_of_input();
+        // Its socket is full while the hub answers its goodbye.
+        bounded(poll_fn(|cx| {
+            assert!(turn(&mut kit, cx, |_| Poll::Pending).is_none());
+            if kit.feed.as_ref().unwrap().is_saying_goodbye() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }))
+        .await;
+        other.post(Bytes::from_static(b"after kit left\n"));
+        bounded(poll_fn(|cx| {
+            other.register(cx);
+            while other.poll_duties(cx).unwrap() {}
+            if other.input.as_ref().unwrap().posts.is_empty() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }))
+        .await;
+        hub.begin_shutdown();
+        let started = Instant::now();
+        let mut out = Vec::new();
+        let end = bounded(poll_fn(|cx| match turn(&mut kit, cx, into(&mut out)) {
+            Some(end) => Poll::Ready(end),
+            None => Poll::Pending,
+        }))
+        .await;
+        assert!(
+            matches!(end, End::ShutDown),
+            "{end:?} after {:?}",
+            started.elapsed()
+        );
+        assert!(started.elapsed() < Config::default().shutdown_timeout);
     }
 }

@@ -147,12 +147,9 @@ const COMMANDS_PER_TURN: usize = 512;
 /// publishes what it still has, closes the ring and wakes every viewer.
 pub fn spawn(config: &Config) -> (Hub, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(config.hub_inbox.max(1));
-    // Each batch held costs about 128 bytes besides its text; one slot per 256
-    // bytes of backlog keeps that overhead to half the backlog at most. Under load
-    // batches are large and the byte bound binds; when events trickle in one per
-    // batch, the slot bound does (4096 events behind, by default).
-    let slots = (config.viewer_backlog_bytes / 256).clamp(1024, 1 << 16);
-    let ring = Arc::new(Ring::new(slots));
+    let ring = Arc::new(Ring::new(crate::config::backlog_batches(
+        config.viewer_backlog_bytes,
+    )));
     let shared = Arc::new(Shared::new(config, ring.clone()));
     let owner = Owner {
         room: Room::new(config.max_name_chars),
@@ -278,16 +275,20 @@ impl Owner {
             }
             Command::Leave { id, published } => {
                 self.room.leave(id, &mut self.events);
-                // Encoded while the leaver still counts as a receiver: a chatter
-                // saying goodbye receives its own leave, even as the last of its format.
                 self.encode_events();
-                self.receivers.remove(id);
                 self.senders.remove(id);
-                if let Some(published) = published {
-                    self.flush();
-                    let _ = published.send(self.publisher.ring().cursor().index);
+                match published {
+                    // A chatter saying goodbye still reads the room up to its own
+                    // leave: it stays a receiver (its format stays encoded and kept
+                    // in the ring) until it releases its place.
+                    Some(published) => {
+                        self.flush();
+                        let _ = published.send(self.publisher.ring().cursor().index);
+                    }
+                    None => self.receivers.remove(id),
                 }
             }
+            Command::Release { id } => self.receivers.remove(id),
         }
     }
 

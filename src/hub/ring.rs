@@ -115,6 +115,12 @@ impl Ring {
         }
     }
 
+    /// How many batches it holds at most: a reader this many batches behind has lost
+    /// its next one, however few bytes they hold.
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
     /// What is at `index`. Never blocks.
     pub fn fetch(&self, index: u64) -> Fetch {
         // `closed` before `head`: once closed, `head` is final.
@@ -177,7 +183,8 @@ impl Ring {
 /// The slow-viewer policy: a viewer `behind` bytes behind the end of its own
 /// format's log (bytes published for it that its socket has not taken) is dropped
 /// once that exceeds its `backlog`. The ring keeps at least `backlog` bytes of every
-/// format in use, so a viewer within the bound always finds its next batch.
+/// format in use (and its capacity in batches), so a viewer within both bounds always
+/// finds its next batch.
 pub fn is_too_far_behind(behind: u64, backlog: u64) -> bool {
     behind > backlog
 }

@@ -19,7 +19,6 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -28,8 +27,8 @@ use tokio::time::{Instant, Sleep, sleep, sleep_until};
 use tracing::{debug, info};
 
 use super::admission::Admission;
-use crate::config::{Config, LINGER, LINGER_BYTES};
-use crate::hub::{End, Hub, HubError, JoinRequest, Member, Reservation, Wants};
+use crate::config::{Config, LINE_READ_BYTES, LINGER, LINGER_BYTES};
+use crate::hub::{End, Farewell, Hub, HubError, JoinRequest, Member, Reservation, Wants};
 use crate::protocol::handshake::{HandshakeReader, Outcome, Step};
 use crate::protocol::line::{LineFramer, take_seed_message};
 use crate::protocol::wire::{Format, Notice};
@@ -135,7 +134,12 @@ async fn admit<S: ByteStream>(mut stream: S, arrival: Arrival) -> Option<Session
             info!(conn = %id, %peer, %reason, %mode, transport = %S::TRANSPORT, "refused");
             drop(reservation);
             let notice = Format::of(mode).notice(&Notice::error(code, &reason));
-            close_gracefully(&mut stream, notice, LINGER).await;
+            let farewell = Farewell {
+                last_words: notice,
+                flush_within: LINGER,
+                linger: LINGER,
+            };
+            close_gracefully(&mut stream, farewell).await;
             return None;
         }
         Handshaken::Closed => return None,
@@ -156,7 +160,12 @@ async fn admit<S: ByteStream>(mut stream: S, arrival: Arrival) -> Option<Session
         Err(HubError::Join(error)) => {
             info!(conn = %id, %peer, reason = %error, mode = %hello.mode, transport = %S::TRANSPORT, "refused");
             let notice = format.notice(&Notice::error(error.code(), &error));
-            close_gracefully(&mut stream, notice, LINGER).await;
+            let farewell = Farewell {
+                last_words: notice,
+                flush_within: LINGER,
+                linger: LINGER,
+            };
+            close_gracefully(&mut stream, farewell).await;
             return None;
         }
         Err(HubError::Stopped) => return None,
@@ -177,7 +186,7 @@ async fn admit<S: ByteStream>(mut stream: S, arrival: Arrival) -> Option<Session
             // Seed mode: one read is one message, so it is also the size limit.
             read_size: match hello.mode {
                 Mode::Seed => config.max_message_bytes.max(1),
-                Mode::Line => config.max_message_bytes.max(16 * 1024),
+                Mode::Line => config.max_message_bytes.max(LINE_READ_BYTES),
             },
         });
         match hello.mode {
@@ -487,24 +496,30 @@ impl<S: ByteStream> Session<S> {
         } = self;
         drop(reader);
         let farewell = member.finish(end).await;
-        close_gracefully(&mut stream, farewell.last_words, farewell.linger).await;
+        close_gracefully(&mut stream, farewell).await;
     }
 }
 
-/// Sends `last_words`, then closes our end (TLS: `close_notify`, then FIN), then reads
-/// until the peer closes too, so data it sent meanwhile does not turn the close into
-/// a reset that could destroy the last words. Gives up after `within`, or after
-/// [`LINGER_BYTES`] of further input.
-async fn close_gracefully<S: ByteStream>(
-    stream: &mut S,
-    last_words: Option<Bytes>,
-    within: Duration,
-) {
-    let closing = async {
-        if let Some(bytes) = last_words {
-            stream.write_all(&bytes).await?;
+/// Sends the farewell's last words, then closes our end (TLS: `close_notify`, then FIN),
+/// within its `flush_within`; then reads until the peer closes too, within its
+/// `linger`, so data it sent meanwhile does not turn the close into a reset that could
+/// destroy the last words. Gives up reading after [`LINGER_BYTES`] of further input.
+async fn close_gracefully<S: ByteStream>(stream: &mut S, farewell: Farewell) {
+    let flushing = async {
+        if let Some(bytes) = &farewell.last_words {
+            stream.write_all(bytes).await?;
         }
-        stream.shutdown().await?;
+        stream.shutdown().await
+    };
+    match tokio::time::timeout(farewell.flush_within, flushing).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            debug!(%error, "unclean close");
+            return;
+        }
+        Err(_) => return,
+    }
+    let draining = async {
         let mut scratch = [0u8; 512];
         let mut drained = 0;
         while drained < LINGER_BYTES {
@@ -515,7 +530,7 @@ async fn close_gracefully<S: ByteStream>(
         }
         Ok(())
     };
-    let result: Result<io::Result<()>, _> = tokio::time::timeout(within, closing).await;
+    let result: Result<io::Result<()>, _> = tokio::time::timeout(farewell.linger, draining).await;
     if let Ok(Err(error)) = result {
         debug!(%error, "unclean close");
     }

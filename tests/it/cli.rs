@@ -169,9 +169,18 @@ fn an_invalid_port_is_one_line_and_exit_code_2() {
             "{line}"
         );
     }
-    let (code, _, stderr) = run(tcpchat().args(["serve", "--handshake-timeout", "soon"]));
-    assert_eq!(code, 2);
-    one_line(&stderr);
+    for bad in [
+        &["--handshake-timeout", "soon"][..],
+        &["--flood-rate", "0"],
+        &["--flood-rate=-5"],
+        &["--flood-rate", "inf"],
+    ] {
+        let (code, _, stderr) = run(tcpchat().arg("serve").args(bad));
+        assert_eq!(code, 2, "{bad:?}");
+        let line = one_line(&stderr);
+        let flag = bad[0].split('=').next().unwrap();
+        assert!(line.contains(flag), "{line}");
+    }
 }
 
 #[test]
@@ -376,30 +385,45 @@ fn chat_shows_the_room_and_sends_what_is_typed() {
 }
 
 /// The server's log is a pipe whose reader went away (`tcpchat serve 2>&1 | tee log`
-/// and `tee` stopped): every log line fails to be written. That costs log lines,
-/// nothing else: clients are served, joins and leaves go on, and SIGTERM still
-/// shuts the server down in order.
+/// and `tee` killed), or stopped reading (`tee` suspended, the pipe full): every log
+/// line fails or would block. That costs log lines, nothing else: clients are served,
+/// joins and leaves go on, and SIGTERM still shuts the server down in order.
 #[test]
-fn a_closed_log_pipe_costs_log_lines_not_the_server() {
-    let port = harness::free_port().expect("a free port");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let server = Spec::listening(env!("CARGO_BIN_EXE_tcpchat"), addr)
-        .args(["serve", "--bind", "127.0.0.1", "--port", &port.to_string()])
-        .env("RUST_LOG", "debug")
-        .stderr_closed()
-        .start()
-        .expect("start the server");
-    let mut viewer = Raw::viewer(addr);
-    for i in 0..20 {
-        let name = format!("m{i}");
-        let mut messenger = Raw::connect(addr, &format!("name:{name}\n"));
-        assert_eq!(messenger.line(), format!("*** ok: joined as {name}"));
-        messenger.send("logged nowhere\n");
-        assert_eq!(viewer.line(), format!("{name} has joined the chat."));
-        assert_eq!(viewer.line(), format!("{name}: logged nowhere"));
-        drop(messenger);
-        assert_eq!(viewer.line(), format!("{name} has left the chat"));
+fn a_lost_or_stalled_log_pipe_costs_log_lines_not_the_server() {
+    for stalled in [false, true] {
+        let port = harness::free_port().expect("a free port");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let spec = Spec::listening(env!("CARGO_BIN_EXE_tcpchat"), addr)
+            .args(["serve", "--bind", "127.0.0.1", "--port", &port.to_string()])
+            // Every event logged: far more than a pipe holds.
+            .env("RUST_LOG", "debug");
+        let spec = if stalled {
+            spec.stderr_unread()
+        } else {
+            spec.stderr_closed()
+        };
+        let server = spec.start().expect("start the server");
+        let mut viewer = Raw::viewer(addr);
+        for i in 0..20 {
+            let name = format!("m{i}");
+            let mut messenger = Raw::connect(addr, &format!("name:{name}\n"));
+            assert_eq!(messenger.line(), format!("*** ok: joined as {name}"));
+            let burst: String = (0..100)
+                .map(|n| format!("line {n} logged nowhere\n"))
+                .collect();
+            messenger.send(&burst);
+            assert_eq!(viewer.line(), format!("{name} has joined the chat."));
+            for n in 0..100 {
+                assert_eq!(viewer.line(), format!("{name}: line {n} logged nowhere"));
+            }
+            drop(messenger);
+            assert_eq!(viewer.line(), format!("{name} has left the chat"));
+        }
+        assert_eq!(
+            stop(server, Signal::SIGTERM).code(),
+            Some(0),
+            "stalled: {stalled}"
+        );
+        viewer.expect_closed();
     }
-    assert_eq!(stop(server, Signal::SIGTERM).code(), Some(0));
-    viewer.expect_closed();
 }

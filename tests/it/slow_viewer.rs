@@ -99,8 +99,10 @@ async fn a_stalled_viewer_is_dropped_while_a_fast_one_gets_every_line_in_order(
         .await
         .unwrap();
     let received = String::from_utf8(received).unwrap();
-    let notice =
-        format!("*** error too-slow: you fell more than {BACKLOG} bytes behind the room\n");
+    let notice = format!(
+        "*** error too-slow: you fell more than {BACKLOG} bytes or {} events behind the room\n",
+        tcpchat::config::backlog_batches(BACKLOG)
+    );
     assert!(
         received.ends_with(&notice),
         "ends with {:?}",
