@@ -48,7 +48,29 @@ pub fn backlog_batches(viewer_backlog_bytes: usize) -> usize {
 /// `max_message_bytes`): it bounds what is read ahead of flood control and the inbox.
 pub const LINE_READ_BYTES: usize = 16 * 1024;
 
+/// Most events a `history=N` replay sends (a larger N is capped to this).
+pub const MAX_HISTORY_REPLAY: u64 = 10_000;
+
+/// Events a replay reads from the log at a time: what one replaying client holds.
+pub const REPLAY_CHUNK_EVENTS: usize = 512;
+
+/// Events taken into the room but not yet in the log, past which the room stops
+/// taking more until the log catches up (a failing disk pauses the room; see
+/// RELIABILITY.md).
+pub const MAX_UNCOMMITTED_EVENTS: usize = 8 * 1024;
+
+use std::path::PathBuf;
+
 use clap::Parser;
+
+/// On or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    /// On.
+    On,
+    /// Off.
+    Off,
+}
 
 /// The server's settings.
 #[derive(Debug, Clone, clap::Args)]
@@ -149,6 +171,50 @@ pub struct Config {
     /// already accepted before closing whoever is left.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
     pub shutdown_timeout: Duration,
+
+    /// Keep the room's log: every event is stored (SQLite, in --data-dir) before
+    /// anyone sees it, so late joiners get history (`history=N`), reconnecting
+    /// clients resume without a gap (`since=SEQ`) and a restart forgets nothing.
+    /// `off` keeps nothing and touches no disk.
+    #[arg(long, value_enum, default_value = "on")]
+    pub history: Switch,
+
+    /// Where the log lives, created on first start [default: $XDG_DATA_HOME/tcpchat,
+    /// that is ~/.local/share/tcpchat, or ./tcpchat-data without a home directory].
+    /// One server per directory.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Most events the log keeps; older ones are deleted as new ones come.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub history_max_events: u64,
+
+    /// Wait for the disk at every commit of the log, so that a power cut loses
+    /// nothing either (without it, a crash of the server loses nothing, a crash of
+    /// the machine may lose the last moments). Costs throughput: see BENCHMARKS.md.
+    #[arg(long)]
+    pub fsync: bool,
+}
+
+impl Config {
+    /// The data directory: `--data-dir`, or the default.
+    pub fn data_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.data_dir {
+            return dir.clone();
+        }
+        let data_home = std::env::var_os("XDG_DATA_HOME")
+            .filter(|dir| !dir.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME")
+                    .filter(|dir| !dir.is_empty())
+                    .map(|home| PathBuf::from(home).join(".local/share"))
+            });
+        match data_home {
+            Some(dir) => dir.join("tcpchat"),
+            None => PathBuf::from("tcpchat-data"),
+        }
+    }
 }
 
 /// A rate of lines per second: finite and above zero (no rate at all would hold a

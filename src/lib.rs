@@ -32,6 +32,7 @@ pub mod protocol;
 pub mod room;
 pub mod server;
 pub mod socket;
+pub mod store;
 pub mod tls;
 
 pub use config::Config;

@@ -31,7 +31,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the chat server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Show the room, one line per event (Ctrl-C to leave).
     Viewer(Target),
     /// Send lines to the room under a name (`quit` or `exit` to leave).
@@ -132,7 +132,7 @@ fn main() -> ExitCode {
         _ => init_logging("warn"),
     };
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Viewer(target) => run_client(|| client::viewer::run(target.server())),
         Command::Messenger { name, target } => {
             run_client(|| client::messenger::run(target.server(), name.clone()))
@@ -202,6 +202,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the runtime")?;
     runtime.block_on(async {
+        // The log first: a data directory that cannot be used stops the server
+        // before it listens.
+        let prepared = server::prepare(args.config)?;
         let address = SocketAddr::new(args.bind, args.port);
         let plain = listen(address).with_context(|| format!("cannot listen on {address}"))?;
         let tls = match certificates {
@@ -215,7 +218,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             None => None,
         };
         let shutdown = shutdown_signal().context("cannot handle signals")?;
-        server::run(Listeners { plain, tls }, args.config, shutdown).await
+        prepared.serve(Listeners { plain, tls }, shutdown).await
     })
 }
 

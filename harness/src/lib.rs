@@ -218,8 +218,20 @@ impl Spec {
             }
             None => Command::new(&self.program),
         };
+        let mut scratch = None;
         if let Ready::TcpchatLog { bind, port, .. } = &self.ready {
             command.args(["serve", "--bind", bind, "--port", port]);
+            // Every server gets a log of its own, unless it was given one (or none):
+            // a default shared by parallel runs would be refused as in use.
+            let chosen = self
+                .args
+                .iter()
+                .any(|arg| arg == "--data-dir" || arg == "--history");
+            if !chosen {
+                let dir = scratch_dir()?;
+                command.arg("--data-dir").arg(&dir);
+                scratch = Some(dir);
+            }
         }
         command
             .args(&self.args)
@@ -249,6 +261,7 @@ impl Spec {
         }
         log.lock().open_streams = streams;
         let mut server = ServerProcess {
+            scratch,
             pid: child.id(),
             child: Some(child),
             _unread: unread,
@@ -346,6 +359,23 @@ pub struct ServerProcess {
     addr: SocketAddr,
     tls_addr: Option<SocketAddr>,
     log: Arc<Log>,
+    /// The data directory the harness made for it, removed with it.
+    scratch: Option<PathBuf>,
+}
+
+/// A fresh, empty directory under the system's temporary directory.
+fn scratch_dir() -> io::Result<PathBuf> {
+    static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let dir = std::env::temp_dir().join(format!(
+        "tcpchat-harness-{}-{n}-{nanos}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
 
 impl ServerProcess {
@@ -519,6 +549,9 @@ impl Drop for ServerProcess {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if let Some(dir) = self.scratch.take() {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }

@@ -177,7 +177,9 @@ impl LineReader {
             };
             match Notice::parse(&line) {
                 None => return Ok(line),
-                Some(Notice::Ping | Notice::Ok { .. }) => {}
+                Some(
+                    Notice::Ping | Notice::Ok { .. } | Notice::Token { .. } | Notice::Gap { .. },
+                ) => {}
                 Some(Notice::Bye { text }) => {
                     return Err(ClientError::Closed { reason: Some(text) });
                 }
@@ -216,8 +218,9 @@ impl Connection {
         let options = Options {
             heartbeat: true,
             goodbye: true,
+            ..Options::default()
         };
-        let hello = handshake::encode_line_handshake(role, name, options);
+        let hello = handshake::encode_line_handshake(role, name, &options);
         writer.write_all(hello.as_bytes()).await?;
         let mut reader = LineReader::new(read);
         let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.next_line())

@@ -29,11 +29,15 @@ pub(crate) enum Command {
         name: Option<String>,
         /// The format it receives in (for roles that receive).
         format: Format,
+        /// It asked for tags (its posts may carry ids; a sender gets a secret).
+        tagged: bool,
+        /// The secret it presents to take its name over.
+        token: Option<String>,
         /// The member's waker: called after each publish for roles that receive,
         /// and for everyone when shutdown begins.
         waker: Arc<Subscriber>,
-        /// Where to start reading the ring, or why not.
-        reply: oneshot::Sender<Result<Cursor, JoinError>>,
+        /// Where it starts, or why not.
+        reply: oneshot::Sender<Result<Admitted, JoinError>>,
     },
     /// One or more messages from a member (split into lines by the room).
     Post { id: ConnId, bytes: Bytes },
@@ -47,4 +51,16 @@ pub(crate) enum Command {
         /// leave, so a leaving chatter can receive the room up to its own departure.
         published: Option<oneshot::Sender<u64>>,
     },
+}
+
+/// The hub's answer to a join it accepted.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    /// Where to start reading the ring.
+    pub(crate) cursor: Cursor,
+    /// The last event published before that point: the welcome's `@seq`, and where
+    /// a replay ends.
+    pub(crate) last_seq: u64,
+    /// The member's secret for its name (senders that asked for tags).
+    pub(crate) token: Option<String>,
 }

@@ -39,14 +39,18 @@ use tokio::time::{Instant, Sleep, sleep};
 use tokio_util::sync::{CancellationToken, PollSender};
 use tracing::{debug, info, warn};
 
-use super::command::Command;
+use super::command::{Admitted, Command};
 use super::flood::TokenBucket;
 use super::ring::{self, Batch, Fetch, Ring, Subscriber};
-use crate::config::{Config, HELD_BACK_DEPARTURE_CHECK, LINGER, SLOW_VIEWER_LINGER};
+use crate::config::{
+    Config, HELD_BACK_DEPARTURE_CHECK, LINGER, MAX_HISTORY_REPLAY, REPLAY_CHUNK_EVENTS,
+    SLOW_VIEWER_LINGER,
+};
 use crate::protocol::handshake::Options;
 use crate::protocol::line::LineTooLong;
 use crate::protocol::wire::{Format, Notice, PerFormat};
 use crate::room::{ConnId, Role, text};
+use crate::store::{Store, StoreError};
 
 /// Most batches handed to the transport in one (vectored) write.
 const BATCHES_PER_WRITE: usize = 16;
@@ -60,7 +64,11 @@ pub(crate) struct Shared {
     stopping: AtomicBool,
     /// Cancelled when shutdown begins, for the hub task, which waits for it.
     pub(super) stop: CancellationToken,
+    chat_name: String,
+    /// The welcome in the formats whose welcome is the same for everyone.
     welcome: PerFormat<Bytes>,
+    /// The log, for replays; `None` with history off.
+    store: Option<Arc<dyn Store>>,
     viewer_backlog_bytes: usize,
     heartbeat_interval: Duration,
     shutdown_timeout: Duration,
@@ -70,12 +78,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(super) fn new(config: &Config, ring: Arc<Ring>) -> Self {
+    pub(super) fn new(config: &Config, ring: Arc<Ring>, store: Option<Arc<dyn Store>>) -> Self {
         Self {
             ring,
             stopping: AtomicBool::new(false),
             stop: CancellationToken::new(),
-            welcome: PerFormat::from_fn(|format| format.welcome(&config.chat_name)),
+            chat_name: config.chat_name.clone(),
+            welcome: PerFormat::from_fn(|format| format.welcome(&config.chat_name, 0)),
+            store,
             viewer_backlog_bytes: config.viewer_backlog_bytes,
             heartbeat_interval: config.heartbeat_interval,
             shutdown_timeout: config.shutdown_timeout,
@@ -92,6 +102,15 @@ impl Shared {
 
     fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
+    }
+
+    /// The welcome a receiver in `format` gets when the room's last event is
+    /// `last_seq`.
+    fn welcome(&self, format: Format, last_seq: u64) -> Bytes {
+        match format {
+            Format::Tagged => format.welcome(&self.chat_name, last_seq),
+            _ => self.welcome[format].clone(),
+        }
     }
 
     /// Viewers disconnected so far because they fell too far behind.
@@ -232,6 +251,10 @@ pub enum End {
     },
     /// A line-mode sender sent a line over the limit.
     TooLong(LineTooLong),
+    /// A new connection took this member's name over with its secret.
+    Replaced,
+    /// The log could not be read for this member's replay.
+    HistoryUnavailable(StoreError),
     /// The server shut down and everything was delivered.
     ShutDown,
     /// The server shut down and the deadline passed first.
@@ -293,6 +316,119 @@ impl Feed {
 
     fn is_saying_goodbye(&self) -> bool {
         self.until != u64::MAX
+    }
+}
+
+/// A receiving member's replay of the log, before its live feed: the events after
+/// the one it asked for, up to the last one before it joined (its welcome's `@seq`),
+/// read a chunk at a time on a blocking thread, so that it holds one chunk at most.
+#[derive(Debug)]
+struct Replay {
+    /// The next event to send.
+    next: u64,
+    /// The last event to send: the live feed starts after it.
+    last: u64,
+    /// The chunk being read.
+    reading: Option<tokio::task::JoinHandle<Result<Chunk, StoreError>>>,
+}
+
+/// Part of a replay, encoded in the member's format.
+#[derive(Debug)]
+struct Chunk {
+    bytes: Bytes,
+    /// The next event to send after it.
+    next: u64,
+}
+
+impl Replay {
+    /// The replay `options` ask for, when the room's last event is `last`.
+    fn asked(options: &Options, last: u64) -> Option<Self> {
+        let next = match (options.since, options.history) {
+            (Some(since), _) => since.saturating_add(1),
+            (None, Some(n)) => last.saturating_sub(n.min(MAX_HISTORY_REPLAY)) + 1,
+            (None, None) => return None,
+        };
+        (next <= last).then_some(Self {
+            next,
+            last,
+            reading: None,
+        })
+    }
+
+    /// Whether it is done; if not, polls the chunk being read (starting one if
+    /// none is), and returns it once it is there.
+    fn poll_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        store: Option<&Arc<dyn Store>>,
+        format: Format,
+    ) -> Poll<Result<Option<Bytes>, End>> {
+        if self.next > self.last {
+            return Poll::Ready(Ok(None));
+        }
+        let (next, last) = (self.next, self.last);
+        let Some(store) = store else {
+            // Nothing is kept: the whole range is a gap.
+            self.next = last + 1;
+            let mut out = BytesMut::new();
+            gap(&mut out, format, next, last);
+            return Poll::Ready(Ok(Some(out.freeze())));
+        };
+        let reading = self.reading.get_or_insert_with(|| {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || read_chunk(&*store, format, next, last))
+        });
+        let chunk = match Pin::new(reading).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(Ok(chunk))) => chunk,
+            Poll::Ready(Ok(Err(error))) => return Poll::Ready(Err(End::HistoryUnavailable(error))),
+            Poll::Ready(Err(error)) => {
+                return Poll::Ready(Err(End::HistoryUnavailable(StoreError::Sqlite(
+                    error.to_string(),
+                ))));
+            }
+        };
+        self.reading = None;
+        self.next = chunk.next;
+        Poll::Ready(Ok(Some(chunk.bytes)))
+    }
+}
+
+/// Reads and encodes the next chunk of a replay from `next` to `last`; a range the
+/// log no longer keeps becomes a gap notice.
+fn read_chunk(
+    store: &dyn Store,
+    format: Format,
+    next: u64,
+    last: u64,
+) -> Result<Chunk, StoreError> {
+    let wanted = usize::try_from(last - next + 1)
+        .unwrap_or(usize::MAX)
+        .min(REPLAY_CHUNK_EVENTS);
+    let events = store.read(next - 1, wanted)?;
+    let mut out = BytesMut::with_capacity(events.len() * 96);
+    let mut next = next;
+    for event in events.iter().take_while(|event| event.seq <= last) {
+        if event.seq > next {
+            gap(&mut out, format, next, event.seq - 1);
+        }
+        format.encode(event, &mut out);
+        next = event.seq + 1;
+    }
+    if events.is_empty() {
+        gap(&mut out, format, next, last);
+        next = last + 1;
+    }
+    Ok(Chunk {
+        bytes: out.freeze(),
+        next,
+    })
+}
+
+/// Appends the notice that events `from` to `to` are no longer kept.
+fn gap(out: &mut BytesMut, format: Format, from: u64, to: u64) {
+    if let Some(line) = format.notice(&Notice::Gap { from, to }) {
+        out.extend_from_slice(&line);
     }
 }
 
@@ -386,6 +522,8 @@ pub struct Member {
     waker: Arc<Subscriber>,
     membership: Membership,
     feed: Option<Feed>,
+    /// The log's events it asked for, sent before the live feed.
+    replay: Option<Box<Replay>>,
     input: Option<Box<Input>>,
     /// Bytes being written; empty when there is nothing to write.
     out: Bytes,
@@ -406,16 +544,34 @@ impl Member {
         waker: Arc<Subscriber>,
         membership: Membership,
         tx: mpsc::Sender<Command>,
-        cursor: &ring::Cursor,
+        admitted: Admitted,
     ) -> Self {
         let format = request.format;
-        let out = if request.role.receives() {
-            shared.welcome[format].clone()
+        let cursor = &admitted.cursor;
+        let greeting = if request.role.receives() {
+            shared.welcome(format, admitted.last_seq)
         } else {
             let ok = Notice::Ok {
                 name: request.name.clone().unwrap_or_default(),
             };
             format.notice(&ok).unwrap_or_default()
+        };
+        let token = admitted
+            .token
+            .and_then(|secret| format.notice(&Notice::Token { secret }));
+        let out = match token {
+            Some(token) => {
+                let mut out = BytesMut::with_capacity(greeting.len() + token.len());
+                out.extend_from_slice(&greeting);
+                out.extend_from_slice(&token);
+                out.freeze()
+            }
+            None => greeting,
+        };
+        let replay = if request.role.receives() && format.has_notices() {
+            Replay::asked(&request.options, admitted.last_seq).map(Box::new)
+        } else {
+            None
         };
         let feed = request.role.receives().then(|| Feed {
             next: cursor.index,
@@ -453,6 +609,7 @@ impl Member {
             waker,
             membership,
             feed,
+            replay,
             input,
             out,
             out_from_feed: false,
@@ -491,6 +648,9 @@ impl Member {
     /// The [`End`] of the connection, when it has come.
     pub fn poll_duties(&mut self, cx: &mut Context<'_>) -> Result<bool, End> {
         let mut progress = false;
+        if self.waker.is_replaced() {
+            return Err(End::Replaced);
+        }
         if self.drain_deadline.is_none() && self.shared.is_stopping() {
             self.begin_drain();
             progress = true;
@@ -558,9 +718,32 @@ impl Member {
     {
         let mut wrote = false;
         loop {
+            // The replay first, a chunk at a time, and the live feed once it is done.
+            if self.out.is_empty()
+                && let Some(replay) = &mut self.replay
+            {
+                if let Some(feed) = &self.feed {
+                    feed.check(
+                        &self.shared.ring,
+                        self.format,
+                        self.shared.viewer_backlog_bytes,
+                    )?;
+                }
+                match replay.poll_chunk(cx, self.shared.store.as_ref(), self.format) {
+                    Poll::Pending => return Ok(wrote),
+                    Poll::Ready(Err(end)) => return Err(end),
+                    Poll::Ready(Ok(Some(chunk))) => {
+                        self.out = chunk;
+                        self.out_from_feed = false;
+                    }
+                    Poll::Ready(Ok(None)) => self.replay = None,
+                }
+            }
             let mut batches: [Option<Arc<Batch>>; BATCHES_PER_WRITE] = Default::default();
             let mut gathered = 0;
-            if let Some(feed) = &self.feed {
+            if self.replay.is_some() {
+                // Only the replay's chunk (or what came before it) goes out now.
+            } else if let Some(feed) = &self.feed {
                 let ring = &self.shared.ring;
                 if self.out.is_empty() {
                     feed.check(ring, self.format, self.shared.viewer_backlog_bytes)?;
@@ -576,6 +759,10 @@ impl Member {
                 }
             }
             if self.out.is_empty() && gathered == 0 {
+                if self.replay.is_some() {
+                    // An empty chunk: read the next one.
+                    continue;
+                }
                 // Polled last, after any write restarted it, so its timer is armed.
                 if self.poll_ping(cx) {
                     continue;
@@ -620,7 +807,11 @@ impl Member {
             {
                 heartbeat.as_mut().restart();
             }
-            if self.out.is_empty() && gathered < BATCHES_PER_WRITE && !self.poll_ping(cx) {
+            if self.out.is_empty()
+                && self.replay.is_none()
+                && gathered < BATCHES_PER_WRITE
+                && !self.poll_ping(cx)
+            {
                 // Everything that was ready went out; a later publish wakes us.
                 return Ok(wrote);
             }
@@ -665,6 +856,7 @@ impl Member {
         // ring) before lingering, so a closing connection holds no chat.
         self.out = Bytes::new();
         self.feed = None;
+        self.replay = None;
         self.input = None;
         let id = self.membership.id;
         let (flush_within, linger) = match end {
@@ -723,6 +915,20 @@ impl Member {
             End::TooLong(error) => {
                 info!(conn = %id, %error, "closed: message too long");
                 Some(Notice::error("message-too-long", error))
+            }
+            End::Replaced => {
+                info!(conn = %id, "closed: a new connection took its name over");
+                Some(Notice::error(
+                    "replaced",
+                    "a new connection took this name over with its secret",
+                ))
+            }
+            End::HistoryUnavailable(error) => {
+                warn!(conn = %id, %error, "closed: cannot read the log for its replay");
+                Some(Notice::error(
+                    "history-unavailable",
+                    "the server cannot read its log right now; try again",
+                ))
             }
             End::ShutDown => {
                 debug!(conn = %id, "closed: server shutdown");
@@ -829,7 +1035,7 @@ impl Member {
 
     /// Whether a draining member has nothing left to do.
     fn is_drained(&self) -> bool {
-        if self.drain_deadline.is_none() || !self.out.is_empty() {
+        if self.drain_deadline.is_none() || !self.out.is_empty() || self.replay.is_some() {
             return false;
         }
         let posted = self.input.as_ref().is_none_or(|i| {

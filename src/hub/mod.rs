@@ -15,21 +15,23 @@
 
 mod command;
 pub mod flood;
+mod log;
 pub mod member;
 pub mod ring;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::BytesMut;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, MAX_UNCOMMITTED_EVENTS};
 use crate::protocol::wire::{Format, PerFormat};
-use crate::room::{ConnId, Event, JoinError, Room};
-use command::Command;
+use crate::room::{ConnId, Credentials, Event, JoinError, Joined, Room};
+use crate::store::{Recovered, Store, StoreError};
+use command::{Admitted, Command};
 pub use member::{End, Farewell, JoinRequest, Member, Reservation, Wants};
 use member::{Membership, Shared};
 use ring::{Publisher, Ring, Subscriber};
@@ -90,19 +92,21 @@ impl Hub {
                 role: request.role,
                 name: request.name.clone(),
                 format: request.format,
+                tagged: request.options.tags,
+                token: request.options.token.clone(),
                 waker: waker.clone(),
                 reply,
             })
             .await
             .map_err(|_| HubError::Stopped)?;
-        let cursor = answer.await.map_err(|_| HubError::Stopped)??;
+        let admitted = answer.await.map_err(|_| HubError::Stopped)??;
         Ok(Member::new(
             &request,
             self.shared.clone(),
             waker,
             membership,
             self.tx.clone(),
-            &cursor,
+            admitted,
         ))
     }
 
@@ -142,41 +146,101 @@ impl HubStats {
 /// Most commands taken from the inbox per turn.
 const COMMANDS_PER_TURN: usize = 512;
 
-/// Starts the hub task. When shutdown begins ([`Hub::begin_shutdown`]) it wakes every
-/// member, so each can see it; it runs until every [`Hub`] clone is dropped, then
-/// publishes what it still has, closes the ring and wakes every viewer.
+/// Starts the hub task without a log (`--history off`): events go to viewers as
+/// soon as they happen, and are kept nowhere.
+///
+/// When shutdown begins ([`Hub::begin_shutdown`]) it wakes every member, so each can
+/// see it; it runs until every [`Hub`] clone is dropped, then publishes what it still
+/// has, closes the ring and wakes every viewer.
 pub fn spawn(config: &Config) -> (Hub, tokio::task::JoinHandle<()>) {
+    start(config, None, &Recovered::default())
+}
+
+/// Starts the hub task on the log `store`: the room goes on from where the log
+/// ends, and every event is in the log before any viewer sees it.
+///
+/// # Errors
+/// [`StoreError`] if the log cannot be read.
+pub fn spawn_with_log(
+    config: &Config,
+    store: Arc<dyn Store>,
+) -> Result<(Hub, tokio::task::JoinHandle<()>), StoreError> {
+    let recovered = store.recover()?;
+    if !recovered.present.is_empty() {
+        info!(
+            members = recovered.present.len(),
+            "the log shows members of the previous run in the room; announcing their leave"
+        );
+    }
+    Ok(start(config, Some(store), &recovered))
+}
+
+fn start(
+    config: &Config,
+    store: Option<Arc<dyn Store>>,
+    recovered: &Recovered,
+) -> (Hub, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(config.hub_inbox.max(1));
     let ring = Arc::new(Ring::new(crate::config::backlog_batches(
         config.viewer_backlog_bytes,
     )));
-    let shared = Arc::new(Shared::new(config, ring.clone()));
-    let owner = Owner {
-        room: Room::new(config.max_name_chars),
+    let shared = Arc::new(Shared::new(config, ring.clone(), store.clone()));
+    let mut room = Room::resume(config.max_name_chars, recovered.last_seq);
+    for (name, id) in &recovered.recent_ids {
+        room.remember_id(name, id);
+    }
+    let mut owner = Owner {
+        room,
         publisher: Publisher::new(ring, config.viewer_backlog_bytes),
         receivers: Subscribers::default(),
         senders: Subscribers::default(),
         events: Vec::new(),
+        staged: Vec::new(),
+        log: store.map(log::Writer::start),
+        committed: VecDeque::new(),
+        in_flight: 0,
+        published_seq: recovered.last_seq,
+        goodbyes: VecDeque::new(),
         batch: PerFormat::default(),
         batch_events: 0,
         batch_last_seq: 0,
         max_batch_bytes: config.max_batch_bytes.max(1),
         published: 0,
     };
+    // The previous run ended without telling the room who left: the log says so
+    // first, so that nobody is shown as present who is not.
+    for name in &recovered.present {
+        owner.room.farewell(name, &mut owner.events);
+    }
+    owner.take_events();
+    owner.hand_over();
     let task = tokio::spawn(owner.run(rx, shared.clone()));
     (Hub { tx, shared }, task)
 }
 
-/// The hub task's state: the room and the batch being built.
+/// The hub task's state: the room, the events on their way to the log, and the
+/// batch being built.
 struct Owner {
     room: Room,
     publisher: Publisher,
     /// Woken after every publish; counted per format.
     receivers: Subscribers,
-    /// Messengers: woken only when shutdown begins.
+    /// Messengers: woken only when shutdown begins (or replaced).
     senders: Subscribers,
     /// Events of the command being handled (kept to reuse its allocation).
     events: Vec<Event>,
+    /// Events taken into the room this turn, stamped, not yet handed to the log.
+    staged: Vec<Event>,
+    /// The log writer; `None` with history off.
+    log: Option<log::Writer>,
+    /// Events back from the log, to publish.
+    committed: VecDeque<Event>,
+    /// Events handed to the log writer and not yet published.
+    in_flight: usize,
+    /// The last event published to the ring: what every viewer may see.
+    published_seq: u64,
+    /// Leaving chatters waiting for their leave (by seq) to be published.
+    goodbyes: VecDeque<(u64, oneshot::Sender<u64>)>,
     /// The batch being built, in every format in use.
     batch: PerFormat<BytesMut>,
     /// Events in the batch being built.
@@ -194,9 +258,27 @@ impl Owner {
         // Taken from the inbox in order, kept reversed so that a turn can stop early.
         let mut commands = Vec::with_capacity(COMMANDS_PER_TURN);
         let mut stopping = false;
+        let mut inbox_open = true;
         loop {
-            if commands.is_empty() {
+            if !inbox_open && self.in_flight == 0 && commands.is_empty() {
+                break;
+            }
+            let published = self.published;
+            // What the log has committed goes out a batch per turn, so that under a
+            // flood the viewers get to write between batches instead of finding
+            // themselves megabytes behind when they first run.
+            self.take_committed();
+            self.publish_committed();
+            // While the log is far behind (a failing disk), the room takes nothing
+            // new: members wait, as they would for a full inbox.
+            let taking = inbox_open && self.in_flight < MAX_UNCOMMITTED_EVENTS;
+            if commands.is_empty() && taking && self.committed.is_empty() {
                 let received = tokio::select! {
+                    biased;
+                    Some(events) = log::committed(&mut self.log) => {
+                        self.committed.extend(events);
+                        continue;
+                    }
                     received = inbox.recv_many(&mut commands, COMMANDS_PER_TURN) => received,
                     () = stop.cancelled(), if !stopping => {
                         // Members hold no waiter of their own for this: tell them all.
@@ -207,26 +289,67 @@ impl Owner {
                     }
                 };
                 if received == 0 {
-                    break;
+                    inbox_open = false;
+                    continue;
                 }
                 commands.reverse();
+            } else if commands.is_empty() && taking {
+                // Batches are waiting to go out: take what is there, without waiting.
+                while commands.len() < COMMANDS_PER_TURN {
+                    match inbox.try_recv() {
+                        Ok(command) => commands.push(command),
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => {
+                            inbox_open = false;
+                            break;
+                        }
+                    }
+                }
+                commands.reverse();
+            } else if commands.is_empty() && self.committed.is_empty() {
+                // Not taking (the inbox is closed, or the log is far behind): wait
+                // for the log, if anything is on its way there.
+                if self.in_flight == 0 {
+                    continue;
+                }
+                tokio::select! {
+                    committed = log::committed(&mut self.log) => match committed {
+                        Some(events) => self.committed.extend(events),
+                        None => break,
+                    },
+                    () = stop.cancelled(), if !stopping => {
+                        stopping = true;
+                        self.wake_all();
+                        self.wake_senders();
+                    }
+                }
+                continue;
             }
-            // A turn ends once it has published a full batch, so that under a flood
-            // the viewers get to write between batches instead of finding themselves
-            // megabytes behind when they first run.
-            let published = self.published;
+            let before = self.published;
             while let Some(command) = commands.pop() {
                 self.handle(command);
-                if self.published != published {
+                if self.published != before || self.staged.len() >= COMMANDS_PER_TURN * 4 {
                     break;
                 }
             }
+            self.hand_over();
             self.flush();
             if self.published != published {
                 tokio::task::yield_now().await;
             }
         }
+        self.hand_over();
         self.flush();
+        // Whatever is on its way to the log is published once it is there.
+        if let Some(log) = self.log.take() {
+            let mut acks = log.finish();
+            while let Some(events) = acks.recv().await {
+                self.committed.extend(events);
+            }
+        }
+        while !self.committed.is_empty() {
+            self.publish_committed();
+        }
         self.publisher.close();
         self.wake_all();
         debug!(last_seq = self.room.last_seq(), "hub stopped");
@@ -245,45 +368,72 @@ impl Owner {
                 role,
                 name,
                 format,
+                tagged,
+                token,
                 waker,
                 reply,
             } => {
-                if role.receives() {
-                    // A viewer sees what happens after it joins, and nothing before.
+                if role.receives() && self.log.is_none() {
+                    // The batch being built was encoded only for the formats in use
+                    // so far: publish it before this viewer can need it in another.
                     self.flush();
                 }
-                let result = self.room.join(id, role, name.as_deref(), &mut self.events);
-                let joined = result.is_ok();
-                let reply_result = result.map(|()| self.publisher.ring().cursor());
-                if reply.send(reply_result).is_err() {
+                let new_token = (tagged && role.sends()).then(new_secret).flatten();
+                let credentials = Credentials {
+                    tagged,
+                    token: token.as_deref(),
+                    new_token: new_token.clone(),
+                };
+                let result =
+                    self.room
+                        .join_with(id, role, name.as_deref(), credentials, &mut self.events);
+                let joined = result.as_ref().ok().copied();
+                let answer = result.map(|_| Admitted {
+                    cursor: self.publisher.ring().cursor(),
+                    last_seq: self.published_seq,
+                    token: new_token,
+                });
+                if reply.send(answer).is_err() {
                     // The connection is gone before it heard the answer: undo.
-                    if joined {
+                    if joined.is_some() {
                         self.room.leave(id, &mut self.events);
                     }
-                } else if joined && role.receives() {
-                    self.receivers.add(id, waker, format);
-                } else if joined {
-                    self.senders.add(id, waker, format);
+                } else if let Some(joined) = joined {
+                    if let Joined::Reclaimed { from } = joined {
+                        self.replace(from);
+                    }
+                    if role.receives() {
+                        self.receivers.add(id, waker, format);
+                    } else {
+                        self.senders.add(id, waker, format);
+                    }
                 }
-                self.encode_events();
+                self.take_events();
             }
             Command::Post { id, bytes } => {
                 if let Err(e) = self.room.post(id, &bytes, &mut self.events) {
-                    warn!(conn = %id, error = %e, "post refused");
+                    // A member replaced by a new connection may still have had posts
+                    // on their way; the new connection resends what did not land.
+                    debug!(conn = %id, error = %e, "post refused");
                 }
-                self.encode_events();
+                self.take_events();
             }
             Command::Leave { id, published } => {
                 self.room.leave(id, &mut self.events);
-                self.encode_events();
+                self.take_events();
                 self.senders.remove(id);
                 match published {
                     // A chatter saying goodbye still reads the room up to its own
                     // leave: it stays a receiver (its format stays encoded and kept
                     // in the ring) until it releases its place.
                     Some(published) => {
-                        self.flush();
-                        let _ = published.send(self.publisher.ring().cursor().index);
+                        let seq = self.room.last_seq();
+                        if seq <= self.published_seq {
+                            self.flush();
+                            let _ = published.send(self.publisher.ring().cursor().index);
+                        } else {
+                            self.goodbyes.push_back((seq, published));
+                        }
                     }
                     None => self.receivers.remove(id),
                 }
@@ -292,25 +442,88 @@ impl Owner {
         }
     }
 
-    /// Encodes pending events into the batch, once per format someone receives;
-    /// publishes it once it is full.
-    fn encode_events(&mut self) {
-        for event in self.events.drain(..) {
+    /// Tells the member `from`, whose name a new connection took over, that it is
+    /// done.
+    fn replace(&mut self, from: ConnId) {
+        let subscriber = self.receivers.get(from).or_else(|| self.senders.get(from));
+        if let Some(subscriber) = subscriber {
+            subscriber.replace();
+        }
+    }
+
+    /// Stamps the events the room just made with the time and stages them for the
+    /// log; with no log, encodes them at once.
+    fn take_events(&mut self) {
+        if self.events.is_empty() {
+            return;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        for mut event in self.events.drain(..) {
+            event.time_ms = now;
+            debug!(seq = event.seq, event = ?event.kind, "event");
+            self.staged.push(event);
+        }
+        if self.log.is_none() {
+            let staged = std::mem::take(&mut self.staged);
+            self.encode(&staged);
+            self.staged = staged;
+            self.staged.clear();
+        }
+    }
+
+    /// Hands what this turn staged to the log writer.
+    fn hand_over(&mut self) {
+        if self.staged.is_empty() {
+            return;
+        }
+        if let Some(log) = &self.log {
+            let events = std::mem::take(&mut self.staged);
+            self.in_flight += events.len();
+            log.append(events);
+        }
+    }
+
+    /// Takes what the log has committed since the last look, without waiting.
+    fn take_committed(&mut self) {
+        if let Some(log) = &mut self.log {
+            while let Some(events) = log.try_committed() {
+                self.committed.extend(events);
+            }
+        }
+    }
+
+    /// Publishes committed events, up to one full batch: now everyone may see them.
+    fn publish_committed(&mut self) {
+        let published = self.published;
+        while self.published == published
+            && let Some(event) = self.committed.pop_front()
+        {
+            self.in_flight -= 1;
+            self.encode(std::slice::from_ref(&event));
+        }
+        self.flush();
+    }
+
+    /// Encodes `events` into the batch, once per format someone receives, publishing
+    /// each time the batch is full.
+    fn encode(&mut self, events: &[Event]) {
+        for event in events {
             for (format, out) in self.batch.iter_mut() {
                 if self.receivers.per_format[format] > 0 {
-                    format.encode(&event, out);
+                    format.encode(event, out);
                 }
             }
             self.batch_events += 1;
             self.batch_last_seq = event.seq;
-            debug!(seq = event.seq, event = ?event.kind, "event");
-        }
-        if self
-            .batch
-            .iter()
-            .any(|(_, out)| out.len() >= self.max_batch_bytes)
-        {
-            self.flush();
+            if self
+                .batch
+                .iter()
+                .any(|(_, out)| out.len() >= self.max_batch_bytes)
+            {
+                self.flush();
+            }
         }
     }
 
@@ -322,8 +535,17 @@ impl Owner {
         let bytes = PerFormat::from_fn(|format| self.batch[format].split().freeze());
         let in_use = PerFormat::from_fn(|format| self.receivers.per_format[format] > 0);
         self.publisher.publish(self.batch_last_seq, bytes, &in_use);
+        self.published_seq = self.batch_last_seq;
         self.batch_events = 0;
         self.published += 1;
+        let head = self.publisher.ring().cursor().index;
+        while let Some((seq, _)) = self.goodbyes.front()
+            && *seq <= self.published_seq
+        {
+            if let Some((_, published)) = self.goodbyes.pop_front() {
+                let _ = published.send(head);
+            }
+        }
         self.wake_all();
     }
 
@@ -336,6 +558,20 @@ impl Owner {
     fn wake_senders(&self) {
         for (_, subscriber, _) in &self.senders.list {
             subscriber.wake();
+        }
+    }
+}
+
+/// A fresh secret for a name: 128 random bits, in hex. `None` (and the member gets
+/// no secret, so its name cannot be taken over) only if the system has no randomness
+/// to give, which is logged.
+fn new_secret() -> Option<String> {
+    let mut bytes = [0u8; 16];
+    match getrandom::fill(&mut bytes) {
+        Ok(()) => Some(bytes.iter().map(|b| format!("{b:02x}")).collect()),
+        Err(error) => {
+            warn!(%error, "no randomness for a name's secret; this member gets none");
+            None
         }
     }
 }
@@ -355,6 +591,11 @@ impl Subscribers {
         self.position.insert(id, self.list.len());
         self.list.push((id, subscriber, format));
         self.per_format[format] += 1;
+    }
+
+    fn get(&self, id: ConnId) -> Option<&Arc<Subscriber>> {
+        let at = *self.position.get(&id)?;
+        self.list.get(at).map(|(_, subscriber, _)| subscriber)
     }
 
     fn remove(&mut self, id: ConnId) {

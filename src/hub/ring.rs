@@ -74,13 +74,27 @@ pub enum Fetch {
     Closed,
 }
 
-/// A viewer's wake-up call. The hub wakes every subscriber after each publish.
+/// A member's wake-up call. The hub wakes every receiver after each publish, and
+/// a member whose name a new connection took over.
 #[derive(Debug, Default)]
 pub struct Subscriber {
     waker: AtomicWaker,
+    replaced: AtomicBool,
 }
 
 impl Subscriber {
+    /// Marks the member as replaced by a new connection under its name, and wakes
+    /// it. Hub task only.
+    pub fn replace(&self) {
+        self.replaced.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Whether a new connection took this member's name over.
+    pub fn is_replaced(&self) -> bool {
+        self.replaced.load(Ordering::Acquire)
+    }
+
     /// Wakes the viewer if it is waiting. Hub task only; never blocks.
     pub fn wake(&self) {
         self.waker.wake();
@@ -281,7 +295,7 @@ mod tests {
     fn batch(seed: &'static [u8], line: &'static [u8]) -> PerFormat<Bytes> {
         PerFormat::from_fn(|f| match f {
             Format::Seed => Bytes::from_static(seed),
-            Format::Line => Bytes::from_static(line),
+            Format::Line | Format::Tagged => Bytes::from_static(line),
         })
     }
 

@@ -36,7 +36,7 @@ impl std::fmt::Display for Mode {
 }
 
 /// Extras a line-mode client may ask for after its role, separated by spaces.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Options {
     /// `heartbeat`: the server sends `*** ping` after a quiet interval, so the client
     /// can tell a silent room from a dead server.
@@ -44,7 +44,81 @@ pub struct Options {
     /// `goodbye`: the server sends `*** bye: ...` before it closes the connection
     /// because it is shutting down.
     pub goodbye: bool,
+    /// `tags`: every event line carries `@seq=N;time=T[;id=TOKEN] `, the welcome
+    /// carries `@seq=N`, senders get a `*** token: SECRET` and may send `@id=TOKEN `.
+    pub tags: bool,
+    /// `history=N`: the last N events of the log after the welcome.
+    pub history: Option<u64>,
+    /// `since=SEQ`: every event after SEQ after the welcome (wins over `history`).
+    pub since: Option<u64>,
+    /// `token=SECRET`: take the name over from the connection that holds it.
+    pub token: Option<String>,
 }
+
+/// Words an option may be (a bare word, or a `key=` followed by its value).
+const OPTIONS: [&str; 6] = [
+    "heartbeat",
+    "goodbye",
+    "tags",
+    "history=",
+    "since=",
+    "token=",
+];
+
+impl Options {
+    /// Sets the option `word`.
+    ///
+    /// # Errors
+    /// [`HandshakeError::UnknownOption`] or [`HandshakeError::BadOption`].
+    fn set(&mut self, word: &str) -> Result<(), HandshakeError> {
+        let bad = |why: &str| HandshakeError::BadOption(format!("{word:?}: {why}"));
+        let number = |value: &str| {
+            value
+                .parse::<u64>()
+                .map_err(|_| bad("expected a whole number"))
+        };
+        match word.split_once('=') {
+            None if word == "heartbeat" => self.heartbeat = true,
+            None if word == "goodbye" => self.goodbye = true,
+            None if word == "tags" => self.tags = true,
+            Some(("history", value)) => self.history = Some(number(value)?),
+            Some(("since", value)) => self.since = Some(number(value)?),
+            Some(("token", value)) if value.is_empty() || value.len() > MAX_TOKEN_CHARS => {
+                return Err(bad("a token is 1 to 64 characters"));
+            }
+            Some(("token", value)) => self.token = Some(value.to_owned()),
+            _ => return Err(HandshakeError::UnknownOption(word.to_owned())),
+        }
+        Ok(())
+    }
+
+    /// The options as handshake words (without the role), each preceded by a space.
+    pub fn to_words(&self) -> String {
+        let mut words = String::new();
+        for (wanted, word) in [
+            (self.heartbeat, "heartbeat"),
+            (self.goodbye, "goodbye"),
+            (self.tags, "tags"),
+        ] {
+            if wanted {
+                words.push(' ');
+                words.push_str(word);
+            }
+        }
+        for (value, key) in [(self.history, "history"), (self.since, "since")] {
+            if let Some(value) = value {
+                words.push_str(&format!(" {key}={value}"));
+            }
+        }
+        if let Some(token) = &self.token {
+            words.push_str(&format!(" token={token}"));
+        }
+        words
+    }
+}
+
+/// Longest `token=` value.
+const MAX_TOKEN_CHARS: usize = 64;
 
 /// A successful handshake: what the client is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,8 +149,13 @@ pub enum HandshakeError {
     #[error(transparent)]
     BadName(#[from] NameError),
     /// An option this server does not know.
-    #[error("unknown option {0:?} (known: heartbeat, goodbye)")]
+    #[error(
+        "unknown option {0:?} (known: heartbeat, goodbye, tags, history=N, since=SEQ, token=SECRET)"
+    )]
     UnknownOption(String),
+    /// A known option with a value it cannot take.
+    #[error("bad option {0}")]
+    BadOption(String),
     /// The handshake is not UTF-8.
     #[error("a handshake must be UTF-8 text")]
     NotUtf8,
@@ -95,6 +174,7 @@ impl HandshakeError {
             Self::BadName(NameError::TooLong { .. }) => "name-too-long",
             Self::BadName(NameError::Forbidden(_)) => "name-invalid",
             Self::UnknownOption(_) => "unknown-option",
+            Self::BadOption(_) => "bad-option",
             Self::NotUtf8 => "not-utf8",
             Self::TimedOut => "handshake-timeout",
         }
@@ -384,12 +464,13 @@ fn classify_first_read(bytes: &[u8], max_name_chars: usize) -> FirstRead {
     }
 }
 
-const OPTIONS: [&str; 2] = ["heartbeat", "goodbye"];
-
 /// Whether `text` could be the beginning of a list of options.
 fn could_be_options(text: &str) -> bool {
-    text.split(' ')
-        .all(|word| OPTIONS.iter().any(|option| option.starts_with(word)))
+    text.split(' ').all(|word| {
+        OPTIONS.iter().any(|option| {
+            option.starts_with(word) || (option.ends_with('=') && word.starts_with(option))
+        })
+    })
 }
 
 /// Parses a complete line-mode handshake (without its terminator).
@@ -411,15 +492,14 @@ fn parse_line(line: &[u8], max_name_chars: usize) -> Result<Hello, HandshakeErro
     }
     let mut options = Options::default();
     for word in words.filter(|word| !word.is_empty()) {
-        match word {
-            "heartbeat" => options.heartbeat = true,
-            "goodbye" => options.goodbye = true,
+        match options.set(word) {
+            Ok(()) => {}
             // After a name, an unknown word is most likely the rest of a name with a
             // space in it, and that is what the person needs to hear.
-            _ if name.is_some() => {
+            Err(HandshakeError::UnknownOption(_)) if name.is_some() => {
                 return Err(NameError::Forbidden(name::ForbiddenChar(' ')).into());
             }
-            other => return Err(HandshakeError::UnknownOption(other.to_owned())),
+            Err(error) => return Err(error),
         }
     }
     Ok(Hello {
@@ -451,21 +531,13 @@ fn parse_seed(bytes: &[u8], max_name_chars: usize) -> Result<Hello, HandshakeErr
 
 /// The line a client sends to ask for `role` (with `name` for messengers and
 /// chatters) and `options`, in line mode.
-pub fn encode_line_handshake(role: Role, name: Option<&str>, options: Options) -> String {
+pub fn encode_line_handshake(role: Role, name: Option<&str>, options: &Options) -> String {
     let mut line = match (role, name) {
         (Role::Viewer, _) => "viewer".to_owned(),
         (Role::Messenger, name) => format!("name:{}", name.unwrap_or_default()),
         (Role::Chatter, name) => format!("chat:{}", name.unwrap_or_default()),
     };
-    for (wanted, word) in [
-        (options.heartbeat, "heartbeat"),
-        (options.goodbye, "goodbye"),
-    ] {
-        if wanted {
-            line.push(' ');
-            line.push_str(word);
-        }
-    }
+    line.push_str(&options.to_words());
     line.push('\n');
     line
 }
@@ -520,16 +592,16 @@ mod tests {
         let table: &[(&[u8], Step)] = &[
             (
                 b"viewer\n",
-                accepted(line_hello(Role::Viewer, None, none), &[b""]),
+                accepted(line_hello(Role::Viewer, None, none.clone()), &[b""]),
             ),
             (
                 b"viewer\r\n",
-                accepted(line_hello(Role::Viewer, None, none), &[b""]),
+                accepted(line_hello(Role::Viewer, None, none.clone()), &[b""]),
             ),
             (
                 b"name:alice\nhello\n",
                 accepted(
-                    line_hello(Role::Messenger, Some("alice"), none),
+                    line_hello(Role::Messenger, Some("alice"), none.clone()),
                     &[b"hello\n"],
                 ),
             ),
@@ -542,6 +614,24 @@ mod tests {
                         Options {
                             heartbeat: true,
                             goodbye: true,
+                            ..Options::default()
+                        },
+                    ),
+                    &[b""],
+                ),
+            ),
+            (
+                b"chat:bob tags since=1200 token=Ab-9 history=20\n",
+                accepted(
+                    line_hello(
+                        Role::Chatter,
+                        Some("bob"),
+                        Options {
+                            tags: true,
+                            since: Some(1200),
+                            history: Some(20),
+                            token: Some("Ab-9".into()),
+                            ..Options::default()
                         },
                     ),
                     &[b""],
@@ -643,15 +733,21 @@ mod tests {
         let none = Options::default();
         assert_eq!(
             feed(&[b"viewer", b"\n"]),
-            accepted(line_hello(Role::Viewer, None, none), &[b""])
+            accepted(line_hello(Role::Viewer, None, none.clone()), &[b""])
         );
         assert_eq!(
             feed(&[b"name:al", b"ice\r\n", b"hi\n"]),
-            accepted(line_hello(Role::Messenger, Some("alice"), none), &[b""])
+            accepted(
+                line_hello(Role::Messenger, Some("alice"), none.clone()),
+                &[b""]
+            )
         );
         assert_eq!(
             feed(&[b"name:", b"bob\n"]),
-            accepted(line_hello(Role::Messenger, Some("bob"), none), &[b""])
+            accepted(
+                line_hello(Role::Messenger, Some("bob"), none.clone()),
+                &[b""]
+            )
         );
     }
 
@@ -813,10 +909,13 @@ mod tests {
     fn client_handshakes_round_trip() {
         let options = Options {
             heartbeat: true,
-            goodbye: false,
+            tags: true,
+            since: Some(7),
+            token: Some("t0k".into()),
+            ..Options::default()
         };
-        let line = encode_line_handshake(Role::Chatter, Some("zoë"), options);
-        assert_eq!(line, "chat:zoë heartbeat\n");
+        let line = encode_line_handshake(Role::Chatter, Some("zoë"), &options);
+        assert_eq!(line, "chat:zoë heartbeat tags since=7 token=t0k\n");
         assert_eq!(
             feed(&[line.as_bytes()]),
             accepted(line_hello(Role::Chatter, Some("zoë"), options), &[b""])

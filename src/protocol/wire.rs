@@ -27,11 +27,14 @@ pub enum Format {
     Seed,
     /// The seed texts, each ending in `\n`, plus `*** ` notices.
     Line,
+    /// Line format with IRCv3-style tags before each event's text:
+    /// `@seq=N;time=T[;id=TOKEN] TEXT\n` (`tags`).
+    Tagged,
 }
 
 impl Format {
     /// Every format, in [`Format::index`] order.
-    pub const ALL: [Self; 2] = [Self::Seed, Self::Line];
+    pub const ALL: [Self; 3] = [Self::Seed, Self::Line, Self::Tagged];
 
     /// How many formats there are.
     pub const COUNT: usize = Self::ALL.len();
@@ -41,10 +44,12 @@ impl Format {
         self as usize
     }
 
-    /// The format a client of `mode` receives.
-    pub fn of(mode: Mode) -> Self {
+    /// The format a client of `mode` receives, with tags if it asked for them (line
+    /// mode only: a seed client cannot ask).
+    pub fn of(mode: Mode, tags: bool) -> Self {
         match mode {
             Mode::Seed => Self::Seed,
+            Mode::Line if tags => Self::Tagged,
             Mode::Line => Self::Line,
         }
     }
@@ -54,12 +59,15 @@ impl Format {
     pub fn has_notices(self) -> bool {
         match self {
             Self::Seed => false,
-            Self::Line => true,
+            Self::Line | Self::Tagged => true,
         }
     }
 
     /// Appends the text of `event` to `out`, as this format writes it.
     pub fn encode(self, event: &Event, out: &mut BytesMut) {
+        if self == Self::Tagged {
+            write_tags(event, out);
+        }
         match &event.kind {
             EventKind::Joined { name } => {
                 out.put_slice(name.as_bytes());
@@ -76,17 +84,21 @@ impl Format {
                 out.put_slice(b" has left the chat");
             }
         }
-        if self == Self::Line {
+        if self != Self::Seed {
             out.put_u8(b'\n');
         }
     }
 
-    /// The greeting a receiver gets when it joins.
-    pub fn welcome(self, chat_name: &str) -> Bytes {
-        let terminator = if self == Self::Line { "\n" } else { "" };
-        Bytes::from(format!(
-            "Welcome to the \"{chat_name}\" Chat Server!{terminator}"
-        ))
+    /// The greeting a receiver gets when it joins. In tagged format it starts with
+    /// `@seq=N `, the number of the last event in the room (`last_seq`), so a client
+    /// always knows where it stands.
+    pub fn welcome(self, chat_name: &str, last_seq: u64) -> Bytes {
+        let text = format!("Welcome to the \"{chat_name}\" Chat Server!");
+        Bytes::from(match self {
+            Self::Seed => text,
+            Self::Line => format!("{text}\n"),
+            Self::Tagged => format!("@seq={last_seq} {text}\n"),
+        })
     }
 
     /// `notice` as this format writes it, or `None` if the format has no notices.
@@ -100,8 +112,27 @@ impl std::fmt::Display for Format {
         f.write_str(match self {
             Self::Seed => "seed",
             Self::Line => "line",
+            Self::Tagged => "tagged",
         })
     }
+}
+
+/// `@seq=N;time=T[;id=TOKEN] `: T in UTC with milliseconds.
+fn write_tags(event: &Event, out: &mut BytesMut) {
+    use std::fmt::Write;
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(event.time_ms);
+    // Writing into a BytesMut cannot fail.
+    let _ = write!(
+        out,
+        "@seq={};time={}",
+        event.seq,
+        humantime::format_rfc3339_millis(time)
+    );
+    if let Some(id) = &event.id {
+        out.put_slice(b";id=");
+        out.put_slice(id.as_bytes());
+    }
+    out.put_u8(b' ');
 }
 
 /// One value per [`Format`], indexed by it.
@@ -156,6 +187,19 @@ pub enum Notice {
     },
     /// `*** ping`: the connection is alive (only for clients that asked).
     Ping,
+    /// `*** token: SECRET`: the secret that lets a new connection take this one's
+    /// name over (`token=SECRET`); sent only to clients that asked for tags.
+    Token {
+        /// The secret.
+        secret: String,
+    },
+    /// `*** gap: events FROM to TO are no longer kept`: part of a replay is missing.
+    Gap {
+        /// The first missing event.
+        from: u64,
+        /// The last missing event.
+        to: u64,
+    },
     /// `*** bye: TEXT`: the server is closing the connection in good order.
     Bye {
         /// Why, for people.
@@ -186,6 +230,10 @@ impl Notice {
         let line = match self {
             Self::Ok { name } => format!("{NOTICE_PREFIX}ok: joined as {name}\n"),
             Self::Ping => format!("{NOTICE_PREFIX}ping\n"),
+            Self::Token { secret } => format!("{NOTICE_PREFIX}token: {secret}\n"),
+            Self::Gap { from, to } => {
+                format!("{NOTICE_PREFIX}gap: events {from} to {to} are no longer kept\n")
+            }
             Self::Bye { text } => format!("{NOTICE_PREFIX}bye: {text}\n"),
             Self::Error { code, text } => format!("{NOTICE_PREFIX}error {code}: {text}\n"),
         };
@@ -202,6 +250,21 @@ impl Notice {
         if let Some(name) = body.strip_prefix("ok: joined as ") {
             return Some(Self::Ok {
                 name: name.to_owned(),
+            });
+        }
+        if let Some(secret) = body.strip_prefix("token: ") {
+            return Some(Self::Token {
+                secret: secret.to_owned(),
+            });
+        }
+        if let Some(range) = body
+            .strip_prefix("gap: events ")
+            .and_then(|rest| rest.strip_suffix(" are no longer kept"))
+        {
+            let (from, to) = range.split_once(" to ")?;
+            return Some(Self::Gap {
+                from: from.parse().ok()?,
+                to: to.parse().ok()?,
             });
         }
         if let Some(text) = body.strip_prefix("bye: ") {
@@ -221,7 +284,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn event(kind: EventKind) -> Event {
-        Event { seq: 1, kind }
+        Event::new(1, kind)
     }
 
     fn encoded(kind: EventKind, format: Format) -> Vec<u8> {
@@ -252,7 +315,7 @@ mod tests {
             b"alice has left the chat"
         );
         assert_eq!(
-            &Format::Seed.welcome("Bad IRC")[..],
+            &Format::Seed.welcome("Bad IRC", 7)[..],
             b"Welcome to the \"Bad IRC\" Chat Server!"
         );
     }
@@ -265,8 +328,38 @@ mod tests {
             b"bob has left the chat\n"
         );
         assert_eq!(
-            &Format::Line.welcome("x")[..],
+            &Format::Line.welcome("x", 7)[..],
             b"Welcome to the \"x\" Chat Server!\n"
+        );
+    }
+
+    #[test]
+    fn tagged_lines_carry_the_number_the_time_and_the_id() {
+        let mut posted = Event::new(
+            1234,
+            EventKind::Posted {
+                name: "alice".into(),
+                text: "hello".into(),
+            },
+        );
+        posted.time_ms = 1_795_930_867_123;
+        let mut out = BytesMut::new();
+        Format::Tagged.encode(&posted, &mut out);
+        posted.id = Some("k-1".into());
+        posted.seq = 1235;
+        Format::Tagged.encode(&posted, &mut out);
+        assert_eq!(
+            &out[..],
+            b"@seq=1234;time=2026-11-29T05:41:07.123Z alice: hello\n\
+              @seq=1235;time=2026-11-29T05:41:07.123Z;id=k-1 alice: hello\n"
+        );
+        assert_eq!(
+            &Format::Tagged.welcome("x", 1233)[..],
+            b"@seq=1233 Welcome to the \"x\" Chat Server!\n"
+        );
+        assert_eq!(
+            &Format::Tagged.welcome("x", 0)[..],
+            b"@seq=0 Welcome to the \"x\" Chat Server!\n"
         );
     }
 
@@ -288,6 +381,10 @@ mod tests {
                 name: "alice".into(),
             },
             Notice::Ping,
+            Notice::Token {
+                secret: "s3cr3t".into(),
+            },
+            Notice::Gap { from: 5, to: 99 },
             Notice::Bye {
                 text: "the server is shutting down".into(),
             },

@@ -50,10 +50,27 @@ impl fmt::Display for Role {
 /// Something that happened in the room, numbered in the room's order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
-    /// Position in the room's history: 1, 2, 3, ... with no gaps.
+    /// Position in the room's history: 1, 2, 3, ... with no gaps, never reused.
     pub seq: u64,
+    /// When it happened: milliseconds since the Unix epoch, server time. The room
+    /// reads no clock: the hub stamps each event as it takes it (0 until then).
+    pub time_ms: u64,
+    /// The sender's id for a post (`@id=TOKEN`), which makes resending it harmless.
+    pub id: Option<Arc<str>>,
     /// What happened.
     pub kind: EventKind,
+}
+
+impl Event {
+    /// An event as the room makes it: not yet stamped, without an id.
+    pub fn new(seq: u64, kind: EventKind) -> Self {
+        Self {
+            seq,
+            time_ms: 0,
+            id: None,
+            kind,
+        }
+    }
 }
 
 /// The kinds of events viewers are told about.

@@ -9,15 +9,18 @@
 //! sequence numbers are assigned here and nowhere else.
 
 mod event;
+pub mod ids;
 pub mod name;
 pub mod text;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use subtle::ConstantTimeEq;
 use thiserror::Error;
 
 pub use event::{ConnId, Event, EventKind, Role};
+use ids::RecentIds;
 
 use name::NameError;
 
@@ -65,6 +68,34 @@ struct Member {
     name: Option<Arc<str>>,
     /// False while a name is only reserved: nobody has been told of this member yet.
     announced: bool,
+    /// Whether its lines may carry `@id=` prefixes (it asked for tags).
+    tagged: bool,
+    /// The secret that lets another connection take its name over.
+    token: Option<String>,
+}
+
+/// How a member joins, beyond its role and name.
+#[derive(Debug, Default)]
+pub struct Credentials<'a> {
+    /// It asked for tags: its lines may carry `@id=` prefixes.
+    pub tagged: bool,
+    /// The secret it presents to take over its name from another connection.
+    pub token: Option<&'a str>,
+    /// The secret it will hold (drawn by the caller: the room has no randomness).
+    pub new_token: Option<String>,
+}
+
+/// How a join went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Joined {
+    /// A new member (announced, for roles with a name).
+    New,
+    /// It took its name over from `from`, which is no longer a member; the room was
+    /// told nothing.
+    Reclaimed {
+        /// The connection that held the name.
+        from: ConnId,
+    },
 }
 
 /// The state of the chat room. See the module documentation.
@@ -74,6 +105,7 @@ pub struct Room {
     names: HashMap<Arc<str>, ConnId>,
     last_seq: u64,
     max_name_chars: usize,
+    recent_ids: RecentIds,
 }
 
 impl Room {
@@ -84,7 +116,35 @@ impl Room {
             names: HashMap::new(),
             last_seq: 0,
             max_name_chars,
+            recent_ids: RecentIds::default(),
         }
+    }
+
+    /// A room whose history goes on from `last_seq` (a restart on a kept log): its
+    /// next event is `last_seq + 1`.
+    pub fn resume(max_name_chars: usize, last_seq: u64) -> Self {
+        Self {
+            last_seq,
+            ..Self::new(max_name_chars)
+        }
+    }
+
+    /// Remembers that `name` posted with `id` (from the log, after a restart), so a
+    /// resend of it is ignored.
+    pub fn remember_id(&mut self, name: &str, id: &str) {
+        let names = &self.names;
+        self.recent_ids
+            .insert(&Arc::from(name), Arc::from(id), |n| names.contains_key(n));
+    }
+
+    /// Announces that `name` left, for a member of an earlier run of the server that
+    /// the log still shows in the room. Does nothing if someone holds the name now.
+    pub fn farewell(&mut self, name: &str, out: &mut Vec<Event>) {
+        if self.names.contains_key(name) {
+            return;
+        }
+        let seq = self.next_seq();
+        out.push(Event::new(seq, EventKind::Left { name: name.into() }));
     }
 
     /// Holds `name` for `id` without announcing it, while the transport finds out
@@ -105,6 +165,8 @@ impl Room {
                 role: Role::Messenger,
                 name: Some(name),
                 announced: false,
+                tagged: false,
+                token: None,
             },
         );
         Ok(())
@@ -124,11 +186,51 @@ impl Room {
         name: Option<&str>,
         out: &mut Vec<Event>,
     ) -> Result<(), JoinError> {
+        self.join_with(id, role, name, Credentials::default(), out)
+            .map(|_| ())
+    }
+
+    /// [`Room::join`], with `credentials`: a member that presents the secret of the
+    /// connection holding its name takes the name over from it, silently
+    /// ([`Joined::Reclaimed`]); a wrong secret is refused like any taken name.
+    ///
+    /// # Errors
+    /// As [`Room::join`].
+    pub fn join_with(
+        &mut self,
+        id: ConnId,
+        role: Role,
+        name: Option<&str>,
+        credentials: Credentials<'_>,
+        out: &mut Vec<Event>,
+    ) -> Result<Joined, JoinError> {
         let reserved = match self.members.get(&id) {
             Some(member) if member.announced => return Err(JoinError::AlreadyMember),
             Some(member) => member.name.clone(),
             None => None,
         };
+        if role.sends()
+            && let Some(from) = self.reclaimable(id, name.unwrap_or_default(), &credentials)
+        {
+            let Some(old) = self.members.remove(&from) else {
+                return Err(JoinError::AlreadyMember);
+            };
+            self.release(id);
+            if let Some(name) = &old.name {
+                self.names.insert(name.clone(), id);
+            }
+            self.members.insert(
+                id,
+                Member {
+                    role,
+                    name: old.name,
+                    announced: true,
+                    tagged: credentials.tagged,
+                    token: credentials.new_token,
+                },
+            );
+            return Ok(Joined::Reclaimed { from });
+        }
         let name = if role.sends() {
             let wanted = name.unwrap_or_default();
             match reserved {
@@ -144,10 +246,7 @@ impl Room {
         };
         if let Some(name) = &name {
             let seq = self.next_seq();
-            out.push(Event {
-                seq,
-                kind: EventKind::Joined { name: name.clone() },
-            });
+            out.push(Event::new(seq, EventKind::Joined { name: name.clone() }));
         }
         self.members.insert(
             id,
@@ -155,13 +254,30 @@ impl Room {
                 role,
                 name,
                 announced: true,
+                tagged: credentials.tagged,
+                token: credentials.new_token,
             },
         );
-        Ok(())
+        Ok(Joined::New)
+    }
+
+    /// The member whose name `id` may take over with the secret it presents.
+    fn reclaimable(&self, id: ConnId, name: &str, credentials: &Credentials<'_>) -> Option<ConnId> {
+        let presented = credentials.token?;
+        let holder = *self.names.get(name)?;
+        if holder == id {
+            return None;
+        }
+        let held = self.members.get(&holder)?;
+        let secret = held.token.as_deref().filter(|_| held.announced)?;
+        // Constant time: how much of a guess was right must not show in the timing.
+        bool::from(secret.as_bytes().ct_eq(presented.as_bytes())).then_some(holder)
     }
 
     /// Posts `text` from `id`: one [`EventKind::Posted`] per non-empty line, each
-    /// neutralized by [`text::sanitize`] and prefixed with the member's own name.
+    /// neutralized by [`text::sanitize`] and prefixed with the member's own name. For
+    /// a member that asked for tags, a line's `@id=TOKEN ` prefix becomes the event's
+    /// id, and a line whose id this name used lately makes no event ([`ids`]).
     /// Returns how many events were pushed to `out`.
     ///
     /// # Errors
@@ -181,15 +297,38 @@ impl Room {
             (Some(name), true) => name.clone(),
             _ => return Err(PostError::CannotSend),
         };
+        let tagged = member.tagged;
         let before = out.len();
         for line in text::lines(bytes) {
+            let (id, line) = if tagged {
+                ids::split(line)
+            } else {
+                (None, line)
+            };
+            if line.is_empty() {
+                continue;
+            }
+            let id = match id {
+                Some(id) if self.recent_ids.contains(&name, id) => continue,
+                Some(id) => {
+                    let id: Arc<str> = Arc::from(id);
+                    let names = &self.names;
+                    self.recent_ids
+                        .insert(&name, id.clone(), |n| names.contains_key(n));
+                    Some(id)
+                }
+                None => None,
+            };
             let seq = self.next_seq();
             out.push(Event {
-                seq,
-                kind: EventKind::Posted {
-                    name: name.clone(),
-                    text: text::sanitize(line).into_owned(),
-                },
+                id,
+                ..Event::new(
+                    seq,
+                    EventKind::Posted {
+                        name: name.clone(),
+                        text: text::sanitize(line).into_owned(),
+                    },
+                )
             });
         }
         Ok(out.len() - before)
@@ -205,10 +344,7 @@ impl Room {
             self.names.remove(&name);
             if member.announced {
                 let seq = self.next_seq();
-                out.push(Event {
-                    seq,
-                    kind: EventKind::Left { name },
-                });
+                out.push(Event::new(seq, EventKind::Left { name }));
             }
         }
         true
@@ -438,6 +574,107 @@ mod tests {
         assert!(room.leave(V, &mut out));
         assert!(out.is_empty(), "nobody was told of the reservation");
         room.reserve(ConnId(9), "zed").unwrap();
+    }
+
+    fn tagged(token: &str) -> Credentials<'static> {
+        Credentials {
+            tagged: true,
+            token: None,
+            new_token: Some(token.to_owned()),
+        }
+    }
+
+    #[test]
+    fn the_right_secret_takes_a_name_over_silently_and_a_wrong_one_is_refused() {
+        let mut room = room();
+        let mut out = Vec::new();
+        room.join_with(A, Role::Chatter, Some("alice"), tagged("s1"), &mut out)
+            .unwrap();
+        out.clear();
+        let wrong = Credentials {
+            token: Some("s2"),
+            ..tagged("x")
+        };
+        assert_eq!(
+            room.join_with(B, Role::Chatter, Some("alice"), wrong, &mut out),
+            Err(JoinError::NameTaken("alice".into()))
+        );
+        let right = Credentials {
+            token: Some("s1"),
+            ..tagged("s3")
+        };
+        assert_eq!(
+            room.join_with(B, Role::Chatter, Some("alice"), right, &mut out),
+            Ok(Joined::Reclaimed { from: A })
+        );
+        assert!(out.is_empty(), "no leave and no second join");
+        assert_eq!(room.name_of(B), Some("alice"));
+        assert!(!room.leave(A, &mut out), "the old connection is no member");
+        assert!(out.is_empty());
+        // The secret changed hands: the old one no longer works.
+        let replayed = Credentials {
+            token: Some("s1"),
+            ..tagged("s4")
+        };
+        assert!(
+            room.join_with(V, Role::Chatter, Some("alice"), replayed, &mut out)
+                .is_err()
+        );
+        assert_eq!(room.post(B, b"still here", &mut out), Ok(1));
+    }
+
+    #[test]
+    fn a_repeated_id_makes_no_event_and_ids_belong_to_their_name() {
+        let mut room = room();
+        let mut out = Vec::new();
+        room.join_with(A, Role::Chatter, Some("alice"), tagged("a"), &mut out)
+            .unwrap();
+        room.join_with(B, Role::Chatter, Some("bob"), tagged("b"), &mut out)
+            .unwrap();
+        out.clear();
+        assert_eq!(
+            room.post(A, b"@id=k1 hi\n@id=k1 hi\n@id=k2 there", &mut out),
+            Ok(2)
+        );
+        assert_eq!(room.post(B, b"@id=k1 mine", &mut out), Ok(1));
+        assert_eq!(
+            out.iter().map(|e| e.id.as_deref()).collect::<Vec<_>>(),
+            vec![Some("k1"), Some("k2"), Some("k1")]
+        );
+        assert_eq!(kinds(&out)[0], posted("alice", "hi"));
+        // Remembered from the log after a restart, as well.
+        let mut room = Room::resume(32, 100);
+        room.remember_id("alice", "k9");
+        room.join_with(A, Role::Chatter, Some("alice"), tagged("a"), &mut out)
+            .unwrap();
+        out.clear();
+        assert_eq!(room.post(A, b"@id=k9 again", &mut out), Ok(0));
+        assert_eq!(room.post(A, b"@id=k10 new", &mut out), Ok(1));
+        assert_eq!(out[0].seq, 102, "the numbers go on from the log");
+    }
+
+    #[test]
+    fn untagged_members_send_id_prefixes_as_text() {
+        let mut room = room();
+        let mut out = Vec::new();
+        room.join(A, Role::Messenger, Some("alice"), &mut out)
+            .unwrap();
+        out.clear();
+        room.post(A, b"@id=k1 hi", &mut out).unwrap();
+        assert_eq!(kinds(&out), vec![posted("alice", "@id=k1 hi")]);
+        assert_eq!(out[0].id, None);
+    }
+
+    #[test]
+    fn members_of_an_earlier_run_are_seen_leaving_unless_back() {
+        let mut room = Room::resume(32, 7);
+        let mut out = Vec::new();
+        room.join(A, Role::Messenger, Some("bob"), &mut out)
+            .unwrap();
+        room.farewell("alice", &mut out);
+        room.farewell("bob", &mut out);
+        assert_eq!(kinds(&out), vec![joined("bob"), left("alice")]);
+        assert_eq!(out[1].seq, 9);
     }
 
     proptest! {

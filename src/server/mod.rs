@@ -21,8 +21,9 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, Switch};
 use crate::hub;
+use crate::store::sqlite::{self, SqliteStore};
 use crate::tls::Certificates;
 use accept::{Listening, Transport};
 use admission::Gate;
@@ -42,84 +43,147 @@ impl From<TcpListener> for Listeners {
     }
 }
 
-/// Serves the chat on `listeners` until `shutdown` completes, then shuts down in
-/// order: stop accepting; stop reading messengers and let the room finish what it
-/// already accepted; let every viewer receive all of it (within
-/// [`Config::shutdown_timeout`]); close every connection.
+/// A server ready to serve: its log open, its hub running.
+#[derive(Debug)]
+pub struct Prepared {
+    config: Arc<Config>,
+    hub: hub::Hub,
+    hub_task: tokio::task::JoinHandle<()>,
+}
+
+/// Opens the room's log (unless history is off) and starts the hub. Blocks while
+/// the log is opened: call it before listening, so that a data directory that
+/// cannot be used stops the server before anyone can connect.
 ///
 /// # Errors
-/// Only if the server cannot run at all; a failing connection ends that connection.
+/// When the log cannot be opened or read, saying why in one line.
+pub fn prepare(config: Config) -> anyhow::Result<Prepared> {
+    let config = Arc::new(config);
+    let (hub, hub_task) = match config.history {
+        Switch::On => {
+            let dir = config.data_dir();
+            let options = sqlite::Options {
+                max_events: config.history_max_events,
+                fsync: config.fsync,
+            };
+            let store = SqliteStore::open(&dir, &options)?;
+            hub::spawn_with_log(&config, store)?
+        }
+        Switch::Off => hub::spawn(&config),
+    };
+    Ok(Prepared {
+        config,
+        hub,
+        hub_task,
+    })
+}
+
+/// Serves the chat on `listeners` until `shutdown` completes: [`prepare`], then
+/// [`Prepared::serve`].
+///
+/// # Errors
+/// As [`prepare`] and [`Prepared::serve`].
 pub async fn run(
     listeners: impl Into<Listeners>,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let listeners = listeners.into();
-    let config = Arc::new(config);
-    let (hub, hub_task) = hub::spawn(&config);
-    let gate = Arc::new(Gate::new(&config));
-    let listening = Listening {
-        hub: hub.clone(),
-        config: config.clone(),
-        gate: gate.clone(),
-        ids: Arc::new(AtomicU64::new(0)),
-        tracker: TaskTracker::new(),
-    };
-    let tracker = listening.tracker.clone();
-    if let Some(address) = accept::local_address(&listeners.plain) {
-        info!(
-            %address,
-            transport = %"tcp",
-            chat = %config.chat_name,
-            max_connections = gate.max_connections(),
-            "listening"
-        );
-    }
-    let tls = listeners.tls.map(|(listener, certificates)| {
-        if let Some(address) = accept::local_address(&listener) {
-            info!(%address, transport = %"tls", certificate = %certificates.cert_path().display(), "listening");
+    prepare(config)?.serve(listeners, shutdown).await
+}
+
+impl Prepared {
+    /// Serves the chat on `listeners` until `shutdown` completes, then shuts down in
+    /// order: stop accepting; stop reading messengers and let the room finish what it
+    /// already accepted (and the log keep it); let every viewer receive all of it
+    /// (within [`Config::shutdown_timeout`]); close every connection.
+    ///
+    /// # Errors
+    /// Only if the server cannot run at all; a failing connection ends that
+    /// connection.
+    pub async fn serve(
+        self,
+        listeners: impl Into<Listeners>,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let Self {
+            config,
+            hub,
+            hub_task,
+        } = self;
+        let listeners = listeners.into();
+        match config.history {
+            Switch::On => info!(
+                data_dir = %config.data_dir().display(),
+                fsync = config.fsync,
+                max_events = config.history_max_events,
+                "keeping the room's log"
+            ),
+            Switch::Off => info!("history is off: nothing is kept"),
         }
-        accept::run(listener, Transport::Tls(certificates), listening.clone())
-    });
-    let plain = accept::run(listeners.plain, Transport::Plain, listening);
-    let accepting = async move {
-        match tls {
-            Some(tls) => {
-                tokio::join!(plain, tls);
+        let gate = Arc::new(Gate::new(&config));
+        let listening = Listening {
+            hub: hub.clone(),
+            config: config.clone(),
+            gate: gate.clone(),
+            ids: Arc::new(AtomicU64::new(0)),
+            tracker: TaskTracker::new(),
+        };
+        let tracker = listening.tracker.clone();
+        if let Some(address) = accept::local_address(&listeners.plain) {
+            info!(
+                %address,
+                transport = %"tcp",
+                chat = %config.chat_name,
+                max_connections = gate.max_connections(),
+                "listening"
+            );
+        }
+        let tls = listeners.tls.map(|(listener, certificates)| {
+            if let Some(address) = accept::local_address(&listener) {
+                info!(%address, transport = %"tls", certificate = %certificates.cert_path().display(), "listening");
             }
-            None => plain.await,
+            accept::run(listener, Transport::Tls(certificates), listening.clone())
+        });
+        let plain = accept::run(listeners.plain, Transport::Plain, listening);
+        let accepting = async move {
+            match tls {
+                Some(tls) => {
+                    tokio::join!(plain, tls);
+                }
+                None => plain.await,
+            }
+        };
+
+        tokio::select! {
+            () = shutdown => {}
+            () = accepting => {}
         }
-    };
 
-    tokio::select! {
-        () = shutdown => {}
-        () = accepting => {}
+        info!(connections = tracker.len(), "shutting down");
+        hub.begin_shutdown();
+        let stats = hub.stats();
+        // The hub stops once every sender has let go; this handle must not keep it.
+        drop(hub);
+        tracker.close();
+        let timeout = config.shutdown_timeout;
+        // Each connection stops itself at the deadline; the margin covers its last close.
+        let margin = std::time::Duration::from_secs(2);
+        if tokio::time::timeout(timeout + margin, tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                connections = tracker.len(),
+                "connections still open after the deadline"
+            );
+        }
+        let slow_viewers = stats.slow_viewers();
+        match tokio::time::timeout(margin, hub_task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "the hub task failed"),
+            Err(_) => warn!("the hub did not stop in time"),
+        }
+        info!(slow_viewers, "stopped");
+        Ok(())
     }
-
-    info!(connections = tracker.len(), "shutting down");
-    hub.begin_shutdown();
-    let stats = hub.stats();
-    // The hub stops once every sender has let go; this handle must not keep it.
-    drop(hub);
-    tracker.close();
-    let timeout = config.shutdown_timeout;
-    // Each connection stops itself at the deadline; the margin covers its last close.
-    let margin = std::time::Duration::from_secs(2);
-    if tokio::time::timeout(timeout + margin, tracker.wait())
-        .await
-        .is_err()
-    {
-        warn!(
-            connections = tracker.len(),
-            "connections still open after the deadline"
-        );
-    }
-    let slow_viewers = stats.slow_viewers();
-    match tokio::time::timeout(margin, hub_task).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => warn!(error = %e, "the hub task failed"),
-        Err(_) => warn!("the hub did not stop in time"),
-    }
-    info!(slow_viewers, "stopped");
-    Ok(())
 }

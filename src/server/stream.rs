@@ -133,7 +133,7 @@ async fn admit<S: ByteStream>(mut stream: S, arrival: Arrival) -> Option<Session
         Handshaken::Refused { mode, code, reason } => {
             info!(conn = %id, %peer, %reason, %mode, transport = %S::TRANSPORT, "refused");
             drop(reservation);
-            let notice = Format::of(mode).notice(&Notice::error(code, &reason));
+            let notice = Format::of(mode, false).notice(&Notice::error(code, &reason));
             let farewell = Farewell {
                 last_words: notice,
                 flush_within: LINGER,
@@ -145,7 +145,7 @@ async fn admit<S: ByteStream>(mut stream: S, arrival: Arrival) -> Option<Session
         Handshaken::Closed => return None,
     };
 
-    let format = Format::of(hello.mode);
+    let format = Format::of(hello.mode, hello.options.tags);
     let request = JoinRequest {
         id,
         role: hello.role,

@@ -14,9 +14,19 @@ use nix::unistd::Pid;
 pub(crate) const WAIT: Duration = Duration::from_secs(10);
 pub(crate) const WELCOME: &str = "Welcome to the \"Bad IRC\" Chat Server!";
 
+static NEXT_HOME: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 pub(crate) fn tcpchat() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tcpchat"));
     command.env_remove("RUST_LOG");
+    // The default data directory is under here: each run gets its own, and the
+    // tester's own is left alone.
+    let data_home = std::env::temp_dir().join(format!(
+        "tcpchat-cli-{}-{}",
+        std::process::id(),
+        NEXT_HOME.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    command.env("XDG_DATA_HOME", data_home);
     command
 }
 

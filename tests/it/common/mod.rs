@@ -58,6 +58,8 @@ pub struct TestServer {
     pub tls_addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
+    /// The server's data directory, when the test did not choose one.
+    _data: Option<tempfile::TempDir>,
 }
 
 /// The default configuration with a short seed grace, so seed clients join quickly.
@@ -68,8 +70,17 @@ pub fn config() -> Config {
     }
 }
 
-/// Starts a server on 127.0.0.1 with ephemeral ports, plain and TLS.
-pub async fn start_server(config: Config) -> TestServer {
+/// Starts a server on 127.0.0.1 with ephemeral ports, plain and TLS, and (unless
+/// `config` names one) a data directory of its own.
+pub async fn start_server(mut config: Config) -> TestServer {
+    let data = match config.data_dir {
+        Some(_) => None,
+        None => {
+            let dir = tempfile::tempdir().expect("temporary directory");
+            config.data_dir = Some(dir.path().to_owned());
+            Some(dir)
+        }
+    };
     let plain = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let tls = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = plain.local_addr().expect("local addr");
@@ -79,7 +90,9 @@ pub async fn start_server(config: Config) -> TestServer {
         tls: Some((tls, certs::shared().certificates())),
     };
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(tcpchat::server::run(listeners, config, async {
+    // Ready before the test's first connection: the log is open, the hub runs.
+    let prepared = tcpchat::server::prepare(config).expect("server set-up");
+    let task = tokio::spawn(prepared.serve(listeners, async {
         let _ = stopped.await;
     }));
     TestServer {
@@ -87,6 +100,7 @@ pub async fn start_server(config: Config) -> TestServer {
         tls_addr,
         stop: Some(stop),
         task,
+        _data: data,
     }
 }
 
