@@ -66,9 +66,9 @@ use clap::Parser;
 /// On or off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Switch {
-    /// On.
+    /// Enabled.
     On,
-    /// Off.
+    /// Disabled.
     Off,
 }
 
@@ -186,7 +186,7 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
 
     /// Most events the log keeps; older ones are deleted as new ones come.
-    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 100_000, value_parser = at_least_one)]
     pub history_max_events: u64,
 
     /// Wait for the disk at every commit of the log, so that a power cut loses
@@ -223,6 +223,15 @@ fn positive_rate(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
         Ok(_) => Err("must be a number of lines per second above 0".to_owned()),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+/// A count of at least one.
+fn at_least_one(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(0) => Err("must be at least 1 (to keep nothing, use --history off)".to_owned()),
+        Ok(n) => Ok(n),
         Err(error) => Err(error.to_string()),
     }
 }

@@ -23,6 +23,7 @@ use tracing::{info, warn};
 
 use crate::config::{Config, Switch};
 use crate::hub;
+use crate::store::Store;
 use crate::store::sqlite::{self, SqliteStore};
 use crate::tls::Certificates;
 use accept::{Listening, Transport};
@@ -58,18 +59,31 @@ pub struct Prepared {
 /// # Errors
 /// When the log cannot be opened or read, saying why in one line.
 pub fn prepare(config: Config) -> anyhow::Result<Prepared> {
-    let config = Arc::new(config);
-    let (hub, hub_task) = match config.history {
+    let store: Option<Arc<dyn Store>> = match config.history {
         Switch::On => {
-            let dir = config.data_dir();
             let options = sqlite::Options {
                 max_events: config.history_max_events,
                 fsync: config.fsync,
             };
-            let store = SqliteStore::open(&dir, &options)?;
-            hub::spawn_with_log(&config, store)?
+            Some(SqliteStore::open(&config.data_dir(), &options)?)
         }
-        Switch::Off => hub::spawn(&config),
+        Switch::Off => None,
+    };
+    prepare_with_store(config, store)
+}
+
+/// [`prepare`] with the log `store` (another implementation of [`Store`]), or none.
+///
+/// # Errors
+/// When the log cannot be read.
+pub fn prepare_with_store(
+    config: Config,
+    store: Option<Arc<dyn Store>>,
+) -> anyhow::Result<Prepared> {
+    let config = Arc::new(config);
+    let (hub, hub_task) = match store {
+        Some(store) => hub::spawn_with_log(&config, store)?,
+        None => hub::spawn(&config),
     };
     Ok(Prepared {
         config,

@@ -86,6 +86,9 @@ impl SqliteStore {
             dir: dir.to_owned(),
             reason,
         };
+        if dir.exists() && !dir.is_dir() {
+            return Err(directory_error("it is not a directory".to_owned()));
+        }
         fs::create_dir_all(dir).map_err(|e| directory_error(e.to_string()))?;
         let lock_file = OpenOptions::new()
             .create(true)

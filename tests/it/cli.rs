@@ -437,3 +437,54 @@ fn a_lost_or_stalled_log_pipe_costs_log_lines_not_the_server() {
         viewer.expect_closed();
     }
 }
+
+/// A data directory that cannot be used stops the server at start, with one line
+/// that says why and where, before it listens.
+#[test]
+fn an_unusable_data_directory_is_one_line_and_exit_code_1() {
+    let scratch = tempfile::tempdir().unwrap();
+    // A file where the directory should be.
+    let file = scratch.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    // A file in the directory that is not a tcpchat log.
+    let foreign = scratch.path().join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::write(foreign.join("room.db"), b"my notes\n".repeat(100)).unwrap();
+    let cases = [
+        (file.clone(), "cannot use the data directory"),
+        (foreign.clone(), "is not a tcpchat log"),
+    ];
+    for (dir, expected) in cases {
+        let (code, _, stderr) = run(tcpchat()
+            .args(["serve", "--bind", "127.0.0.1", "--port", "0"])
+            .arg("--data-dir")
+            .arg(&dir));
+        assert_eq!(code, 1, "{dir:?}: {stderr}");
+        let line = one_line(&stderr);
+        assert!(line.starts_with("tcpchat: "), "{line}");
+        assert!(line.contains(expected), "{dir:?}: {line}");
+        assert!(line.contains(&*dir.to_string_lossy()), "{line}");
+    }
+    assert_eq!(
+        std::fs::read(foreign.join("room.db")).unwrap(),
+        b"my notes\n".repeat(100),
+        "a foreign file is left alone"
+    );
+}
+
+#[test]
+fn a_second_server_on_the_same_data_directory_is_refused() {
+    let data = tempfile::tempdir().unwrap();
+    let first = Spec::tcpchat(env!("CARGO_BIN_EXE_tcpchat"))
+        .arg("--data-dir")
+        .arg(data.path())
+        .start()
+        .expect("the first server starts");
+    let (code, _, stderr) = run(tcpchat()
+        .args(["serve", "--bind", "127.0.0.1", "--port", "0", "--data-dir"])
+        .arg(data.path()));
+    assert_eq!(code, 1, "{stderr}");
+    let line = one_line(&stderr);
+    assert!(line.contains("is in use by another tcpchat"), "{line}");
+    drop(first);
+}

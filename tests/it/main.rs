@@ -8,9 +8,11 @@
 mod common;
 
 mod cli;
+mod crash;
 mod dead_peers;
 mod departures;
 mod fuzz_corpus;
+mod history;
 mod limits;
 mod line_mode;
 mod names;
