@@ -34,8 +34,9 @@ install_peers() {
   fi
 }
 
-# The arguments of `tcpchat-bench` naming target $1: tcpchat, redis, nats or irc,
-# or tcpchat+tls or redis+tls for the same server over TLS.
+# The arguments of `tcpchat-bench` naming target $1: tcpchat, tcpchat-nohistory
+# (tcpchat with --history off), redis, nats or irc, or tcpchat+tls or redis+tls for
+# the same server over TLS.
 target_args() {
   case "$1" in
     *+tls) echo "--target ${1%+tls} --tls" ;;
@@ -46,9 +47,9 @@ target_args() {
 # The arguments of `tcpchat-bench` for workload $1 ("quick" as $2 for the small
 # variant), or nothing if there is no such workload.
 workload_args() {
-  local workload name full quick_name quick
+  local workload name full quick_name quick _targets
   for workload in "${workloads[@]}"; do
-    IFS='|' read -r name full quick_name quick <<<"$workload"
+    IFS='|' read -r name full quick_name quick _targets <<<"$workload"
     if [ "$name" = "$1" ]; then
       if [ "${2:-}" = quick ]; then
         name=$quick_name
@@ -60,11 +61,48 @@ workload_args() {
   done
 }
 
+# Every target of a run, in the order each round runs them ("quick" as $1 for the
+# quick run's).
+run_targets() {
+  if [ "${1:-}" = quick ]; then
+    echo "tcpchat tcpchat-nohistory tcpchat+tls"
+  else
+    echo "tcpchat tcpchat-nohistory redis nats irc tcpchat+tls redis+tls"
+  fi
+}
+
+# The targets workload $1 runs on ("quick" as $2 for the quick run's).
+workload_targets() {
+  local workload name _full _quick_name _quick full_targets quick_targets
+  for workload in "${workloads[@]}"; do
+    IFS='|' read -r name _full _quick_name _quick full_targets quick_targets <<<"$workload"
+    if [ "$name" = "$1" ]; then
+      if [ "${2:-}" = quick ]; then
+        echo "${quick_targets:-tcpchat tcpchat+tls}"
+      else
+        echo "${full_targets:-tcpchat redis nats irc tcpchat+tls redis+tls}"
+      fi
+      return 0
+    fi
+  done
+}
+
 # Each workload: its name and `tcpchat-bench` arguments, then the same for the small
-# variant of the quick run.
+# variant of the quick run, then the targets it runs on in the full run and in the
+# quick one (when not given: every server, plain and TLS; tcpchat plain and TLS).
+#
+# - durable-*: the fan-out again, against the peers that keep what they deliver:
+#   Redis Streams (append-only file on) and NATS JetStream (file storage); tcpchat as
+#   always, with its history.
+# - catchup-*: a room of E messages, then V viewers at once each asking for the last
+#   E (tcpchat `viewer history=E tags`, Redis XREVRANGE, a JetStream consumer).
+# - latency-*: also on tcpchat-nohistory (--history off), to price the history.
 workloads=(
   "fanout-4x100|fanout --viewers 100 --senders 4 --messages 50000|fanout-4x100|fanout --viewers 100 --senders 4 --messages 5000"
   "fanout-1x1000|fanout --viewers 1000 --senders 1 --messages 20000|fanout-1x1000|fanout --viewers 1000 --senders 1 --messages 2000"
-  "latency-10x100msgs|fanout --viewers 100 --senders 10 --messages 1000 --rate 100|latency-10x100msgs|fanout --viewers 100 --senders 10 --messages 200 --rate 100"
+  "durable-4x100|fanout --durable --viewers 100 --senders 4 --messages 25000|durable-4x100|fanout --durable --viewers 100 --senders 4 --messages 5000|tcpchat redis nats|tcpchat"
+  "durable-1x1000|fanout --durable --viewers 1000 --senders 1 --messages 10000|durable-1x1000|fanout --durable --viewers 1000 --senders 1 --messages 2000|tcpchat redis nats|tcpchat"
+  "latency-10x100msgs|fanout --viewers 100 --senders 10 --messages 1000 --rate 100|latency-10x100msgs|fanout --viewers 100 --senders 10 --messages 200 --rate 100|tcpchat tcpchat-nohistory redis nats irc tcpchat+tls redis+tls|tcpchat tcpchat-nohistory tcpchat+tls"
+  "catchup-100x10k|catchup --viewers 100 --events 10000|catchup-10x1k|catchup --viewers 10 --events 1000|tcpchat redis nats|tcpchat"
   "idle-19000|conns --viewers 19000|idle-2000|conns --viewers 2000"
 )

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Benchmarks tcpchat against the servers people would use instead: Redis pub/sub,
-# NATS and an IRC server (InspIRCd), all from Debian's packages, on this machine.
+# NATS and an IRC server (InspIRCd), all from Debian's packages, on this machine;
+# and against Redis Streams and NATS JetStream for the workloads of a kept history.
 #
-#   bench/run.sh           every workload on every server, 3 runs each, and tcpchat
-#                          and Redis over TLS too (about 25 min)
+#   bench/run.sh           every workload on its servers (bench/lib.sh), 3 runs each,
+#                          tcpchat and Redis over TLS too (about 35 min)
 #   bench/run.sh --report  only the tables, chart and docs from the last full run's results
-#   bench/run.sh --quick   tcpchat only, plain and TLS, small workloads, one run (CI's
-#                          smoke test: it prints figures and fails only if a run was
-#                          incomplete or lost, duplicated or reordered a message)
+#   bench/run.sh --quick   tcpchat only (with and without history, plain and TLS), small
+#                          workloads, one run (CI's smoke test: it prints figures and fails
+#                          only if a run was incomplete or lost, duplicated or reordered
+#                          a message)
 #
 # Each run is one `tcpchat-bench` pinned to CPU 1, which starts a fresh server pinned
 # to CPU 0, runs the workload and stops the server. Results go to bench/results/ as
@@ -23,22 +25,22 @@ case "${1:-}" in
   --quick) quick=1 variant=quick ;;
   --report) report_only=1 ;;
   "") ;;
-  *) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac
 
 # A target with +tls is the same server with every client over TLS (tcpchat and
-# Redis only).
+# Redis only); tcpchat-nohistory is tcpchat with --history off. Each workload runs
+# on the targets bench/lib.sh gives it.
 runs=3
-targets="tcpchat redis nats irc tcpchat+tls redis+tls"
 results=bench/results/results.jsonl
 if [ "$quick" = 1 ]; then
   runs=1
-  targets="tcpchat tcpchat+tls"
   results=bench/results/quick.jsonl
 fi
 
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
+targets=$(run_targets "$variant")
 cargo build --release --locked -p tcpchat -p tcpchat-bench
 failed=0
 if [ "$report_only" = 0 ]; then
@@ -53,6 +55,10 @@ if [ "$report_only" = 0 ]; then
     for target in $targets; do
       for workload in "${workloads[@]}"; do
         name=${workload%%|*}
+        case " $(workload_targets "$name" "$variant") " in
+          *" $target "*) ;;
+          *) continue ;;
+        esac
         args=$(workload_args "$name" "$variant")
         echo "bench: run $run/$runs, ${args##*--label } on $target" >&2
         args="$args $(target_args "$target")"

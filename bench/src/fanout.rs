@@ -6,6 +6,10 @@
 //! run measures the rate the server sustains with nobody falling behind (past a
 //! server's slow-subscriber limit, messages would be lost instead). With `--rate`,
 //! each sender sends that many messages per second, at evenly staggered phases.
+//!
+//! With `--durable`, the servers keep what they deliver ([`crate::durable`]): tcpchat
+//! as always, Redis Streams (each viewer looping on `XREAD BLOCK`) and NATS JetStream
+//! with file storage (each viewer a push consumer).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -17,7 +21,9 @@ use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::task::AbortOnDropHandle;
 
+use super::durable;
 use super::proto::{MIN_PAYLOAD, Payload, Target};
+use super::resp::{Item, Resp, is_stream_id};
 use super::server::{Endpoint, ServerArgs};
 use super::transport::{BenchStream, Stream, Transport};
 use super::{PARALLEL_SETUP, Progress, connect_all, cpu_time, source_address};
@@ -52,6 +58,10 @@ pub struct FanoutArgs {
     /// A label for the results (the workload's name).
     #[arg(long, default_value = "fanout")]
     pub label: String,
+    /// Servers keeping what they deliver: tcpchat with its history (its default),
+    /// Redis Streams with its append-only file, NATS JetStream with file storage.
+    #[arg(long)]
+    pub durable: bool,
 }
 
 /// The outcome of a fanout run.
@@ -67,6 +77,9 @@ pub struct FanoutReport {
     messages_per_sender: u32,
     size: usize,
     rate_per_sender: Option<f64>,
+    /// Whether the servers kept what they delivered (`--durable`), and how.
+    durable: bool,
+    protocol: &'static str,
     complete: bool,
     expected_deliveries: u64,
     deliveries: u64,
@@ -104,8 +117,13 @@ impl FanoutReport {
             Some(tls) => format!(" over {tls}"),
             None => String::new(),
         };
+        let durable = if self.durable {
+            format!(" ({})", self.protocol)
+        } else {
+            String::new()
+        };
         format!(
-            "{} on {}{tls}: {} senders{rate} x {} messages of {} B into {} viewers\n  \
+            "{} on {}{durable}{tls}: {} senders{rate} x {} messages of {} B into {} viewers\n  \
              {:.0} deliveries/s ({} of {} in {:.2} s); lost {}, duplicated or reordered {}\n  \
              latency us: p50 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}{}",
             self.workload,
@@ -178,11 +196,18 @@ struct Setup {
 }
 
 async fn set_up(args: &FanoutArgs, endpoint: &Endpoint) -> anyhow::Result<Setup> {
-    let owner = endpoint
-        .target
-        .open_room(endpoint)
-        .await
-        .context("cannot prepare the room")?;
+    let owner = if endpoint.durable {
+        durable::open_room(endpoint)
+            .await
+            .context("cannot prepare the room")?;
+        None
+    } else {
+        endpoint
+            .target
+            .open_room(endpoint)
+            .await
+            .context("cannot prepare the room")?
+    };
     let viewers = connect_all(args.viewers, PARALLEL_SETUP, |id| {
         let endpoint = endpoint.clone();
         async move {
@@ -190,7 +215,11 @@ async fn set_up(args: &FanoutArgs, endpoint: &Endpoint) -> anyhow::Result<Setup>
                 .connector
                 .connect(endpoint.addr, Some(source_address(id)))
                 .await?;
-            endpoint.target.subscribe(&mut stream, id).await?;
+            if endpoint.durable {
+                durable::subscribe(endpoint.target, &mut stream, id).await?;
+            } else {
+                endpoint.target.subscribe(&mut stream, id).await?;
+            }
             Ok(stream)
         }
     })
@@ -204,11 +233,12 @@ async fn set_up(args: &FanoutArgs, endpoint: &Endpoint) -> anyhow::Result<Setup>
             .await
             .with_context(|| format!("sender {sender} cannot connect"))?;
         let id = u16::try_from(sender).context("too many senders")?;
-        endpoint
-            .target
-            .join_sender(&mut stream, id)
-            .await
-            .with_context(|| format!("sender {sender} cannot join"))?;
+        let joined = if endpoint.durable {
+            durable::join_sender(endpoint.target, &mut stream, id).await
+        } else {
+            endpoint.target.join_sender(&mut stream, id).await
+        };
+        joined.with_context(|| format!("sender {sender} cannot join"))?;
         senders.push(stream);
     }
     Ok(Setup {
@@ -247,21 +277,25 @@ async fn measure(
     let cpu_before = endpoint.pid.and_then(cpu_time);
     let progress = Progress::new(expected_per_viewer * args.viewers as u64, &args.label);
     let mut watching = Vec::new();
+    let read_stream = endpoint.durable && endpoint.target == Target::Redis;
     for (index, stream) in viewers.into_iter().enumerate() {
-        watching.push(tokio::task::spawn_local(view(
-            stream,
-            index,
-            args.clone(),
-            shared.clone(),
-            progress.clone(),
-        )));
+        let viewer = Viewer::new(index, &args, shared.clone(), progress.clone());
+        watching.push(if read_stream {
+            tokio::task::spawn_local(view_stream(stream, viewer))
+        } else {
+            tokio::task::spawn_local(view(stream, viewer))
+        });
     }
     let mut sending = Vec::new();
+    let encode = Encoder {
+        target: endpoint.target,
+        durable: endpoint.durable,
+    };
     for (sender, stream) in senders.into_iter().enumerate() {
         sending.push(tokio::task::spawn_local(send(
             stream,
             sender,
-            endpoint.target,
+            encode,
             args.clone(),
             shared.clone(),
         )));
@@ -298,6 +332,12 @@ async fn measure(
         messages_per_sender: args.messages,
         size: args.size,
         rate_per_sender: args.rate,
+        durable: endpoint.durable,
+        protocol: if endpoint.durable {
+            durable::protocol(endpoint.target)
+        } else {
+            endpoint.target.protocol()
+        },
         complete: finished && deliveries == expected,
         expected_deliveries: expected,
         deliveries,
@@ -324,53 +364,97 @@ async fn measure(
     })
 }
 
-/// One viewer: reads, finds every payload, checks order, records latency.
-async fn view(
-    mut stream: Stream,
+/// One viewer's checks: the next sequence number expected of every sender, and its
+/// share of the run's figures.
+struct Viewer {
     index: usize,
-    args: FanoutArgs,
+    size: usize,
+    expected: u64,
+    received: u64,
+    next: Vec<u32>,
     shared: Rc<Shared>,
     progress: Progress,
-) {
-    let expected_total = args.senders as u64 * u64::from(args.messages);
-    let mut next = vec![0u32; args.senders];
+}
+
+impl Viewer {
+    fn new(index: usize, args: &FanoutArgs, shared: Rc<Shared>, progress: Progress) -> Self {
+        Self {
+            index,
+            size: args.size,
+            expected: args.senders as u64 * u64::from(args.messages),
+            received: 0,
+            next: vec![0; args.senders],
+            shared,
+            progress,
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.received >= self.expected
+    }
+
+    /// Checks the payload at the end of `line`, if any, against its sender's
+    /// sequence and records its latency; returns whether it counts as delivered.
+    fn check(&mut self, line: &[u8], now_ns: u64, histogram: &mut Histogram<u64>) -> bool {
+        let Some(payload) = Payload::find(line, self.size) else {
+            return false;
+        };
+        let Some(expected) = self.next.get_mut(usize::from(payload.sender)) else {
+            return false;
+        };
+        let shared = &self.shared;
+        if payload.seq == *expected {
+            *expected += 1;
+        } else if payload.seq > *expected {
+            shared
+                .lost
+                .set(shared.lost.get() + u64::from(payload.seq - *expected));
+            *expected = payload.seq + 1;
+        } else {
+            shared.disordered.set(shared.disordered.get() + 1);
+            return false;
+        }
+        let _ = histogram.record(now_ns.saturating_sub(payload.sent_ns).max(1));
+        true
+    }
+
+    /// Adds `got` deliveries, received at `now`, to the run's figures.
+    fn delivered(&mut self, got: u64, now: Duration) {
+        self.received += got;
+        let shared = &self.shared;
+        let cell = &shared.received[self.index];
+        cell.set(cell.get() + got);
+        shared.progressed.notify_waiters();
+        self.progress.add(got);
+        if shared.last.get() < now {
+            shared.last.set(now);
+        }
+    }
+}
+
+/// One viewer: reads, finds every payload, checks order, records latency.
+async fn view(mut stream: Stream, mut viewer: Viewer) {
     let mut buf = vec![0u8; 256 * 1024];
     let mut filled = 0;
-    let mut received = 0u64;
-    while received < expected_total {
+    while !viewer.done() {
         let read = match stream.read(&mut buf[filled..]).await {
             Ok(0) | Err(_) => return,
             Ok(read) => read,
         };
-        let now = shared.start.elapsed();
+        let now = viewer.shared.start.elapsed();
         let now_ns = now.as_nanos() as u64;
         filled += read;
         let mut start = 0;
+        let shared = viewer.shared.clone();
         let mut histogram = shared.histogram.borrow_mut();
         let mut got = 0u64;
         while let Some(end) = memchr::memchr(b'\n', &buf[start..filled]) {
             let line = &buf[start..start + end];
             start += end + 1;
             let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let Some(payload) = Payload::find(line, args.size) else {
-                continue;
-            };
-            let Some(expected) = next.get_mut(usize::from(payload.sender)) else {
-                continue;
-            };
-            if payload.seq == *expected {
-                *expected += 1;
-            } else if payload.seq > *expected {
-                shared
-                    .lost
-                    .set(shared.lost.get() + u64::from(payload.seq - *expected));
-                *expected = payload.seq + 1;
-            } else {
-                shared.disordered.set(shared.disordered.get() + 1);
-                continue;
+            if viewer.check(line, now_ns, &mut histogram) {
+                got += 1;
             }
-            got += 1;
-            let _ = histogram.record(now_ns.saturating_sub(payload.sent_ns).max(1));
         }
         drop(histogram);
         buf.copy_within(start..filled, 0);
@@ -379,21 +463,87 @@ async fn view(
             // A line longer than the buffer is not ours: drop it.
             filled = 0;
         }
-        received += got;
-        let cell = &shared.received[index];
-        cell.set(cell.get() + got);
-        shared.progressed.notify_waiters();
-        progress.add(got);
-        if shared.last.get() < now {
-            shared.last.set(now);
+        viewer.delivered(got, now);
+    }
+}
+
+/// One viewer of a Redis stream: `XREAD BLOCK 0` for the entries after the last one
+/// it has, again as soon as the reply is complete, checking every entry's payload.
+async fn view_stream(mut stream: Stream, mut viewer: Viewer) {
+    let mut last_id = b"0-0".to_vec();
+    let mut request = BytesMut::new();
+    let mut resp = Resp::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut filled = 0;
+    let mut asked = false;
+    while !viewer.done() {
+        if !asked {
+            request.clear();
+            durable::xread(&last_id, &mut request);
+            if stream.send(&request).await.is_err() {
+                return;
+            }
+            asked = true;
+        }
+        let read = match stream.read(&mut buf[filled..]).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        let now = viewer.shared.start.elapsed();
+        let now_ns = now.as_nanos() as u64;
+        filled += read;
+        let shared = viewer.shared.clone();
+        let mut histogram = shared.histogram.borrow_mut();
+        let mut got = 0u64;
+        let parsed = resp.parse(&buf[..filled], &mut |item| match item {
+            Item::Bulk(bytes) if viewer.check(bytes, now_ns, &mut histogram) => got += 1,
+            Item::Bulk(bytes) if is_stream_id(bytes) => {
+                last_id.clear();
+                last_id.extend_from_slice(bytes);
+            }
+            Item::End => asked = false,
+            _ => {}
+        });
+        drop(histogram);
+        let Ok(used) = parsed else { return };
+        buf.copy_within(used..filled, 0);
+        filled -= used;
+        if filled == buf.len() {
+            // One piece bigger than the buffer: grow it.
+            buf.resize(buf.len() * 2, 0);
+        }
+        viewer.delivered(got, now);
+    }
+}
+
+/// How a run's senders encode their messages.
+#[derive(Debug, Clone, Copy)]
+struct Encoder {
+    target: Target,
+    durable: bool,
+}
+
+impl Encoder {
+    fn encode(self, payload: &Payload, size: usize, out: &mut BytesMut) {
+        if self.durable {
+            durable::encode(self.target, payload, size, out);
+        } else {
+            self.target.encode(payload, size, out);
         }
     }
 }
 
 /// One sender: sends its messages, windowed or at a fixed rate, and discards what
-/// the server sends back (Redis counts receivers after every PUBLISH). Runs until
+/// the server sends back (Redis counts receivers after every PUBLISH, or gives the
+/// ID of every XADD; JetStream acknowledges every message stored). Runs until
 /// aborted at the end of the run, so the connection stays open until then.
-async fn send(stream: Stream, sender: usize, target: Target, args: FanoutArgs, shared: Rc<Shared>) {
+async fn send(
+    stream: Stream,
+    sender: usize,
+    target: Encoder,
+    args: FanoutArgs,
+    shared: Rc<Shared>,
+) {
     // Reading and writing from two tasks: the halves share the stream (a TLS session
     // is one state for both directions), each taking it only while it polls.
     let (mut read, mut write) = tokio::io::split(stream);

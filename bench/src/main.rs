@@ -2,12 +2,15 @@
 //! instead (Redis pub/sub, NATS, an IRC server), bounded in count and time.
 //!
 //! - [`fanout`]: viewers and senders; every viewer checks every message; deliveries
-//!   per second, latency percentiles, losses.
+//!   per second, latency percentiles, losses. With `--durable`, against servers that
+//!   keep what they deliver ([`durable`]: Redis Streams, NATS JetStream).
+//! - [`catchup`]: a room holding many messages, then many viewers at once each
+//!   asking for the last of them; the time until all have all.
 //! - [`conns`]: many idle viewers; the server's memory per connection; one message
 //!   to all.
 //! - [`report`]: turns the JSON lines of many runs into tables and a chart.
 //!
-//! `fanout` and `conns` start the server themselves ([`server`]: a fresh one per
+//! `fanout`, `catchup` and `conns` start the server themselves ([`server`]: a fresh one per
 //! run, pinned to a CPU with `--server-cpu`, stopped by its PID at the end), or use
 //! one already running (`--addr`). Clients speak plain TCP or, with `--tls`, TLS 1.3
 //! ([`transport`]).
@@ -17,10 +20,13 @@
 //! stdout, and fails (exit code 1) if any message was lost, duplicated or reordered
 //! or the run did not complete: it asserts completeness, never speed.
 
+mod catchup;
 mod conns;
+mod durable;
 mod fanout;
 mod proto;
 mod report;
+mod resp;
 mod server;
 mod transport;
 
@@ -35,6 +41,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 enum BenchCommand {
     /// Viewers and senders: throughput, latency, and every message checked.
     Fanout(fanout::FanoutArgs),
+    /// A room full of messages, then many viewers at once asking for the last of them.
+    Catchup(catchup::CatchupArgs),
     /// Many idle viewers: memory per connection, and one message to all of them.
     Conns(conns::ConnsArgs),
     /// Summarize JSON results into tables and a chart.
@@ -61,8 +69,17 @@ fn main() -> std::process::ExitCode {
 fn run(command: BenchCommand) -> anyhow::Result<()> {
     let (json, complete) = match command {
         BenchCommand::Report(args) => return report::run(&args),
-        BenchCommand::Fanout(args) => {
+        BenchCommand::Fanout(mut args) => {
+            args.server.durable = args.durable;
             let report = with_server(&args.server.clone(), |endpoint| fanout::run(args, endpoint))?;
+            eprintln!("{}", report.summary());
+            (serde_json::to_string(&report)?, report.is_clean())
+        }
+        BenchCommand::Catchup(mut args) => {
+            args.server.durable = true;
+            let report = with_server(&args.server.clone(), |endpoint| {
+                catchup::run(args, endpoint)
+            })?;
             eprintln!("{}", report.summary());
             (serde_json::to_string(&report)?, report.is_clean())
         }

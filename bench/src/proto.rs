@@ -17,8 +17,12 @@ use super::transport::{BenchStream, Stream};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Target {
-    /// tcpchat, line mode.
+    /// tcpchat, line mode, with its defaults (the room's history kept, in a fresh
+    /// `--data-dir` for each run).
     Tcpchat,
+    /// tcpchat, line mode, with `--history off` (nothing kept, no disk).
+    #[serde(rename = "tcpchat-nohistory")]
+    TcpchatNohistory,
     /// redis-server, SUBSCRIBE / PUBLISH.
     Redis,
     /// nats-server, SUB / PUB.
@@ -31,6 +35,7 @@ impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Tcpchat => "tcpchat",
+            Self::TcpchatNohistory => "tcpchat-nohistory",
             Self::Redis => "redis",
             Self::Nats => "nats",
             Self::Irc => "irc",
@@ -96,11 +101,12 @@ fn hex(digits: &[u8]) -> Option<u64> {
     })
 }
 
-/// The room every client of a run uses.
-const ROOM: &str = "bench";
+/// The room every client of a run uses (Redis channel and stream, NATS subject and
+/// JetStream stream).
+pub const ROOM: &str = "bench";
 
 /// Reads until `done` says the handshake is over, answering pings on the way.
-async fn read_until(
+pub async fn read_until(
     stream: &mut Stream,
     what: &str,
     mut done: impl FnMut(&str) -> bool,
@@ -134,7 +140,7 @@ impl Target {
     /// When the server refuses or closes.
     pub async fn subscribe(self, stream: &mut Stream, id: usize) -> io::Result<()> {
         match self {
-            Self::Tcpchat => {
+            Self::Tcpchat | Self::TcpchatNohistory => {
                 stream.send(b"viewer\n").await?;
                 read_until(stream, "the welcome", |l| l.starts_with("Welcome")).await
             }
@@ -172,7 +178,7 @@ impl Target {
     /// When the server refuses or closes.
     pub async fn join_sender(self, stream: &mut Stream, sender: u16) -> io::Result<()> {
         match self {
-            Self::Tcpchat => {
+            Self::Tcpchat | Self::TcpchatNohistory => {
                 stream.send(format!("name:b{sender}\n").as_bytes()).await?;
                 read_until(stream, "the acknowledgement", |l| l.starts_with("*** ok")).await
             }
@@ -212,10 +218,27 @@ impl Target {
         Ok(Some(owner))
     }
 
+    /// What the JSON results say this target's clients speak (outside the durable
+    /// workloads).
+    pub fn protocol(self) -> &'static str {
+        match self {
+            Self::Tcpchat => "tcpchat line mode, history kept",
+            Self::TcpchatNohistory => "tcpchat line mode, --history off",
+            Self::Redis => "Redis pub/sub",
+            Self::Nats => "core NATS",
+            Self::Irc => "IRC",
+        }
+    }
+
+    /// Whether this is tcpchat (with or without history): line mode.
+    pub fn is_tcpchat(self) -> bool {
+        matches!(self, Self::Tcpchat | Self::TcpchatNohistory)
+    }
+
     /// Appends one message carrying `payload` to `out`, as a sender sends it.
     pub fn encode(self, payload: &Payload, size: usize, out: &mut BytesMut) {
         match self {
-            Self::Tcpchat => {
+            Self::Tcpchat | Self::TcpchatNohistory => {
                 payload.encode(size, out);
                 out.put_u8(b'\n');
             }

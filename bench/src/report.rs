@@ -8,6 +8,12 @@
 //! A server over TLS is a server of its own in the tables (`tcpchat+tls`), compared
 //! with Redis over TLS (`redis+tls`), and has its own panels in the chart: plaintext
 //! against plaintext, TLS against TLS.
+//!
+//! The durable fan-out (`fanout --durable`) compares every server with the better of
+//! the peers that keep what they deliver (Redis Streams, JetStream); the catch-up
+//! (`catchup`) compares times with Redis's; tcpchat with `--history off`
+//! (`tcpchat-nohistory`) is compared with tcpchat in the latency workload. A last
+//! table checks those three against their targets.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -19,7 +25,7 @@ use serde_json::Value;
 /// What `tcpchat-bench report` takes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReportArgs {
-    /// A file of JSON lines from `tcpchat-bench fanout` and `tcpchat-bench conns`.
+    /// A file of JSON lines from `tcpchat-bench fanout`, `catchup` and `conns`.
     pub results: PathBuf,
     /// Also draw the medians as an SVG chart into this file.
     #[arg(long)]
@@ -27,8 +33,9 @@ pub struct ReportArgs {
 }
 
 /// The servers in the order of the tables: plaintext, then TLS. Any other comes after.
-const SERVERS: [&str; 6] = [
+const SERVERS: [&str; 7] = [
     "tcpchat",
+    "tcpchat-nohistory",
     "redis",
     "nats",
     "irc",
@@ -56,6 +63,11 @@ fn redis_for(server: &str) -> &'static str {
     } else {
         "redis"
     }
+}
+
+/// Whether `server` is tcpchat (with or without history, over either transport).
+fn is_tcpchat(server: &str) -> bool {
+    server.starts_with("tcpchat")
 }
 
 /// The runs of one workload on one server.
@@ -98,7 +110,9 @@ impl Runs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Throughput,
+    Durable,
     Latency,
+    Catchup,
     Connections,
 }
 
@@ -129,6 +143,10 @@ impl Results {
             }
             let kind = if run.get("server_bytes_per_connection").is_some() {
                 Kind::Connections
+            } else if run.get("catchup_seconds").is_some() {
+                Kind::Catchup
+            } else if run["durable"].as_bool() == Some(true) && run["rate_per_sender"].is_null() {
+                Kind::Durable
             } else if run["rate_per_sender"].is_null() {
                 Kind::Throughput
             } else {
@@ -164,6 +182,22 @@ impl Results {
         self.order
             .iter()
             .filter(move |w| self.kinds.get(*w) == Some(&kind))
+    }
+
+    /// The better of the peers (not tcpchat) over the same transport as `server` in
+    /// `workload`, by median deliveries per second: its name and figure.
+    fn best_peer(&self, workload: &str, server: &str) -> Option<(&str, f64)> {
+        let tls = server.ends_with(TLS_SUFFIX);
+        self.servers
+            .iter()
+            .filter(|s| !is_tcpchat(s) && s.ends_with(TLS_SUFFIX) == tls)
+            .filter_map(|s| {
+                Some((
+                    s.as_str(),
+                    self.of(workload, s)?.median("/deliveries_per_sec")?,
+                ))
+            })
+            .max_by(|a, b| a.1.total_cmp(&b.1))
     }
 }
 
@@ -228,6 +262,24 @@ fn tables(results: &Results) -> String {
         },
     );
     table(
+        Kind::Durable,
+        "| Workload | Server | Runs | Nothing lost | Deliveries/s (median) | vs better durable peer | Server CPU per delivery (ns) | p99 latency (us) |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        &|workload, server, runs| {
+            let rate = runs.median("/deliveries_per_sec");
+            let best = results.best_peer(workload, server).map(|(_, rate)| rate);
+            format!(
+                "| {workload} | {server} | {} | {} | {} | {} | {} | {} |\n",
+                runs.0.len(),
+                yes_no(runs.clean()),
+                number(rate, 0),
+                ratio(rate, best),
+                number(runs.server_cpu_ns_per_delivery(), 0),
+                number(runs.median("/latency_us/p99"), 0),
+            )
+        },
+    );
+    table(
         Kind::Latency,
         "| Workload | Server | Runs | Nothing lost | p50 (us) | p99 (us) | p99.9 (us) | max (us) | Server CPU per delivery (ns) |\n\
          | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
@@ -241,6 +293,28 @@ fn tables(results: &Results) -> String {
                 number(runs.median("/latency_us/p999"), 0),
                 number(runs.median("/latency_us/max"), 0),
                 number(runs.server_cpu_ns_per_delivery(), 0),
+            )
+        },
+    );
+    table(
+        Kind::Catchup,
+        "| Workload | Server | Runs | Nothing lost | All caught up (ms) | Median viewer (ms) | Deliveries/s | Speed vs Redis | Server CPU (ms) |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        &|workload, server, runs| {
+            let time = runs.median("/catchup_seconds");
+            let redis = results
+                .of(workload, redis_for(server))
+                .and_then(|r| r.median("/catchup_seconds"));
+            format!(
+                "| {workload} | {server} | {} | {} | {} | {} | {} | {} | {} |\n",
+                runs.0.len(),
+                yes_no(runs.clean()),
+                number(time.map(|s| s * 1e3), 1),
+                number(runs.median("/median_viewer_seconds").map(|s| s * 1e3), 1),
+                number(runs.median("/deliveries_per_sec"), 0),
+                // Times: Redis's over this one's, so that 2x means twice as fast.
+                ratio(redis, time),
+                number(runs.median("/server_cpu_ms"), 0),
             )
         },
     );
@@ -260,7 +334,83 @@ fn tables(results: &Results) -> String {
             )
         },
     );
+    out.push_str(&targets(results));
     out
+}
+
+/// The targets of the durable room log, as far as the results measure them: tcpchat
+/// against the better durable peer, against Redis catching up, and its latency with
+/// history on against off.
+fn targets(results: &Results) -> String {
+    let mut rows = Vec::new();
+    let clean = |workload: &str, servers: &[&str]| {
+        servers
+            .iter()
+            .all(|s| results.of(workload, s).is_some_and(Runs::clean))
+    };
+    for workload in results.workloads(Kind::Durable) {
+        let (Some(tcpchat), Some((peer, best))) = (
+            results
+                .of(workload, "tcpchat")
+                .and_then(|r| r.median("/deliveries_per_sec")),
+            results.best_peer(workload, "tcpchat"),
+        ) else {
+            continue;
+        };
+        let held = tcpchat >= 3.0 * best && clean(workload, &["tcpchat", peer]);
+        rows.push(format!(
+            "| {workload}: tcpchat at least 3x the better durable peer's deliveries/s | {:.2}x {peer} ({} against {}) | {} |\n",
+            tcpchat / best,
+            number(Some(tcpchat), 0),
+            number(Some(best), 0),
+            yes_no(held),
+        ));
+    }
+    for workload in results.workloads(Kind::Catchup) {
+        let time = |server| results.of(workload, server)?.median("/catchup_seconds");
+        let (Some(tcpchat), Some(redis)) = (time("tcpchat"), time("redis")) else {
+            continue;
+        };
+        let held =
+            tcpchat > 0.0 && redis >= 2.0 * tcpchat && clean(workload, &["tcpchat", "redis"]);
+        rows.push(format!(
+            "| {workload}: tcpchat catches up at least 2x faster than Redis | {} ({:.1} ms against {:.1}) | {} |\n",
+            ratio(Some(redis), Some(tcpchat)),
+            tcpchat * 1e3,
+            redis * 1e3,
+            yes_no(held),
+        ));
+    }
+    for workload in results.workloads(Kind::Latency) {
+        let p99 = |server| results.of(workload, server)?.median("/latency_us/p99");
+        let (Some(on), Some(off)) = (p99("tcpchat"), p99("tcpchat-nohistory")) else {
+            continue;
+        };
+        let held =
+            off > 0.0 && on <= 1.25 * off && clean(workload, &["tcpchat", "tcpchat-nohistory"]);
+        rows.push(format!(
+            "| {workload}: p99 with history at most 1.25x without | {:.2} ({} us against {}) | {} |\n",
+            on / off.max(f64::MIN_POSITIVE),
+            number(Some(on), 0),
+            number(Some(off), 0),
+            yes_no(held),
+        ));
+    }
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut out = "| Target | Measured | Held |\n| --- | --- | --- |\n".to_owned();
+    out.extend(rows);
+    out.push('\n');
+    out
+}
+
+/// `a / b` as a ratio (`4.07x`), or `-`.
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+        _ => "-".to_owned(),
+    }
 }
 
 fn yes_no(clean: bool) -> &'static str {
@@ -281,7 +431,7 @@ fn panels(results: &Results) -> Vec<Panel> {
     for workload in &results.order {
         // (JSON pointer, scale, unit, lower is better) of each figure drawn.
         let figures: &[(&str, f64, &'static str, bool)] = match results.kinds.get(workload) {
-            Some(Kind::Throughput) => &[
+            Some(Kind::Throughput | Kind::Durable) => &[
                 ("/deliveries_per_sec", 1.0, "deliveries/s", false),
                 (
                     "/server_cpu_us_per_delivery",
@@ -291,6 +441,7 @@ fn panels(results: &Results) -> Vec<Panel> {
                 ),
             ],
             Some(Kind::Latency) => &[("/latency_us/p99", 1.0, "p99 latency, us", true)],
+            Some(Kind::Catchup) => &[("/catchup_seconds", 1e3, "all caught up, ms", true)],
             Some(Kind::Connections) => &[
                 (
                     "/server_bytes_per_connection",
@@ -338,6 +489,7 @@ fn panels(results: &Results) -> Vec<Panel> {
 fn color(server: &str) -> &'static str {
     match server {
         "tcpchat" => "#2b7a78",
+        "tcpchat-nohistory" => "#7fb8b6",
         "redis" => "#d1495b",
         "nats" => "#edae49",
         _ => "#6c6f93",
@@ -530,6 +682,49 @@ mod tests {
         );
         // TLS bars carry the target's name (and colour); the title says TLS.
         assert_eq!(panels[2].bars[0].0, "tcpchat");
+    }
+
+    /// The durable room log's workloads: durable fan-out, catch-up, and latency with
+    /// history on and off.
+    const HISTORY_RUNS: &str = r#"
+{"workload":"durable-4x100","target":"tcpchat","transport":"tcp","durable":true,"complete":true,"lost":0,"duplicated_or_reordered":0,"rate_per_sender":null,"server_cpu_us_per_delivery":0.03,"deliveries_per_sec":9000000.0,"latency_us":{"p50":1.0,"p99":2.0,"p999":3.0,"max":4.0}}
+{"workload":"durable-4x100","target":"redis","transport":"tcp","durable":true,"complete":true,"lost":0,"duplicated_or_reordered":0,"rate_per_sender":null,"server_cpu_us_per_delivery":0.4,"deliveries_per_sec":2000000.0,"latency_us":{"p50":1.0,"p99":5.0,"p999":3.0,"max":4.0}}
+{"workload":"durable-4x100","target":"nats","transport":"tcp","durable":true,"complete":true,"lost":0,"duplicated_or_reordered":0,"rate_per_sender":null,"server_cpu_us_per_delivery":1.7,"deliveries_per_sec":500000.0,"latency_us":{"p50":1.0,"p99":6.0,"p999":3.0,"max":4.0}}
+{"workload":"catchup-100x10k","target":"tcpchat","transport":"tcp","complete":true,"lost":0,"duplicated_or_reordered":0,"catchup_seconds":0.2,"median_viewer_seconds":0.15,"deliveries_per_sec":5000000.0,"server_cpu_ms":150.0}
+{"workload":"catchup-100x10k","target":"redis","transport":"tcp","complete":true,"lost":0,"duplicated_or_reordered":0,"catchup_seconds":0.3,"median_viewer_seconds":0.25,"deliveries_per_sec":3333333.0,"server_cpu_ms":250.0}
+{"workload":"latency","target":"tcpchat","transport":"tcp","durable":false,"complete":true,"lost":0,"duplicated_or_reordered":0,"rate_per_sender":100.0,"server_cpu_us_per_delivery":2.5,"deliveries_per_sec":1.0,"latency_us":{"p50":400.0,"p99":1200.0,"p999":3.0,"max":4.0}}
+{"workload":"latency","target":"tcpchat-nohistory","transport":"tcp","durable":false,"complete":true,"lost":0,"duplicated_or_reordered":0,"rate_per_sender":100.0,"server_cpu_us_per_delivery":2.4,"deliveries_per_sec":1.0,"latency_us":{"p50":400.0,"p99":1000.0,"p999":3.0,"max":4.0}}
+"#;
+
+    #[test]
+    fn durable_catchup_and_history_tables_and_targets() {
+        let results = Results::parse(HISTORY_RUNS).unwrap();
+        let table = tables(&results);
+        for row in [
+            "| durable-4x100 | tcpchat | 1 | yes | 9,000,000 | 4.50x | 30 | 2 |",
+            "| durable-4x100 | redis | 1 | yes | 2,000,000 | 1.00x | 400 | 5 |",
+            "| durable-4x100 | nats | 1 | yes | 500,000 | 0.25x | 1,700 | 6 |",
+            "| catchup-100x10k | tcpchat | 1 | yes | 200.0 | 150.0 | 5,000,000 | 1.50x | 150 |",
+            "| catchup-100x10k | redis | 1 | yes | 300.0 | 250.0 | 3,333,333 | 1.00x | 250 |",
+            "| latency | tcpchat-nohistory | 1 | yes | 400 | 1,000 | 3 | 4 | 2,400 |",
+            "| durable-4x100: tcpchat at least 3x the better durable peer's deliveries/s | 4.50x redis (9,000,000 against 2,000,000) | yes |",
+            "| catchup-100x10k: tcpchat catches up at least 2x faster than Redis | 1.50x (200.0 ms against 300.0) | NO |",
+            "| latency: p99 with history at most 1.25x without | 1.20 (1,200 us against 1,000) | yes |",
+        ] {
+            assert!(table.contains(row), "{row}\n{table}");
+        }
+        // Durable runs are not ordinary fan-out: no "vs Redis" table for them.
+        assert!(!table.contains("| vs Redis |"), "{table}");
+        let panels = panels(&results);
+        let titles: Vec<(&str, &str)> = panels.iter().map(|p| (p.title.as_str(), p.unit)).collect();
+        assert!(
+            titles.contains(&("catchup-100x10k", "all caught up, ms")),
+            "{titles:?}"
+        );
+        assert!(
+            titles.contains(&("durable-4x100", "deliveries/s")),
+            "{titles:?}"
+        );
     }
 
     #[test]

@@ -2,10 +2,13 @@
 //! the harness, or one already running at a given address.
 //!
 //! Each target's command line lives here: tcpchat on an ephemeral port it reports
-//! in its log; redis-server, nats-server and InspIRCd on a free port, each with the
-//! settings of docs/BENCHMARKS.md ("The peers"). A started server may be pinned to
-//! one CPU, is stopped by its PID with SIGTERM when the run ends, and is killed if
-//! it does not exit in time.
+//! in its log, keeping its history in a fresh `--data-dir` (or with `--history off`
+//! as `tcpchat-nohistory`); redis-server, nats-server and InspIRCd on a free port,
+//! each with the settings of docs/BENCHMARKS.md ("The peers"). For the workloads of
+//! servers that keep what they deliver (`durable`), redis-server also writes its
+//! append-only file and nats-server runs JetStream, both in the run's temporary
+//! directory. A started server may be pinned to one CPU, is stopped by its PID with
+//! SIGTERM when the run ends, and is killed if it does not exit in time.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -44,6 +47,11 @@ pub struct ServerArgs {
     /// With --addr and --tls: the PEM certificate(s) to trust.
     #[arg(long, requires = "addr", requires = "tls")]
     pub tls_ca: Option<PathBuf>,
+    /// Set by the workloads of servers that keep what they deliver (`fanout
+    /// --durable`, `catchup`): Redis writes its append-only file, NATS runs JetStream,
+    /// and their clients speak Redis Streams and JetStream ([`crate::durable`]).
+    #[arg(skip)]
+    pub durable: bool,
 }
 
 /// Where and how a run's clients reach the server.
@@ -57,6 +65,9 @@ pub struct Endpoint {
     pub pid: Option<u32>,
     /// Opens connections to it.
     pub connector: Connector,
+    /// Whether the run is one of servers keeping what they deliver (Redis Streams,
+    /// JetStream; tcpchat always keeps its history unless `tcpchat-nohistory`).
+    pub durable: bool,
 }
 
 impl Endpoint {
@@ -86,9 +97,20 @@ impl Server {
     /// # Errors
     /// When the options do not fit together, or the server cannot be started.
     pub fn start(args: &ServerArgs) -> anyhow::Result<Self> {
-        if args.tls && !matches!(args.target, Target::Tcpchat | Target::Redis) {
+        if args.tls
+            && !matches!(
+                args.target,
+                Target::Tcpchat | Target::TcpchatNohistory | Target::Redis
+            )
+        {
             bail!(
                 "--tls is supported for tcpchat and redis only, not {}",
+                args.target
+            );
+        }
+        if args.durable && matches!(args.target, Target::Irc | Target::TcpchatNohistory) {
+            bail!(
+                "{} keeps no history: it has no place in a durable workload",
                 args.target
             );
         }
@@ -106,6 +128,7 @@ impl Server {
                     addr,
                     pid: args.pid,
                     connector,
+                    durable: args.durable,
                 },
                 process: None,
                 _certificate: None,
@@ -128,7 +151,7 @@ impl Server {
         // The harness's errors name the server and end with its last output.
         let process = spec.start()?;
         let addr = match (args.target, args.tls) {
-            (Target::Tcpchat, true) => process
+            (Target::Tcpchat | Target::TcpchatNohistory, true) => process
                 .tls_addr()
                 .context("tcpchat started without a TLS listener")?,
             _ => process.addr(),
@@ -144,6 +167,7 @@ impl Server {
                 addr,
                 pid: Some(process.pid()),
                 connector,
+                durable: args.durable,
             },
             process: Some(process),
             _certificate: certificate,
@@ -173,7 +197,9 @@ impl Server {
 }
 
 /// How to start `args.target` (never with `--addr`): its command line, with the
-/// certificate for TLS, and InspIRCd's configuration written into `dir`.
+/// certificate for TLS, InspIRCd's configuration written into `dir`, and every
+/// server's data (tcpchat's history, Redis's append-only file, JetStream's store)
+/// kept in `dir`, which goes with the run.
 fn spec(
     args: &ServerArgs,
     certificate: Option<&Certificate>,
@@ -188,7 +214,7 @@ fn spec(
         ))
     };
     Ok(match args.target {
-        Target::Tcpchat => {
+        Target::Tcpchat | Target::TcpchatNohistory => {
             let binary = match &args.server_bin {
                 Some(binary) => binary.clone(),
                 None => std::env::current_exe()
@@ -201,7 +227,15 @@ fn spec(
                     binary.display()
                 );
             }
-            let spec = Spec::tcpchat(binary);
+            // A fresh history for every run; with `--history off`, nothing should be
+            // written, but whatever is goes there too.
+            let data = data_dir(dir, "tcpchat")?;
+            let spec = Spec::tcpchat(binary).arg("--data-dir").arg(data);
+            let spec = if args.target == Target::TcpchatNohistory {
+                spec.args(["--history", "off"])
+            } else {
+                spec
+            };
             match certificate {
                 None => spec,
                 // On an ephemeral port too, which tcpchat logs.
@@ -215,14 +249,13 @@ fn spec(
         }
         Target::Redis => {
             let (addr, port) = free()?;
-            // Persistence off; as many clients as the idle workload holds.
+            // No snapshots (and, but for the durable workloads, no append-only file);
+            // as many clients as the idle workload holds.
             let spec = Spec::listening("redis-server", addr).args([
                 "--bind",
                 "127.0.0.1",
                 "--save",
                 "",
-                "--appendonly",
-                "no",
                 "--protected-mode",
                 "no",
                 "--maxclients",
@@ -230,6 +263,14 @@ fn spec(
                 "--daemonize",
                 "no",
             ]);
+            // Keeping what it delivers: the append-only file, fsynced every second
+            // (Redis's default policy for it), in the run's directory.
+            let spec = if args.durable {
+                spec.args(["--appendonly", "yes", "--appendfsync", "everysec", "--dir"])
+                    .arg(data_dir(dir, "redis")?)
+            } else {
+                spec.args(["--appendonly", "no"])
+            };
             match certificate {
                 None => spec.args(["--port", &port]),
                 // Only the TLS listener; clients are not asked for certificates.
@@ -246,7 +287,13 @@ fn spec(
         }
         Target::Nats => {
             let (addr, port) = free()?;
-            Spec::listening("nats-server", addr).args(["-a", "127.0.0.1", "-p", &port])
+            let spec = Spec::listening("nats-server", addr).args(["-a", "127.0.0.1", "-p", &port]);
+            if args.durable {
+                // JetStream, storing in the run's directory.
+                spec.args(["-js", "-sd"]).arg(data_dir(dir, "jetstream")?)
+            } else {
+                spec
+            }
         }
         Target::Irc => {
             let (addr, port) = free()?;
@@ -267,6 +314,13 @@ fn spec(
     })
 }
 
+/// A new directory `name` in `dir`, for a server's data.
+fn data_dir(dir: &TempDir, name: &str) -> anyhow::Result<PathBuf> {
+    let path = dir.path().join(name);
+    std::fs::create_dir_all(&path).with_context(|| format!("cannot create {}", path.display()))?;
+    Ok(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,6 +334,7 @@ mod tests {
             server_cpu: None,
             tls: false,
             tls_ca: None,
+            durable: false,
         }
     }
 
@@ -317,6 +372,50 @@ mod tests {
         assert_eq!(endpoint.pid, Some(42));
         assert_eq!(endpoint.transport(), Transport::Tcp);
         server.stop();
+    }
+
+    #[test]
+    fn durable_peers_keep_what_they_deliver_in_the_run_s_directory() {
+        let dir = TempDir::new("tcpchat-bench-test").unwrap();
+        let durable = |target| ServerArgs {
+            durable: true,
+            ..args(target)
+        };
+        let nats = format!("{:?}", spec(&durable(Target::Nats), None, &dir).unwrap());
+        assert!(nats.contains("\"-js\", \"-sd\""), "{nats}");
+        assert!(dir.path().join("jetstream").is_dir());
+        let redis = format!("{:?}", spec(&durable(Target::Redis), None, &dir).unwrap());
+        assert!(
+            redis.contains("\"--appendonly\", \"yes\", \"--appendfsync\", \"everysec\""),
+            "{redis}"
+        );
+        let plain = format!("{:?}", spec(&args(Target::Redis), None, &dir).unwrap());
+        assert!(plain.contains("\"--appendonly\", \"no\""), "{plain}");
+        assert!(!format!("{:?}", spec(&args(Target::Nats), None, &dir).unwrap()).contains("-js"));
+        let error = Server::start(&durable(Target::Irc))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("keeps no history"), "{error}");
+    }
+
+    #[test]
+    fn tcpchat_gets_a_fresh_data_dir_and_history_off_when_asked() {
+        let dir = TempDir::new("tcpchat-bench-test").unwrap();
+        // Any file will do: the spec is only built, not started.
+        let binary = std::env::current_exe().unwrap();
+        let tcpchat = |target| ServerArgs {
+            server_bin: Some(binary.clone()),
+            ..args(target)
+        };
+        let on = format!("{:?}", spec(&tcpchat(Target::Tcpchat), None, &dir).unwrap());
+        assert!(on.contains("\"--data-dir\""), "{on}");
+        assert!(!on.contains("\"--history\""), "{on}");
+        assert!(dir.path().join("tcpchat").is_dir());
+        let off = format!(
+            "{:?}",
+            spec(&tcpchat(Target::TcpchatNohistory), None, &dir).unwrap()
+        );
+        assert!(off.contains("\"--history\", \"off\""), "{off}");
     }
 
     #[test]
