@@ -41,11 +41,9 @@ use tracing::{debug, info, warn};
 
 use super::command::{Admitted, Command};
 use super::flood::TokenBucket;
+use super::replay::{Replay, ReplayCache};
 use super::ring::{self, Batch, Fetch, Ring, Subscriber};
-use crate::config::{
-    Config, HELD_BACK_DEPARTURE_CHECK, LINGER, MAX_HISTORY_REPLAY, REPLAY_CHUNK_EVENTS,
-    SLOW_VIEWER_LINGER,
-};
+use crate::config::{Config, HELD_BACK_DEPARTURE_CHECK, LINGER, SLOW_VIEWER_LINGER};
 use crate::protocol::handshake::Options;
 use crate::protocol::line::LineTooLong;
 use crate::protocol::wire::{Format, Notice, PerFormat};
@@ -69,6 +67,8 @@ pub(crate) struct Shared {
     welcome: PerFormat<Bytes>,
     /// The log, for replays; `None` with history off.
     store: Option<Arc<dyn Store>>,
+    /// Encoded parts of the log that concurrent replays share.
+    replays: Arc<ReplayCache>,
     viewer_backlog_bytes: usize,
     heartbeat_interval: Duration,
     shutdown_timeout: Duration,
@@ -86,6 +86,7 @@ impl Shared {
             chat_name: config.chat_name.clone(),
             welcome: PerFormat::from_fn(|format| format.welcome(&config.chat_name, 0)),
             store,
+            replays: Arc::new(ReplayCache::default()),
             viewer_backlog_bytes: config.viewer_backlog_bytes,
             heartbeat_interval: config.heartbeat_interval,
             shutdown_timeout: config.shutdown_timeout,
@@ -316,119 +317,6 @@ impl Feed {
 
     fn is_saying_goodbye(&self) -> bool {
         self.until != u64::MAX
-    }
-}
-
-/// A receiving member's replay of the log, before its live feed: the events after
-/// the one it asked for, up to the last one before it joined (its welcome's `@seq`),
-/// read a chunk at a time on a blocking thread, so that it holds one chunk at most.
-#[derive(Debug)]
-struct Replay {
-    /// The next event to send.
-    next: u64,
-    /// The last event to send: the live feed starts after it.
-    last: u64,
-    /// The chunk being read.
-    reading: Option<tokio::task::JoinHandle<Result<Chunk, StoreError>>>,
-}
-
-/// Part of a replay, encoded in the member's format.
-#[derive(Debug)]
-struct Chunk {
-    bytes: Bytes,
-    /// The next event to send after it.
-    next: u64,
-}
-
-impl Replay {
-    /// The replay `options` ask for, when the room's last event is `last`.
-    fn asked(options: &Options, last: u64) -> Option<Self> {
-        let next = match (options.since, options.history) {
-            (Some(since), _) => since.saturating_add(1),
-            (None, Some(n)) => last.saturating_sub(n.min(MAX_HISTORY_REPLAY)) + 1,
-            (None, None) => return None,
-        };
-        (next <= last).then_some(Self {
-            next,
-            last,
-            reading: None,
-        })
-    }
-
-    /// Whether it is done; if not, polls the chunk being read (starting one if
-    /// none is), and returns it once it is there.
-    fn poll_chunk(
-        &mut self,
-        cx: &mut Context<'_>,
-        store: Option<&Arc<dyn Store>>,
-        format: Format,
-    ) -> Poll<Result<Option<Bytes>, End>> {
-        if self.next > self.last {
-            return Poll::Ready(Ok(None));
-        }
-        let (next, last) = (self.next, self.last);
-        let Some(store) = store else {
-            // Nothing is kept: the whole range is a gap.
-            self.next = last + 1;
-            let mut out = BytesMut::new();
-            gap(&mut out, format, next, last);
-            return Poll::Ready(Ok(Some(out.freeze())));
-        };
-        let reading = self.reading.get_or_insert_with(|| {
-            let store = store.clone();
-            tokio::task::spawn_blocking(move || read_chunk(&*store, format, next, last))
-        });
-        let chunk = match Pin::new(reading).poll(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Ok(Ok(chunk))) => chunk,
-            Poll::Ready(Ok(Err(error))) => return Poll::Ready(Err(End::HistoryUnavailable(error))),
-            Poll::Ready(Err(error)) => {
-                return Poll::Ready(Err(End::HistoryUnavailable(StoreError::Sqlite(
-                    error.to_string(),
-                ))));
-            }
-        };
-        self.reading = None;
-        self.next = chunk.next;
-        Poll::Ready(Ok(Some(chunk.bytes)))
-    }
-}
-
-/// Reads and encodes the next chunk of a replay from `next` to `last`; a range the
-/// log no longer keeps becomes a gap notice.
-fn read_chunk(
-    store: &dyn Store,
-    format: Format,
-    next: u64,
-    last: u64,
-) -> Result<Chunk, StoreError> {
-    let wanted = usize::try_from(last - next + 1)
-        .unwrap_or(usize::MAX)
-        .min(REPLAY_CHUNK_EVENTS);
-    let events = store.read(next - 1, wanted)?;
-    let mut out = BytesMut::with_capacity(events.len() * 96);
-    let mut next = next;
-    for event in events.iter().take_while(|event| event.seq <= last) {
-        if event.seq > next {
-            gap(&mut out, format, next, event.seq - 1);
-        }
-        format.encode(event, &mut out);
-        next = event.seq + 1;
-    }
-    if events.is_empty() {
-        gap(&mut out, format, next, last);
-        next = last + 1;
-    }
-    Ok(Chunk {
-        bytes: out.freeze(),
-        next,
-    })
-}
-
-/// Appends the notice that events `from` to `to` are no longer kept.
-fn gap(out: &mut BytesMut, format: Format, from: u64, to: u64) {
-    if let Some(line) = format.notice(&Notice::Gap { from, to }) {
-        out.extend_from_slice(&line);
     }
 }
 
@@ -729,9 +617,10 @@ impl Member {
                         self.shared.viewer_backlog_bytes,
                     )?;
                 }
-                match replay.poll_chunk(cx, self.shared.store.as_ref(), self.format) {
+                let store = self.shared.store.as_ref();
+                match replay.poll_chunk(cx, store, &self.shared.replays, self.format) {
                     Poll::Pending => return Ok(wrote),
-                    Poll::Ready(Err(end)) => return Err(end),
+                    Poll::Ready(Err(error)) => return Err(End::HistoryUnavailable(error)),
                     Poll::Ready(Ok(Some(chunk))) => {
                         self.out = chunk;
                         self.out_from_feed = false;

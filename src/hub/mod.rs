@@ -17,6 +17,7 @@ mod command;
 pub mod flood;
 mod log;
 pub mod member;
+mod replay;
 pub mod ring;
 
 use std::collections::{HashMap, VecDeque};

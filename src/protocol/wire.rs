@@ -120,19 +120,50 @@ impl std::fmt::Display for Format {
 /// `@seq=N;time=T[;id=TOKEN] `: T in UTC with milliseconds.
 fn write_tags(event: &Event, out: &mut BytesMut) {
     use std::fmt::Write;
-    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(event.time_ms);
+    out.put_slice(b"@seq=");
     // Writing into a BytesMut cannot fail.
-    let _ = write!(
-        out,
-        "@seq={};time={}",
-        event.seq,
-        humantime::format_rfc3339_millis(time)
-    );
+    let _ = write!(out, "{}", event.seq);
+    out.put_slice(b";time=");
+    write_time(event.time_ms, out);
     if let Some(id) = &event.id {
         out.put_slice(b";id=");
         out.put_slice(id.as_bytes());
     }
     out.put_u8(b' ');
+}
+
+/// `2026-11-29T05:41:07.123Z`. Events come many to a second, so the date and time
+/// of the last second written are kept (per thread) and only the milliseconds are
+/// written anew: a replay of thousands of lines spends its time on the lines.
+fn write_time(time_ms: u64, out: &mut BytesMut) {
+    use std::cell::Cell;
+    thread_local! {
+        static LAST_SECOND: Cell<Option<(u64, [u8; 19])>> = const { Cell::new(None) };
+    }
+    let (seconds, millis) = (time_ms / 1000, time_ms % 1000);
+    let prefix = match LAST_SECOND.get() {
+        Some((cached, prefix)) if cached == seconds => prefix,
+        _ => {
+            let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds);
+            // `2026-11-29T05:41:07Z`: the first 19 bytes are the date and time.
+            let text = humantime::format_rfc3339_seconds(time).to_string();
+            let mut prefix = [b'0'; 19];
+            if let Some(head) = text.as_bytes().get(..19) {
+                prefix.copy_from_slice(head);
+            }
+            LAST_SECOND.set(Some((seconds, prefix)));
+            prefix
+        }
+    };
+    out.put_slice(&prefix);
+    let millis = [
+        b'.',
+        b'0' + (millis / 100) as u8,
+        b'0' + (millis / 10 % 10) as u8,
+        b'0' + (millis % 10) as u8,
+        b'Z',
+    ];
+    out.put_slice(&millis);
 }
 
 /// One value per [`Format`], indexed by it.
@@ -352,6 +383,20 @@ mod tests {
             &out[..],
             b"@seq=1234;time=2026-11-29T05:41:07.123Z alice: hello\n\
               @seq=1235;time=2026-11-29T05:41:07.123Z;id=k-1 alice: hello\n"
+        );
+        // Another millisecond of the same second, and another second.
+        let mut out = BytesMut::new();
+        posted.time_ms += 877;
+        Format::Tagged.encode(&posted, &mut out);
+        posted.time_ms += 1;
+        Format::Tagged.encode(&posted, &mut out);
+        posted.time_ms = 0;
+        Format::Tagged.encode(&posted, &mut out);
+        assert_eq!(
+            &out[..],
+            b"@seq=1235;time=2026-11-29T05:41:08.000Z;id=k-1 alice: hello\n\
+              @seq=1235;time=2026-11-29T05:41:08.001Z;id=k-1 alice: hello\n\
+              @seq=1235;time=1970-01-01T00:00:00.000Z;id=k-1 alice: hello\n"
         );
         assert_eq!(
             &Format::Tagged.welcome("x", 1233)[..],
