@@ -35,8 +35,8 @@ install_peers() {
 }
 
 # The arguments of `tcpchat-bench` naming target $1: tcpchat, tcpchat-nohistory
-# (tcpchat with --history off), redis, nats or irc, or tcpchat+tls or redis+tls for
-# the same server over TLS.
+# (tcpchat with --history off), tcpchat-fsync (tcpchat with --fsync), redis, nats or
+# irc, or tcpchat+tls or redis+tls for the same server over TLS.
 target_args() {
   case "$1" in
     *+tls) echo "--target ${1%+tls} --tls" ;;
@@ -67,7 +67,7 @@ run_targets() {
   if [ "${1:-}" = quick ]; then
     echo "tcpchat tcpchat-nohistory tcpchat+tls"
   else
-    echo "tcpchat tcpchat-nohistory redis nats irc tcpchat+tls redis+tls"
+    echo "tcpchat tcpchat-nohistory tcpchat-fsync redis nats irc tcpchat+tls redis+tls"
   fi
 }
 
@@ -93,16 +93,17 @@ workload_targets() {
 #
 # - durable-*: the fan-out again, against the peers that keep what they deliver:
 #   Redis Streams (append-only file on) and NATS JetStream (file storage); tcpchat as
-#   always, with its history.
+#   always, with its history, and tcpchat-fsync (--fsync), to price the fsync.
 # - catchup-*: a room of E messages, then V viewers at once each asking for the last
 #   E (tcpchat `viewer history=E tags`, Redis XREVRANGE, a JetStream consumer).
-# - latency-*: also on tcpchat-nohistory (--history off), to price the history.
+# - latency-*: also on tcpchat-nohistory (--history off), to price the history, and
+#   on tcpchat-fsync (--fsync), to price the fsync.
 workloads=(
   "fanout-4x100|fanout --viewers 100 --senders 4 --messages 50000|fanout-4x100|fanout --viewers 100 --senders 4 --messages 5000"
   "fanout-1x1000|fanout --viewers 1000 --senders 1 --messages 20000|fanout-1x1000|fanout --viewers 1000 --senders 1 --messages 2000"
-  "durable-4x100|fanout --durable --viewers 100 --senders 4 --messages 25000|durable-4x100|fanout --durable --viewers 100 --senders 4 --messages 5000|tcpchat redis nats|tcpchat"
-  "durable-1x1000|fanout --durable --viewers 1000 --senders 1 --messages 10000|durable-1x1000|fanout --durable --viewers 1000 --senders 1 --messages 2000|tcpchat redis nats|tcpchat"
-  "latency-10x100msgs|fanout --viewers 100 --senders 10 --messages 1000 --rate 100|latency-10x100msgs|fanout --viewers 100 --senders 10 --messages 200 --rate 100|tcpchat tcpchat-nohistory redis nats irc tcpchat+tls redis+tls|tcpchat tcpchat-nohistory tcpchat+tls"
+  "durable-4x100|fanout --durable --viewers 100 --senders 4 --messages 25000|durable-4x100|fanout --durable --viewers 100 --senders 4 --messages 5000|tcpchat tcpchat-fsync redis nats|tcpchat"
+  "durable-1x1000|fanout --durable --viewers 1000 --senders 1 --messages 10000|durable-1x1000|fanout --durable --viewers 1000 --senders 1 --messages 2000|tcpchat tcpchat-fsync redis nats|tcpchat"
+  "latency-10x100msgs|fanout --viewers 100 --senders 10 --messages 1000 --rate 100|latency-10x100msgs|fanout --viewers 100 --senders 10 --messages 200 --rate 100|tcpchat tcpchat-nohistory tcpchat-fsync redis nats irc tcpchat+tls redis+tls|tcpchat tcpchat-nohistory tcpchat+tls"
   "catchup-100x10k|catchup --viewers 100 --events 10000|catchup-10x1k|catchup --viewers 10 --events 1000|tcpchat redis nats|tcpchat"
   "idle-19000|conns --viewers 19000|idle-2000|conns --viewers 2000"
 )

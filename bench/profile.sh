@@ -5,11 +5,11 @@
 #
 #   bench/profile.sh TARGET WORKLOAD      e.g. bench/profile.sh tcpchat latency-10x100msgs
 #
-# TARGET: tcpchat, tcpchat-nohistory, redis, nats or irc (tcpchat+tls or redis+tls:
-# over TLS). WORKLOAD: a name from bench/lib.sh (fanout-4x100, fanout-1x1000,
-# durable-4x100, durable-1x1000, latency-10x100msgs, catchup-100x10k, idle-19000).
-# For idle-N only the one message to all is sampled: perf starts once the server
-# holds every connection and stops once the message has reached them all.
+# TARGET: tcpchat, tcpchat-nohistory, tcpchat-fsync, redis, nats or irc (tcpchat+tls
+# or redis+tls: over TLS). WORKLOAD: a name from bench/lib.sh (fanout-4x100,
+# fanout-1x1000, durable-4x100, durable-1x1000, latency-10x100msgs, catchup-100x10k,
+# idle-19000). For idle-N only the one message to all is sampled: perf starts once
+# the server holds every connection and stops once the message has reached them all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

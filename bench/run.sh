@@ -29,8 +29,9 @@ case "${1:-}" in
 esac
 
 # A target with +tls is the same server with every client over TLS (tcpchat and
-# Redis only); tcpchat-nohistory is tcpchat with --history off. Each workload runs
-# on the targets bench/lib.sh gives it.
+# Redis only); tcpchat-nohistory is tcpchat with --history off, tcpchat-fsync
+# tcpchat with --fsync (full run only). Each workload runs on the targets
+# bench/lib.sh gives it.
 runs=3
 results=bench/results/results.jsonl
 if [ "$quick" = 1 ]; then

@@ -35,6 +35,7 @@ pub const KEEP: u64 = 100_000;
 pub fn protocol(target: Target) -> &'static str {
     match target {
         Target::Tcpchat | Target::TcpchatNohistory => "tcpchat line mode, history kept",
+        Target::TcpchatFsync => "tcpchat line mode, history kept, --fsync",
         Target::Redis => "Redis Streams: XADD MAXLEN ~, XREAD BLOCK; AOF everysec",
         Target::Nats => "JetStream file storage: PUB with ack reply, push consumers",
         Target::Irc => "none",
@@ -44,7 +45,9 @@ pub fn protocol(target: Target) -> &'static str {
 /// What the JSON results say each target was asked in a catch-up run.
 pub fn catchup_protocol(target: Target) -> &'static str {
     match target {
-        Target::Tcpchat | Target::TcpchatNohistory => "viewer history=E tags",
+        Target::Tcpchat | Target::TcpchatNohistory | Target::TcpchatFsync => {
+            "viewer history=E tags"
+        }
         Target::Redis => "XREVRANGE + - COUNT E",
         Target::Nats => "JetStream push consumer by_start_sequence",
         Target::Irc => "none",
@@ -58,7 +61,7 @@ pub fn catchup_protocol(target: Target) -> &'static str {
 /// When the server refuses or closes, or for IRC, which keeps nothing.
 pub async fn open_room(endpoint: &Endpoint) -> io::Result<()> {
     match endpoint.target {
-        Target::Tcpchat | Target::TcpchatNohistory => Ok(()),
+        Target::Tcpchat | Target::TcpchatNohistory | Target::TcpchatFsync => Ok(()),
         Target::Irc => Err(io::Error::other("an IRC server keeps no history to read")),
         Target::Redis => {
             let mut stream = endpoint.connector.connect(endpoint.addr, None).await?;

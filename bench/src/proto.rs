@@ -23,6 +23,10 @@ pub enum Target {
     /// tcpchat, line mode, with `--history off` (nothing kept, no disk).
     #[serde(rename = "tcpchat-nohistory")]
     TcpchatNohistory,
+    /// tcpchat, line mode, with its defaults and `--fsync` (the history kept, every
+    /// commit of its log waiting for the disk).
+    #[serde(rename = "tcpchat-fsync")]
+    TcpchatFsync,
     /// redis-server, SUBSCRIBE / PUBLISH.
     Redis,
     /// nats-server, SUB / PUB.
@@ -36,6 +40,7 @@ impl fmt::Display for Target {
         f.write_str(match self {
             Self::Tcpchat => "tcpchat",
             Self::TcpchatNohistory => "tcpchat-nohistory",
+            Self::TcpchatFsync => "tcpchat-fsync",
             Self::Redis => "redis",
             Self::Nats => "nats",
             Self::Irc => "irc",
@@ -140,7 +145,7 @@ impl Target {
     /// When the server refuses or closes.
     pub async fn subscribe(self, stream: &mut Stream, id: usize) -> io::Result<()> {
         match self {
-            Self::Tcpchat | Self::TcpchatNohistory => {
+            Self::Tcpchat | Self::TcpchatNohistory | Self::TcpchatFsync => {
                 stream.send(b"viewer\n").await?;
                 read_until(stream, "the welcome", |l| l.starts_with("Welcome")).await
             }
@@ -178,7 +183,7 @@ impl Target {
     /// When the server refuses or closes.
     pub async fn join_sender(self, stream: &mut Stream, sender: u16) -> io::Result<()> {
         match self {
-            Self::Tcpchat | Self::TcpchatNohistory => {
+            Self::Tcpchat | Self::TcpchatNohistory | Self::TcpchatFsync => {
                 stream.send(format!("name:b{sender}\n").as_bytes()).await?;
                 read_until(stream, "the acknowledgement", |l| l.starts_with("*** ok")).await
             }
@@ -224,21 +229,26 @@ impl Target {
         match self {
             Self::Tcpchat => "tcpchat line mode, history kept",
             Self::TcpchatNohistory => "tcpchat line mode, --history off",
+            Self::TcpchatFsync => "tcpchat line mode, history kept, --fsync",
             Self::Redis => "Redis pub/sub",
             Self::Nats => "core NATS",
             Self::Irc => "IRC",
         }
     }
 
-    /// Whether this is tcpchat (with or without history): line mode.
+    /// Whether this is tcpchat (with or without history, with or without fsync):
+    /// line mode.
     pub fn is_tcpchat(self) -> bool {
-        matches!(self, Self::Tcpchat | Self::TcpchatNohistory)
+        matches!(
+            self,
+            Self::Tcpchat | Self::TcpchatNohistory | Self::TcpchatFsync
+        )
     }
 
     /// Appends one message carrying `payload` to `out`, as a sender sends it.
     pub fn encode(self, payload: &Payload, size: usize, out: &mut BytesMut) {
         match self {
-            Self::Tcpchat | Self::TcpchatNohistory => {
+            Self::Tcpchat | Self::TcpchatNohistory | Self::TcpchatFsync => {
                 payload.encode(size, out);
                 out.put_u8(b'\n');
             }

@@ -12,8 +12,11 @@
 //! The durable fan-out (`fanout --durable`) compares every server with the better of
 //! the peers that keep what they deliver (Redis Streams, JetStream); the catch-up
 //! (`catchup`) compares times with Redis's; tcpchat with `--history off`
-//! (`tcpchat-nohistory`) is compared with tcpchat in the latency workload. A last
-//! table checks those three against their targets.
+//! (`tcpchat-nohistory`) is compared with tcpchat in the latency workload. A table
+//! checks those three against their targets. A last one gives the cost of `--fsync`:
+//! tcpchat with it (`tcpchat-fsync`) against tcpchat with its defaults, in deliveries
+//! per second where the load is as fast as the server takes it and in p99 latency
+//! where it is paced.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -33,9 +36,10 @@ pub struct ReportArgs {
 }
 
 /// The servers in the order of the tables: plaintext, then TLS. Any other comes after.
-const SERVERS: [&str; 7] = [
+const SERVERS: [&str; 8] = [
     "tcpchat",
     "tcpchat-nohistory",
+    "tcpchat-fsync",
     "redis",
     "nats",
     "irc",
@@ -65,7 +69,8 @@ fn redis_for(server: &str) -> &'static str {
     }
 }
 
-/// Whether `server` is tcpchat (with or without history, over either transport).
+/// Whether `server` is tcpchat (with or without history or fsync, over either
+/// transport).
 fn is_tcpchat(server: &str) -> bool {
     server.starts_with("tcpchat")
 }
@@ -335,6 +340,7 @@ fn tables(results: &Results) -> String {
         },
     );
     out.push_str(&targets(results));
+    out.push_str(&fsync_cost(results));
     out
 }
 
@@ -400,6 +406,60 @@ fn targets(results: &Results) -> String {
         return String::new();
     }
     let mut out = "| Target | Measured | Held |\n| --- | --- | --- |\n".to_owned();
+    out.extend(rows);
+    out.push('\n');
+    out
+}
+
+/// The cost of `--fsync`: tcpchat with it against tcpchat with its defaults in the
+/// same runs, as deliveries per second in the workloads as fast as the server goes
+/// (fan-out, durable fan-out) and as p99 latency in the paced ones (where
+/// deliveries per second are the pace's).
+fn fsync_cost(results: &Results) -> String {
+    let mut rows = Vec::new();
+    let clean = |workload: &str| {
+        ["tcpchat", "tcpchat-fsync"]
+            .iter()
+            .all(|s| results.of(workload, s).is_some_and(Runs::clean))
+    };
+    for workload in &results.order {
+        let figure = |pointer: &str| {
+            Some((
+                results.of(workload, "tcpchat-fsync")?.median(pointer)?,
+                results.of(workload, "tcpchat")?.median(pointer)?,
+            ))
+        };
+        let row = match results.kinds.get(workload) {
+            Some(Kind::Throughput | Kind::Durable) => {
+                figure("/deliveries_per_sec").map(|(fsync, defaults)| {
+                    format!(
+                        "| {workload}: deliveries/s | {} ({} against {}) |",
+                        ratio(Some(fsync), Some(defaults)),
+                        number(Some(fsync), 0),
+                        number(Some(defaults), 0),
+                    )
+                })
+            }
+            Some(Kind::Latency) => figure("/latency_us/p99").map(|(fsync, defaults)| {
+                format!(
+                    "| {workload}: p99 latency | {} ({} us against {}) |",
+                    ratio(Some(fsync), Some(defaults)),
+                    number(Some(fsync), 0),
+                    number(Some(defaults), 0),
+                )
+            }),
+            _ => None,
+        };
+        if let Some(row) = row {
+            rows.push(format!("{row} {} |\n", yes_no(clean(workload))));
+        }
+    }
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut out = "| Cost of --fsync | tcpchat-fsync against tcpchat | Nothing lost |\n\
+                   | --- | --- | --- |\n"
+        .to_owned();
     out.extend(rows);
     out.push('\n');
     out
@@ -490,6 +550,7 @@ fn color(server: &str) -> &'static str {
     match server {
         "tcpchat" => "#2b7a78",
         "tcpchat-nohistory" => "#7fb8b6",
+        "tcpchat-fsync" => "#174e4c",
         "redis" => "#d1495b",
         "nats" => "#edae49",
         _ => "#6c6f93",
@@ -725,6 +786,70 @@ mod tests {
             titles.contains(&("durable-4x100", "deliveries/s")),
             "{titles:?}"
         );
+    }
+
+    /// tcpchat with `--fsync` beside tcpchat with its defaults: two durable fan-outs
+    /// and the paced latency workload (with history off too).
+    const FSYNC_RUNS: &str = r#"
+{"workload":"durable-4x100","target":"tcpchat","transport":"tcp","durable":true,"complete":true,"lost":0,"duplicated_or_reordered":0,"rate_per_sender":null,"server_cpu_us_per_delivery":0.03,"deliveries_per_sec":9000000.0,"latency_us":{"p50":1.0,"p99":2.0,"p999":3.0,"max":4.0}}
+{"workload":"durable-4x100","target":"tcpchat-fsync","transport":"tcp","durable":true,"complete":true,"lost":0,"duplicated_or_reordered":0,"rate_per_sender":null,"server_cpu_us_per_delivery":0.04,"deliveries_per_sec":6000000.0,"latency_us":{"p50":1.0,"p99":3.0,"p999":3.0,"max":4.0}}
+{"workload":"durable-4x100","target":"redis","transport":"tcp","durable":true,"complete":true,"lost":0,"duplicated_or_reordered":0,"rate_per_sender":null,"server_cpu_us_per_delivery":0.4,"deliveries_per_sec":2000000.0,"latency_us":{"p50":1.0,"p99":5.0,"p999":3.0,"max":4.0}}
+{"workload":"durable-1x1000","target":"tcpchat-fsync","transport":"tcp","durable":true,"complete":false,"lost":0,"duplicated_or_reordered":0,"rate_per_sender":null,"server_cpu_us_per_delivery":0.02,"deliveries_per_sec":4000000.0,"latency_us":{"p50":1.0,"p99":3.0,"p999":3.0,"max":4.0}}
+{"workload":"durable-1x1000","target":"tcpchat","transport":"tcp","durable":true,"complete":true,"lost":0,"duplicated_or_reordered":0,"rate_per_sender":null,"server_cpu_us_per_delivery":0.02,"deliveries_per_sec":5000000.0,"latency_us":{"p50":1.0,"p99":2.0,"p999":3.0,"max":4.0}}
+{"workload":"latency","target":"tcpchat","transport":"tcp","durable":false,"complete":true,"lost":0,"duplicated_or_reordered":0,"rate_per_sender":100.0,"server_cpu_us_per_delivery":2.5,"deliveries_per_sec":1.0,"latency_us":{"p50":400.0,"p99":1200.0,"p999":3.0,"max":4.0}}
+{"workload":"latency","target":"tcpchat-fsync","transport":"tcp","durable":false,"complete":true,"lost":0,"duplicated_or_reordered":0,"rate_per_sender":100.0,"server_cpu_us_per_delivery":2.6,"deliveries_per_sec":1.0,"latency_us":{"p50":500.0,"p99":3000.0,"p999":3.0,"max":4.0}}
+{"workload":"latency","target":"tcpchat-nohistory","transport":"tcp","durable":false,"complete":true,"lost":0,"duplicated_or_reordered":0,"rate_per_sender":100.0,"server_cpu_us_per_delivery":2.4,"deliveries_per_sec":1.0,"latency_us":{"p50":400.0,"p99":1000.0,"p999":3.0,"max":4.0}}
+"#;
+
+    #[test]
+    fn the_cost_of_fsync_against_tcpchat_s_defaults() {
+        let results = Results::parse(FSYNC_RUNS).unwrap();
+        assert_eq!(
+            results.servers,
+            ["tcpchat", "tcpchat-nohistory", "tcpchat-fsync", "redis"]
+        );
+        let table = tables(&results);
+        let cost: Vec<&str> = table
+            .lines()
+            .skip_while(|l| !l.starts_with("| Cost of --fsync |"))
+            .take_while(|l| !l.is_empty())
+            .collect();
+        assert_eq!(
+            cost,
+            [
+                "| Cost of --fsync | tcpchat-fsync against tcpchat | Nothing lost |",
+                "| --- | --- | --- |",
+                "| durable-4x100: deliveries/s | 0.67x (6,000,000 against 9,000,000) | yes |",
+                "| durable-1x1000: deliveries/s | 0.80x (4,000,000 against 5,000,000) | NO |",
+                "| latency: p99 latency | 2.50x (3,000 us against 1,200) | yes |",
+            ],
+            "{table}"
+        );
+        // A durable server of its own, compared with the better peer, never one.
+        assert!(
+            table.contains(
+                "| durable-4x100 | tcpchat-fsync | 1 | yes | 6,000,000 | 3.00x | 40 | 3 |"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains("| durable-4x100: tcpchat at least 3x the better durable peer's deliveries/s | 4.50x redis"),
+            "{table}"
+        );
+        assert!(table.contains("| latency: p99 with history at most 1.25x without | 1.20 "));
+        // Without tcpchat-fsync's runs, no such table.
+        assert!(!tables(&Results::parse(HISTORY_RUNS).unwrap()).contains("Cost of --fsync"));
+        // Its bars have a colour of their own.
+        let colours: Vec<&str> = results.servers.iter().map(|s| color(s)).collect();
+        for (i, colour) in colours.iter().enumerate() {
+            assert!(!colours[..i].contains(colour), "{colours:?}");
+        }
+        let latency = panels(&results)
+            .into_iter()
+            .find(|p| p.title == "latency")
+            .unwrap();
+        let bars: Vec<&str> = latency.bars.iter().map(|b| b.0.as_str()).collect();
+        assert_eq!(bars, ["tcpchat", "tcpchat-nohistory", "tcpchat-fsync"]);
     }
 
     #[test]

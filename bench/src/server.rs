@@ -3,7 +3,8 @@
 //!
 //! Each target's command line lives here: tcpchat on an ephemeral port it reports
 //! in its log, keeping its history in a fresh `--data-dir` (or with `--history off`
-//! as `tcpchat-nohistory`); redis-server, nats-server and InspIRCd on a free port,
+//! as `tcpchat-nohistory`, or waiting for the disk at every commit of it with
+//! `--fsync` as `tcpchat-fsync`); redis-server, nats-server and InspIRCd on a free port,
 //! each with the settings of docs/BENCHMARKS.md ("The peers"). For the workloads of
 //! servers that keep what they deliver (`durable`), redis-server also writes its
 //! append-only file and nats-server runs JetStream, both in the run's temporary
@@ -100,7 +101,7 @@ impl Server {
         if args.tls
             && !matches!(
                 args.target,
-                Target::Tcpchat | Target::TcpchatNohistory | Target::Redis
+                Target::Tcpchat | Target::TcpchatNohistory | Target::TcpchatFsync | Target::Redis
             )
         {
             bail!(
@@ -151,7 +152,7 @@ impl Server {
         // The harness's errors name the server and end with its last output.
         let process = spec.start()?;
         let addr = match (args.target, args.tls) {
-            (Target::Tcpchat | Target::TcpchatNohistory, true) => process
+            (Target::Tcpchat | Target::TcpchatNohistory | Target::TcpchatFsync, true) => process
                 .tls_addr()
                 .context("tcpchat started without a TLS listener")?,
             _ => process.addr(),
@@ -214,7 +215,7 @@ fn spec(
         ))
     };
     Ok(match args.target {
-        Target::Tcpchat | Target::TcpchatNohistory => {
+        Target::Tcpchat | Target::TcpchatNohistory | Target::TcpchatFsync => {
             let binary = match &args.server_bin {
                 Some(binary) => binary.clone(),
                 None => std::env::current_exe()
@@ -228,13 +229,14 @@ fn spec(
                 );
             }
             // A fresh history for every run; with `--history off`, nothing should be
-            // written, but whatever is goes there too.
+            // written, but whatever is goes there too. With `--fsync`, the log's
+            // commits wait for that directory's disk.
             let data = data_dir(dir, "tcpchat")?;
             let spec = Spec::tcpchat(binary).arg("--data-dir").arg(data);
-            let spec = if args.target == Target::TcpchatNohistory {
-                spec.args(["--history", "off"])
-            } else {
-                spec
+            let spec = match args.target {
+                Target::TcpchatNohistory => spec.args(["--history", "off"]),
+                Target::TcpchatFsync => spec.arg("--fsync"),
+                _ => spec,
             };
             match certificate {
                 None => spec,
@@ -399,7 +401,7 @@ mod tests {
     }
 
     #[test]
-    fn tcpchat_gets_a_fresh_data_dir_and_history_off_when_asked() {
+    fn tcpchat_gets_a_fresh_data_dir_and_history_off_or_fsync_when_asked() {
         let dir = TempDir::new("tcpchat-bench-test").unwrap();
         // Any file will do: the spec is only built, not started.
         let binary = std::env::current_exe().unwrap();
@@ -410,12 +412,21 @@ mod tests {
         let on = format!("{:?}", spec(&tcpchat(Target::Tcpchat), None, &dir).unwrap());
         assert!(on.contains("\"--data-dir\""), "{on}");
         assert!(!on.contains("\"--history\""), "{on}");
+        assert!(!on.contains("\"--fsync\""), "{on}");
         assert!(dir.path().join("tcpchat").is_dir());
         let off = format!(
             "{:?}",
             spec(&tcpchat(Target::TcpchatNohistory), None, &dir).unwrap()
         );
         assert!(off.contains("\"--history\", \"off\""), "{off}");
+        assert!(!off.contains("\"--fsync\""), "{off}");
+        let fsync = format!(
+            "{:?}",
+            spec(&tcpchat(Target::TcpchatFsync), None, &dir).unwrap()
+        );
+        assert!(fsync.contains("\"--fsync\""), "{fsync}");
+        assert!(fsync.contains("\"--data-dir\""), "{fsync}");
+        assert!(!fsync.contains("\"--history\""), "{fsync}");
     }
 
     #[test]
