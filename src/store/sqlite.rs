@@ -63,8 +63,64 @@ pub struct SqliteStore {
     writer: Mutex<Writer>,
     readers: Mutex<Vec<Connection>>,
     max_events: u64,
+    /// Stops the checkpointer when the store is dropped.
+    _checkpointer: Option<Checkpointer>,
     /// Held for the store's life: another server cannot take the directory.
     _lock: Flock<File>,
+}
+
+/// How often the WAL is copied back into the database, off the writer's thread.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The thread that checkpoints the WAL, so that no commit ever waits for a
+/// checkpoint (and, without `fsync`, for the disk). Stopped, after one last
+/// checkpoint, when dropped.
+#[derive(Debug)]
+struct Checkpointer {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(file: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(file)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("tcpchat-checkpoint".to_owned())
+            .spawn(move || {
+                loop {
+                    let last = !matches!(
+                        stopped.recv_timeout(CHECKPOINT_EVERY),
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                    );
+                    // PASSIVE: copies what it can without waiting for anyone; the next
+                    // round does the rest.
+                    if let Err(error) =
+                        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!(%error, "cannot checkpoint the room's log");
+                    }
+                    if last {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Sqlite(format!("cannot start the checkpoint thread: {e}")))?;
+        Ok(Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -114,7 +170,10 @@ impl SqliteStore {
             StoreError::Sqlite(reason) => directory_error(reason),
             other => other,
         })?;
+        let checkpointer =
+            Checkpointer::start(&file).map_err(|e| directory_error(e.to_string()))?;
         Ok(Arc::new(Self {
+            _checkpointer: Some(checkpointer),
             file,
             writer: Mutex::new(Writer { conn, first_kept }),
             readers: Mutex::new(Vec::new()),
@@ -190,6 +249,10 @@ fn prepare(conn: &Connection, file: &Path, fsync: bool) -> Result<Option<u64>, S
         )));
     }
     conn.pragma_update(None, "synchronous", if fsync { "FULL" } else { "NORMAL" })?;
+    // Checkpoints run on a thread of their own (`Checkpointer`), never in a commit;
+    // the WAL file is cut back to this size after each one.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
     // Creating the tables is also the proof that the directory is writable: a
     // read-only one fails here, at start, not at the first message.
     conn.execute_batch(&format!(
@@ -457,7 +520,10 @@ mod tests {
                 let last = chunk[chunk.len() - 1].seq;
                 let first = store.first_kept().unwrap().unwrap();
                 let kept = last - first + 1;
-                assert!(kept == last.min(100) || (100..=112).contains(&kept), "{kept}");
+                assert!(
+                    kept == last.min(100) || (100..=112).contains(&kept),
+                    "{kept}"
+                );
             }
             let first = store.first_kept().unwrap().unwrap();
             let kept = store.read(0, 10_000).unwrap();
