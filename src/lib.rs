@@ -15,7 +15,8 @@
 //!   order of events and their sequence numbers. A plain struct; imports nothing else
 //!   of the crate.
 //! - [`tls`]: certificates and keys to rustls configs, reloadable on the server.
-//! - [`client`]: the `viewer`, `messenger` and `chat` programs.
+//! - [`client`]: the `viewer`, `messenger`, `chat` and `history` programs, and the
+//!   reconnecting session behind `chat` and `viewer`.
 //! - [`config`]: every default and limit, in one place.
 //! - [`socket`]: socket options shared by the server and the clients.
 //!

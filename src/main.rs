@@ -32,8 +32,13 @@ struct Cli {
 enum Command {
     /// Run the chat server.
     Serve(Box<ServeArgs>),
-    /// Show the room, one line per event (Ctrl-C to leave).
-    Viewer(Target),
+    /// Show the room, one line per event (Ctrl-C to leave); reconnects by itself.
+    Viewer {
+        #[command(flatten)]
+        history: HistoryArg,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Send lines to the room under a name (`quit` or `exit` to leave).
     Messenger {
         /// The name to send under; asked for when not given.
@@ -42,14 +47,39 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Show the room and send what you type, in one program.
+    /// Show the room and send what you type, in one program; reconnects by itself,
+    /// losing nothing.
     Chat {
         /// The name to send under.
         #[arg(long)]
         name: String,
         #[command(flatten)]
+        history: HistoryArg,
+        #[command(flatten)]
         target: Target,
     },
+    /// Print the room's recent events and exit.
+    History {
+        /// The last N events of the room's log (the server gives at most 10000)
+        /// [default: 20].
+        #[arg(long, value_name = "N", conflicts_with = "since")]
+        last: Option<u32>,
+        /// Every event after this seq that the log still keeps.
+        #[arg(long, value_name = "SEQ")]
+        since: Option<u64>,
+        /// One JSON object per line: {"seq":N,"time":"...","id":"...","text":"..."}.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct HistoryArg {
+    /// Events of the room's log to show on joining (0 for none).
+    #[arg(long = "history", value_name = "N", default_value_t = client::session::DEFAULT_HISTORY)]
+    events: u32,
 }
 
 #[derive(Debug, clap::Args)]
@@ -133,11 +163,36 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Serve(args) => serve(*args),
-        Command::Viewer(target) => run_client(|| client::viewer::run(target.server())),
+        Command::Viewer { history, target } => {
+            run_client(|| client::viewer::run(target.server(), history.events))
+        }
         Command::Messenger { name, target } => {
             run_client(|| client::messenger::run(target.server(), name.clone()))
         }
-        Command::Chat { name, target } => run_client(|| client::chat::run(target.server(), &name)),
+        Command::Chat {
+            name,
+            history,
+            target,
+        } => run_client(|| client::chat::run(target.server(), &name, history.events)),
+        Command::History {
+            last,
+            since,
+            json,
+            target,
+        } => {
+            let range = match since {
+                Some(seq) => client::history::Range::Since(seq),
+                None => {
+                    client::history::Range::Last(last.unwrap_or(client::session::DEFAULT_HISTORY))
+                }
+            };
+            let output = if json {
+                client::history::Output::Json
+            } else {
+                client::history::Output::Plain
+            };
+            run_client(|| client::history::run(target.server(), range, output))
+        }
     };
     // Flushes the log. Bounded; and whatever the log's sink does (a closed pipe, a
     // stopped reader), it cannot change how we exit.

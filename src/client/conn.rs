@@ -1,8 +1,8 @@
 //! Connecting to a tcpchat server and reading its lines: what every client shares.
 //!
 //! Clients speak line mode, over plain TCP or TLS, with the handshake from
-//! [`handshake::encode_line_handshake`] and the server's lines cut by the same
-//! [`LineFramer`] the server uses.
+//! [`handshake::encode_line_handshake`] (what to ask for is a [`Handshake`]) and the
+//! server's lines cut by the same [`LineFramer`] the server uses.
 
 use std::collections::VecDeque;
 use std::io;
@@ -108,6 +108,74 @@ pub enum ClientError {
     /// The server sent something no tcpchat server sends.
     #[error("unexpected answer from the server: {0:?}")]
     Unexpected(String),
+    /// The user left while typed lines had still not reached the room (the
+    /// server stayed unreachable).
+    #[error(
+        "{lines} typed line{} did not reach the room before leaving",
+        if *.lines == 1 { "" } else { "s" }
+    )]
+    Undelivered {
+        /// How many.
+        lines: usize,
+    },
+}
+
+/// What a client asks for in its handshake line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handshake {
+    /// Viewer, messenger or chatter.
+    pub role: Role,
+    /// The name, for messengers and chatters.
+    pub name: Option<String>,
+    /// `heartbeat`: `*** ping` after a quiet interval.
+    pub heartbeat: bool,
+    /// `goodbye`: `*** bye: ...` before a close at shutdown.
+    pub goodbye: bool,
+    /// `tags`: events tagged with `@seq=N;time=...;id=...`, the welcome with the
+    /// last seq, and a `*** token: SECRET` to reclaim the name with.
+    pub tags: bool,
+    /// `history=N`: the last N events of the room's log after the welcome.
+    pub history: Option<u32>,
+    /// `since=SEQ`: every event after SEQ after the welcome (wins over `history`).
+    pub since: Option<u64>,
+    /// `token=SECRET`: take the name over from a connection holding that secret.
+    pub token: Option<String>,
+}
+
+impl Handshake {
+    /// `role` (under `name`) with heartbeats and goodbyes, as every tcpchat client
+    /// asks, and nothing else.
+    pub fn new(role: Role, name: Option<&str>) -> Self {
+        Self {
+            role,
+            name: name.map(str::to_owned),
+            heartbeat: true,
+            goodbye: true,
+            tags: false,
+            history: None,
+            since: None,
+            token: None,
+        }
+    }
+
+    /// The handshake line, `\n` included. A token that could not be one word of
+    /// the line (the server never sends one) is left out.
+    pub fn line(&self) -> String {
+        let options = Options {
+            heartbeat: self.heartbeat,
+            goodbye: self.goodbye,
+            tags: self.tags,
+            history: self.history.map(u64::from),
+            since: self.since,
+            token: self.token.clone().filter(|token| is_word(token)),
+        };
+        handshake::encode_line_handshake(self.role, self.name.as_deref(), &options)
+    }
+}
+
+/// Non-empty, printable, and without whitespace.
+fn is_word(text: &str) -> bool {
+    !text.is_empty() && !text.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 /// Reads the server's lines.
@@ -214,14 +282,17 @@ impl Connection {
         role: Role,
         name: Option<&str>,
     ) -> Result<Self, ClientError> {
+        Self::open_with(server, &Handshake::new(role, name)).await
+    }
+
+    /// Connects to `host:port`, sends `hello` and waits for the server's answer.
+    ///
+    /// # Errors
+    /// As [`Connection::open`].
+    pub async fn open_with(server: &Server, hello: &Handshake) -> Result<Self, ClientError> {
+        let role = hello.role;
         let (read, mut writer) = connect(server).await?;
-        let options = Options {
-            heartbeat: true,
-            goodbye: true,
-            ..Options::default()
-        };
-        let hello = handshake::encode_line_handshake(role, name, &options);
-        writer.write_all(hello.as_bytes()).await?;
+        writer.write_all(hello.line().as_bytes()).await?;
         let mut reader = LineReader::new(read);
         let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.next_line())
             .await
@@ -343,6 +414,37 @@ pub fn is_quit(line: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn handshake_lines_carry_the_options_asked_for() {
+        let plain = Handshake::new(Role::Viewer, None);
+        assert_eq!(plain.line(), "viewer heartbeat goodbye\n");
+        let resume = Handshake {
+            tags: true,
+            since: Some(1200),
+            token: Some("Zx9-_a".into()),
+            ..Handshake::new(Role::Chatter, Some("alice"))
+        };
+        assert_eq!(
+            resume.line(),
+            "chat:alice heartbeat goodbye tags since=1200 token=Zx9-_a\n"
+        );
+        let history = Handshake {
+            heartbeat: false,
+            goodbye: false,
+            tags: true,
+            history: Some(20),
+            ..Handshake::new(Role::Viewer, None)
+        };
+        assert_eq!(history.line(), "viewer tags history=20\n");
+        for bad in ["", "a b", "a\nviewer"] {
+            let hello = Handshake {
+                token: Some(bad.into()),
+                ..Handshake::new(Role::Chatter, Some("bob"))
+            };
+            assert_eq!(hello.line(), "chat:bob heartbeat goodbye\n", "{bad:?}");
+        }
+    }
 
     #[test]
     fn quit_words_match_the_original_messenger() {

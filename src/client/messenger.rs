@@ -24,20 +24,12 @@ pub async fn run(server: Server, name: Option<String>) -> Result<(), ClientError
             .map_err(std::io::Error::other)??,
     };
     let conn = Connection::open(&server, Role::Messenger, Some(&name)).await?;
-    talk(conn, &name, false).await
+    talk(conn, &name).await
 }
 
-/// The loop both senders share: typed lines go to the server; with `show_room`,
-/// the room's lines are shown above the line being typed.
-pub(super) async fn talk(
-    mut conn: Connection,
-    name: &str,
-    show_room: bool,
-) -> Result<(), ClientError> {
-    let mut terminal = Terminal::start(format!("{name}> "));
-    if show_room {
-        terminal.print(&conn.greeting);
-    }
+/// Typed lines go to the server until the user leaves.
+async fn talk(mut conn: Connection, name: &str) -> Result<(), ClientError> {
+    let mut terminal = Terminal::start(format!("{name}> "), false);
     let result = loop {
         tokio::select! {
             input = terminal.next() => match input {
@@ -52,8 +44,9 @@ pub(super) async fn talk(
                 }
                 Input::End => break Ok(()),
             },
+            // A messenger receives no chat traffic, but the server's goodbye, an
+            // error, or its silence end the conversation.
             line = conn.reader.next_chat_line(Some(SERVER_SILENCE_LIMIT)) => match line {
-                Ok(line) if show_room => terminal.print(&line),
                 Ok(_) => {}
                 Err(e) => break Err(e),
             },

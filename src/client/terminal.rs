@@ -4,13 +4,24 @@
 //! from the server go through its external printer, which prints them above the line
 //! being typed and redraws it. When stdin or stdout is not a terminal (scripts,
 //! tests), lines are read and printed plainly, with no prompt.
+//!
+//! A line typed and sent is erased from the screen: the room's own version of it
+//! (`bob: hello`, with its time) is what shows it was sent, once it lands, so it is
+//! never on screen twice. From Enter until the erasing is done, lines from the
+//! server wait, so that the erasing always hits the typed line.
 
 use std::io::{BufRead, IsTerminal, Write};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use nix::sys::termios::{self, SetArg, Termios};
 use rustyline::error::ReadlineError;
-use rustyline::{DefaultEditor, ExternalPrinter};
+use rustyline::{
+    Cmd, ConditionalEventHandler, DefaultEditor, Event, EventContext, EventHandler,
+    ExternalPrinter, KeyCode, KeyEvent, Modifiers, RepeatCount,
+};
 use tokio::sync::mpsc;
+use unicode_width::UnicodeWidthStr;
 
 /// What the person at the keyboard did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,20 +38,25 @@ pub struct Terminal {
     printer: Option<Box<dyn ExternalPrinter + Send>>,
     /// The terminal's settings before the editor changed them.
     saved: Option<Termios>,
+    /// Closed while a typed line is being erased.
+    gate: Arc<Gate>,
 }
 
 impl Terminal {
-    /// Starts reading lines, showing `prompt` when on a terminal.
-    pub fn start(prompt: String) -> Self {
+    /// Starts reading lines, showing `prompt` when on a terminal. With
+    /// `erase_typed`, each line typed is erased from the screen once entered.
+    pub fn start(prompt: String, erase_typed: bool) -> Self {
         let (tx, input) = mpsc::channel(16);
         let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
         let editor = interactive.then(DefaultEditor::new).and_then(Result::ok);
+        let gate = Arc::new(Gate::default());
         let Some(mut editor) = editor else {
             std::thread::spawn(move || read_plain(&tx));
             return Self {
                 input,
                 printer: None,
                 saved: None,
+                gate,
             };
         };
         let saved = termios::tcgetattr(std::io::stdin()).ok();
@@ -48,11 +64,19 @@ impl Terminal {
             .create_external_printer()
             .ok()
             .map(|p| Box::new(p) as Box<dyn ExternalPrinter + Send>);
-        std::thread::spawn(move || read_edited(&mut editor, &prompt, &tx));
+        let erasing = erase_typed.then(|| {
+            editor.bind_sequence(
+                KeyEvent(KeyCode::Enter, Modifiers::NONE),
+                EventHandler::Conditional(Box::new(CloseOnEnter(gate.clone()))),
+            );
+            gate.clone()
+        });
+        std::thread::spawn(move || read_edited(&mut editor, &prompt, &tx, erasing.as_deref()));
         Self {
             input,
             printer,
             saved,
+            gate,
         }
     }
 
@@ -63,6 +87,7 @@ impl Terminal {
 
     /// Shows a line from the server above the line being typed.
     pub fn print(&mut self, line: &str) {
+        self.gate.wait_open();
         if let Some(printer) = &mut self.printer
             && printer.print(format!("{line}\n")).is_ok()
         {
@@ -86,9 +111,95 @@ impl Drop for Terminal {
     }
 }
 
-fn read_edited(editor: &mut DefaultEditor, prompt: &str, tx: &mpsc::Sender<Input>) {
+/// Closed from the moment Enter is pressed until the typed line is erased. Never
+/// closed for long: a line printed meanwhile waits a few microseconds (and at most
+/// [`Gate::MAX_WAIT`], should the editor thread be stuck).
+#[derive(Debug, Default)]
+struct Gate {
+    closed: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl Gate {
+    const MAX_WAIT: Duration = Duration::from_millis(500);
+
+    fn set(&self, closed: bool) {
+        let mut state = self
+            .closed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *state = closed;
+        if !closed {
+            self.opened.notify_all();
+        }
+    }
+
+    fn wait_open(&self) {
+        let state = self
+            .closed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _ = self
+            .opened
+            .wait_timeout_while(state, Self::MAX_WAIT, |closed| *closed);
+    }
+}
+
+/// Bound to Enter: closes the gate, then lets the editor accept the line as usual.
+struct CloseOnEnter(Arc<Gate>);
+
+impl ConditionalEventHandler for CloseOnEnter {
+    fn handle(&self, _: &Event, _: RepeatCount, _: bool, _: &EventContext) -> Option<Cmd> {
+        self.0.set(true);
+        None
+    }
+}
+
+/// How many rows of the screen `prompt` and the typed `line` took, `columns` wide.
+/// The editor ends an accepted line with a newline, so the cursor is on the row
+/// after them.
+fn input_rows(prompt: &str, line: &str, columns: usize) -> usize {
+    let columns = columns.max(1);
+    line.split('\n')
+        .enumerate()
+        .map(|(i, part)| {
+            let width = part.width() + if i == 0 { prompt.width() } else { 0 };
+            // A row filled to the last column puts the cursor on a fresh one.
+            width / columns + 1
+        })
+        .sum()
+}
+
+/// Erases the typed line the editor left on screen, moving the cursor up to where
+/// its prompt was.
+fn erase_input(editor: &mut DefaultEditor, prompt: &str, line: &str) {
+    let Some((columns, _)) = editor.dimensions() else {
+        return;
+    };
+    let rows = input_rows(prompt, line, usize::from(columns));
+    let mut stdout = std::io::stdout().lock();
+    let _ = write!(stdout, "\r\x1b[{rows}A\x1b[J");
+    let _ = stdout.flush();
+}
+
+/// Reads lines with the editor; with `erasing`, erases each from the screen and
+/// then opens that gate.
+fn read_edited(
+    editor: &mut DefaultEditor,
+    prompt: &str,
+    tx: &mpsc::Sender<Input>,
+    erasing: Option<&Gate>,
+) {
     loop {
-        match editor.readline(prompt) {
+        let read = editor.readline(prompt);
+        if let Some(gate) = erasing {
+            if let Ok(line) = &read {
+                erase_input(editor, prompt, line);
+            }
+            // Before waiting on the channel: its reader may be waiting for the gate.
+            gate.set(false);
+        }
+        match read {
             Ok(line) => {
                 if !line.trim().is_empty() {
                     let _ = editor.add_history_entry(line.as_str());
@@ -135,5 +246,43 @@ pub fn ask_name() -> std::io::Result<String> {
         if !name.is_empty() {
             return Ok(name.to_owned());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typed_lines_take_rows_by_their_width() {
+        assert_eq!(input_rows("bob> ", "", 80), 1);
+        assert_eq!(input_rows("bob> ", "hello", 80), 1);
+        // 5 + 74 = 79 columns: one row. 5 + 75 = 80: the cursor wraps to a second.
+        assert_eq!(input_rows("bob> ", &"x".repeat(74), 80), 1);
+        assert_eq!(input_rows("bob> ", &"x".repeat(75), 80), 2);
+        assert_eq!(input_rows("bob> ", &"x".repeat(200), 80), 3);
+        // Wide characters count twice.
+        assert_eq!(input_rows("bob> ", &"雪".repeat(40), 80), 2);
+        // A pasted line break starts a row of its own.
+        assert_eq!(input_rows("bob> ", "one\ntwo", 80), 2);
+        assert_eq!(input_rows("bob> ", "x", 0), 7);
+    }
+
+    #[test]
+    fn the_gate_lets_printing_through_once_opened() {
+        let gate = Arc::new(Gate::default());
+        gate.wait_open();
+        gate.set(true);
+        let opener = {
+            let gate = gate.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                gate.set(false);
+            })
+        };
+        let started = std::time::Instant::now();
+        gate.wait_open();
+        assert!(started.elapsed() < Gate::MAX_WAIT);
+        opener.join().unwrap();
     }
 }

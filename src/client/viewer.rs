@@ -1,31 +1,44 @@
 //! `tcpchat viewer`: shows the room, one line per event, until Ctrl-C.
+//!
+//! It runs a viewer [`Session`]: the last events on joining, each with its local
+//! time, and a lost connection or a server restart is resumed where it left off.
 
 use std::io::Write;
 
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::conn::{ClientError, Connection, SERVER_SILENCE_LIMIT, Server};
-use crate::room::Role;
+use super::conn::{ClientError, Server};
+use super::display::Style;
+use super::session::{Session, SessionOptions};
 
-/// Connects as a viewer and prints every line until Ctrl-C (`Ok`) or until the
-/// server refuses, goes away or falls silent (the error says which).
+/// Connects as a viewer, shows the last `history` events, and prints every event
+/// until Ctrl-C (`Ok`) or until the server refuses or ends the session for a reason
+/// that reconnecting cannot fix (the error says which).
 ///
 /// # Errors
 /// [`ClientError`].
-pub async fn run(server: Server) -> Result<(), ClientError> {
+pub async fn run(server: Server, history: u32) -> Result<(), ClientError> {
     // Registered before anything is shown, so a Ctrl-C is never the default "kill".
     let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut conn = Connection::open(&server, Role::Viewer, None).await?;
+    let options = SessionOptions {
+        history,
+        ..SessionOptions::viewer(server)
+    };
+    let mut session = Session::start(options).await?;
+    let style = Style::for_stdout();
     let mut stdout = std::io::stdout();
-    let mut line = conn.greeting.clone();
     loop {
-        if writeln!(stdout, "{line}").is_err() {
-            // Nobody is reading our output any more: leave quietly.
-            return Ok(());
-        }
-        line = tokio::select! {
+        tokio::select! {
             _ = interrupt.recv() => return Ok(()),
-            line = conn.reader.next_chat_line(Some(SERVER_SILENCE_LIMIT)) => line?,
-        };
+            update = session.next() => match update {
+                Some(update) => {
+                    if writeln!(stdout, "{}", style.render(&update)).is_err() {
+                        // Nobody is reading our output any more: leave quietly.
+                        return Ok(());
+                    }
+                }
+                None => return session.finish().await,
+            },
+        }
     }
 }

@@ -121,10 +121,13 @@ impl Lines {
         Self(rx)
     }
 
+    /// The next line, without the time the viewer puts before events.
     fn next_within(&self, limit: Duration) -> String {
-        self.0
+        let line = self
+            .0
             .recv_timeout(limit)
-            .unwrap_or_else(|_| panic!("no line within {limit:?}"))
+            .unwrap_or_else(|_| panic!("no line within {limit:?}"));
+        crate::cli::untimed(&line).to_owned()
     }
 }
 
@@ -215,7 +218,7 @@ fn a_vanished_peer_is_announced_within_the_dead_peer_timeout() {
             continue;
         };
         if line.ends_with("has left the chat") {
-            gone.push(line);
+            gone.push(crate::cli::untimed(&line).to_owned());
         }
     }
     gone.sort();

@@ -8,6 +8,7 @@
 mod common;
 
 mod cli;
+mod client_resume;
 mod crash;
 mod dead_peers;
 mod departures;
