@@ -83,8 +83,11 @@ impl Options {
             None if word == "tags" => self.tags = true,
             Some(("history", value)) => self.history = Some(number(value)?),
             Some(("since", value)) => self.since = Some(number(value)?),
+            // Not echoed: whatever was sent as a secret stays out of replies and logs.
             Some(("token", value)) if value.is_empty() || value.len() > MAX_TOKEN_CHARS => {
-                return Err(bad("a token is 1 to 64 characters"));
+                return Err(HandshakeError::BadOption(
+                    "token=...: a token is 1 to 64 characters".to_owned(),
+                ));
             }
             Some(("token", value)) => self.token = Some(value.to_owned()),
             _ => return Err(HandshakeError::UnknownOption(word.to_owned())),
