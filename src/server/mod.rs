@@ -61,10 +61,7 @@ pub struct Prepared {
 pub fn prepare(config: Config) -> anyhow::Result<Prepared> {
     let store: Option<Arc<dyn Store>> = match config.history {
         Switch::On => {
-            let options = sqlite::Options {
-                max_events: config.history_max_events,
-                fsync: config.fsync,
-            };
+            let options = sqlite::Options::new(config.history_max_events, config.fsync);
             Some(SqliteStore::open(&config.data_dir(), &options)?)
         }
         Switch::Off => None,

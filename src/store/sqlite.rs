@@ -54,6 +54,20 @@ pub struct Options {
     pub max_events: u64,
     /// Wait for the disk at every commit (power-loss durability).
     pub fsync: bool,
+    /// How often the WAL is copied back into the database, on a thread of its own.
+    pub checkpoint_every: std::time::Duration,
+}
+
+impl Options {
+    /// Keep `max_events`, waiting for the disk at every commit if `fsync`, with the
+    /// usual checkpoint interval.
+    pub fn new(max_events: u64, fsync: bool) -> Self {
+        Self {
+            max_events,
+            fsync,
+            checkpoint_every: CHECKPOINT_EVERY,
+        }
+    }
 }
 
 /// The embedded log. See the module documentation.
@@ -82,7 +96,7 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    fn start(file: &Path) -> Result<Self, StoreError> {
+    fn start(file: &Path, every: std::time::Duration) -> Result<Self, StoreError> {
         let conn = Connection::open(file)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // A first checkpoint now opens every file this connection will use, so that
@@ -95,7 +109,7 @@ impl Checkpointer {
             .spawn(move || {
                 loop {
                     let last = !matches!(
-                        stopped.recv_timeout(CHECKPOINT_EVERY),
+                        stopped.recv_timeout(every),
                         Err(std::sync::mpsc::RecvTimeoutError::Timeout)
                     );
                     // PASSIVE: copies what it can without waiting for anyone; the next
@@ -174,8 +188,8 @@ impl SqliteStore {
             StoreError::Sqlite(reason) => directory_error(reason),
             other => other,
         })?;
-        let checkpointer =
-            Checkpointer::start(&file).map_err(|e| directory_error(e.to_string()))?;
+        let checkpointer = Checkpointer::start(&file, options.checkpoint_every)
+            .map_err(|e| directory_error(e.to_string()))?;
         Ok(Arc::new(Self {
             _checkpointer: Some(checkpointer),
             file,
@@ -438,8 +452,9 @@ mod tests {
 
     fn options(max_events: u64) -> Options {
         Options {
-            max_events,
-            fsync: false,
+            // No checkpoint of its own while a test looks at the WAL.
+            checkpoint_every: std::time::Duration::from_secs(3600),
+            ..Options::new(max_events, false)
         }
     }
 
@@ -544,23 +559,44 @@ mod tests {
 
     #[test]
     fn a_torn_or_garbled_wal_tail_loses_only_the_unfinished_transaction() {
+        // Long lines, so that the second transaction spans many WAL frames.
+        let long = |from, to| -> Vec<Event> {
+            conversation(from, to)
+                .into_iter()
+                .map(|mut event| {
+                    if let EventKind::Posted { text, .. } = &mut event.kind {
+                        text.push_str(&" padding".repeat(40));
+                    }
+                    event
+                })
+                .collect()
+        };
         let dir = tempfile::tempdir().unwrap();
         let wal = dir.path().join(format!("{FILE_NAME}-wal"));
         let store = SqliteStore::open(dir.path(), &options(1000)).unwrap();
-        store.append(&conversation(1, 10)).unwrap();
-        let committed = fs::metadata(&wal).unwrap().len();
-        store.append(&conversation(11, 20)).unwrap();
+        store.append(&long(1, 10)).unwrap();
+        store.append(&long(11, 200)).unwrap();
         let full = fs::read(&wal).unwrap();
-        // A crash in the middle of writing the second transaction: copy the files as
-        // they would be on disk (the store still holds them open, as a killed
-        // process would have).
+        // A crash in the middle of writing the second transaction: its last frames,
+        // the commit among them, never reached the disk. Copy the files as they
+        // would be (the store still holds them open, as a killed process would).
+        let page: i64 = store
+            .writer
+            .lock()
+            .unwrap()
+            .conn
+            .query_row("PRAGMA page_size", [], |row| row.get(0))
+            .unwrap();
+        let frame = 24 + usize::try_from(page).unwrap();
         let copy = tempfile::tempdir().unwrap();
         fs::copy(dir.path().join(FILE_NAME), copy.path().join(FILE_NAME)).unwrap();
-        let torn = &full[..(committed as usize + (full.len() - committed as usize) / 2)];
+        let torn = &full[..full.len() - 2 * frame - frame / 2];
         fs::write(copy.path().join(format!("{FILE_NAME}-wal")), torn).unwrap();
         let reopened = SqliteStore::open(copy.path(), &options(1000)).unwrap();
-        assert_eq!(reopened.read(0, 100).unwrap(), conversation(1, 10));
+        assert_eq!(reopened.read(0, 1000).unwrap(), long(1, 10));
         assert_eq!(reopened.recover().unwrap().last_seq, 10);
+        reopened.append(&long(11, 11)).unwrap();
+        assert_eq!(reopened.recover().unwrap().last_seq, 11);
         drop(reopened);
 
         // Garbage after the last transaction is not a transaction.
@@ -570,9 +606,9 @@ mod tests {
         tail.extend(std::iter::repeat_n(0xA5u8, 5000));
         fs::write(garbled.path().join(format!("{FILE_NAME}-wal")), tail).unwrap();
         let reopened = SqliteStore::open(garbled.path(), &options(1000)).unwrap();
-        assert_eq!(reopened.read(0, 100).unwrap(), conversation(1, 20));
-        reopened.append(&conversation(21, 21)).unwrap();
-        assert_eq!(reopened.recover().unwrap().last_seq, 21);
+        assert_eq!(reopened.read(0, 1000).unwrap(), long(1, 200));
+        reopened.append(&long(201, 201)).unwrap();
+        assert_eq!(reopened.recover().unwrap().last_seq, 201);
     }
 
     #[test]

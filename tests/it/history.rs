@@ -505,10 +505,7 @@ impl tcpchat::store::Store for Flaky {
 async fn while_the_log_fails_the_room_waits_and_loses_nothing() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let data = tempfile::tempdir().unwrap();
-    let options = tcpchat::store::sqlite::Options {
-        max_events: 1000,
-        fsync: false,
-    };
+    let options = tcpchat::store::sqlite::Options::new(1000, false);
     let broken = std::sync::Arc::new(AtomicBool::new(false));
     let store = Flaky {
         inner: tcpchat::store::sqlite::SqliteStore::open(data.path(), &options).unwrap(),
