@@ -29,6 +29,7 @@
 pub mod client;
 pub mod config;
 pub mod hub;
+pub mod metrics;
 pub mod protocol;
 pub mod room;
 pub mod server;

@@ -103,6 +103,16 @@ struct ServeArgs {
     /// TCP port of the TLS listener (0 picks a free one), on the --bind address.
     #[arg(long, default_value_t = 6001)]
     tls_port: u16,
+    /// TCP port of the HTTP listener: /healthz, /readyz, /metrics (0 picks a free
+    /// one).
+    #[arg(long, default_value_t = 6080)]
+    http_port: u16,
+    /// Address of the HTTP listener [default: the --bind address].
+    #[arg(long)]
+    http_bind: Option<IpAddr>,
+    /// No HTTP listener.
+    #[arg(long, conflicts_with_all = ["http_port", "http_bind"])]
+    no_http: bool,
     #[command(flatten)]
     config: Config,
 }
@@ -267,24 +277,44 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 let address = SocketAddr::new(args.bind, args.tls_port);
                 let listener =
                     listen(address).with_context(|| format!("cannot listen on {address}"))?;
-                reload_on_sighup(certificates.clone()).context("cannot handle signals")?;
+                reload_on_sighup(certificates.clone(), prepared.metrics())
+                    .context("cannot handle signals")?;
                 Some((listener, certificates))
             }
             None => None,
         };
+        let http = if args.no_http {
+            None
+        } else {
+            let address = SocketAddr::new(args.http_bind.unwrap_or(args.bind), args.http_port);
+            Some(listen(address).with_context(|| format!("cannot listen on {address}"))?)
+        };
         let shutdown = shutdown_signal().context("cannot handle signals")?;
-        prepared.serve(Listeners { plain, tls }, shutdown).await
+        prepared
+            .serve(Listeners { plain, tls, http }, shutdown)
+            .await
     })
 }
 
 /// Reloads the TLS certificate and key on every SIGHUP: new handshakes get the new
 /// pair; a pair that cannot be used leaves the old one in place, and the log says why.
-fn reload_on_sighup(certificates: Arc<Certificates>) -> std::io::Result<()> {
+fn reload_on_sighup(
+    certificates: Arc<Certificates>,
+    metrics: Arc<tcpchat::metrics::Metrics>,
+) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
-            match certificates.reload() {
+            let reloaded = certificates.reload();
+            let result = if reloaded.is_ok() { "ok" } else { "failed" };
+            metrics
+                .tls_reloads
+                .get_or_create(&tcpchat::metrics::Outcome {
+                    result: result.to_owned(),
+                })
+                .inc();
+            match reloaded {
                 Ok(()) => tracing::info!(
                     certificate = %certificates.cert_path().display(),
                     "reloaded the TLS certificate"

@@ -232,6 +232,15 @@ impl Spec {
                 command.arg("--data-dir").arg(&dir);
                 scratch = Some(dir);
             }
+            // The HTTP listener on an ephemeral port too, unless told otherwise: its
+            // default port would be shared by every server started in parallel.
+            let http = self
+                .args
+                .iter()
+                .any(|arg| arg == "--http-port" || arg == "--no-http");
+            if !http {
+                command.args(["--http-port", "0"]);
+            }
         }
         command
             .args(&self.args)

@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
+use prometheus_client::metrics::histogram::Histogram;
+
+use super::member::Shared;
 use crate::room::Event;
 use crate::store::Store;
 
@@ -47,14 +50,24 @@ pub(super) struct Writer {
 
 impl Writer {
     /// Starts the writer thread on `store`.
-    pub(super) fn start(store: Arc<dyn Store>) -> Self {
+    pub(super) fn start(
+        store: Arc<dyn Store>,
+        commit_seconds: Histogram,
+        shared: Arc<Shared>,
+    ) -> Self {
         let (jobs, queue) = std_mpsc::channel();
         let (done, committed) = mpsc::unbounded_channel();
         let stopped = Arc::new(AtomicBool::new(false));
         let hub_stopped = stopped.clone();
         let spawned = std::thread::Builder::new()
             .name("tcpchat-log".to_owned())
-            .spawn(move || write_loop(&*store, &queue, &done, &hub_stopped));
+            .spawn(move || {
+                let report = Report {
+                    commit_seconds,
+                    shared,
+                };
+                write_loop(&*store, &queue, &done, &hub_stopped, &report);
+            });
         if let Err(error) = spawned {
             // Then every append fails at once (the queue is gone) and the room
             // waits, as for a failing disk; the reason is here.
@@ -94,11 +107,19 @@ pub(super) async fn committed(log: &mut Option<Writer>) -> Option<Vec<Event>> {
     }
 }
 
+/// Where the writer reports how it is doing.
+struct Report {
+    commit_seconds: Histogram,
+    /// Its `log_failing` flag, for readiness.
+    shared: Arc<Shared>,
+}
+
 fn write_loop(
     store: &dyn Store,
     queue: &std_mpsc::Receiver<Vec<Event>>,
     done: &mpsc::UnboundedSender<Vec<Event>>,
     hub_stopped: &AtomicBool,
+    report: &Report,
 ) {
     while let Ok(mut events) = queue.recv() {
         // Everything that queued up meanwhile goes into the same transaction.
@@ -108,7 +129,7 @@ fn write_loop(
                 Err(_) => break,
             }
         }
-        if !append_until_done(store, &events, hub_stopped) {
+        if !append_until_done(store, &events, hub_stopped, report) {
             let lost = events.len() + queue.try_iter().map(|e| e.len()).sum::<usize>();
             error!(
                 lost,
@@ -126,12 +147,26 @@ fn write_loop(
 
 /// Appends `events`, retrying while it fails. Returns `false` if it gave up (the hub
 /// has stopped and the log still fails).
-fn append_until_done(store: &dyn Store, events: &[Event], hub_stopped: &AtomicBool) -> bool {
+fn append_until_done(
+    store: &dyn Store,
+    events: &[Event],
+    hub_stopped: &AtomicBool,
+    report: &Report,
+) -> bool {
     let mut backoff = FIRST_BACKOFF;
     let mut failing_since: Option<Instant> = None;
     let mut hub_gone_at: Option<Instant> = None;
     loop {
-        match store.append(events) {
+        let started = Instant::now();
+        let appended = store.append(events);
+        report
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        report
+            .shared
+            .log_failing
+            .store(appended.is_err(), Ordering::Relaxed);
+        match appended {
             Ok(()) => {
                 if let Some(since) = failing_since {
                     info!(

@@ -75,10 +75,18 @@ pub(crate) struct Shared {
     flood_rate: f64,
     flood_burst: u32,
     slow_viewers: AtomicU64,
+    pub(super) metrics: Arc<crate::metrics::Metrics>,
+    /// Set by the log writer while an append fails.
+    pub(super) log_failing: AtomicBool,
 }
 
 impl Shared {
-    pub(super) fn new(config: &Config, ring: Arc<Ring>, store: Option<Arc<dyn Store>>) -> Self {
+    pub(super) fn new(
+        config: &Config,
+        ring: Arc<Ring>,
+        store: Option<Arc<dyn Store>>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
         Self {
             ring,
             stopping: AtomicBool::new(false),
@@ -93,7 +101,14 @@ impl Shared {
             flood_rate: config.flood_rate,
             flood_burst: config.flood_burst,
             slow_viewers: AtomicU64::new(0),
+            metrics,
+            log_failing: AtomicBool::new(false),
         }
+    }
+
+    /// The room's log, if it keeps one.
+    pub(super) fn store(&self) -> Option<&Arc<dyn Store>> {
+        self.store.as_ref()
     }
 
     pub(super) fn begin_shutdown(&self) {
@@ -461,6 +476,9 @@ impl Member {
         } else {
             None
         };
+        if replay.is_some() {
+            shared.metrics.replays.inc();
+        }
         let feed = request.role.receives().then(|| Feed {
             next: cursor.index,
             delivered: cursor.offset(format),
@@ -785,6 +803,7 @@ impl Member {
             }
             End::TooSlow { behind } => {
                 let total = self.shared.slow_viewers.fetch_add(1, Ordering::Relaxed) + 1;
+                self.shared.metrics.slow_viewers_dropped.inc();
                 warn!(
                     conn = %id,
                     behind,
@@ -879,7 +898,13 @@ impl Member {
             }
             progress = true;
             let command = match input.posts.pop_front() {
-                Some(bytes) => input.limit(bytes).map(|bytes| Command::Post { id, bytes }),
+                Some(bytes) => {
+                    let limited = input.limit(bytes);
+                    if input.throttle.is_some() {
+                        self.shared.metrics.flood_pauses.inc();
+                    }
+                    limited.map(|bytes| Command::Post { id, bytes })
+                }
                 None => input.leave.take().map(|published| Command::Leave {
                     id,
                     published: Some(published),
@@ -979,6 +1004,8 @@ impl Member {
 
     /// Accounts for `written` bytes of `out` followed by `batches`.
     fn consume(&mut self, mut written: usize, batches: &[Option<Arc<Batch>>]) {
+        let metrics = &self.shared.metrics;
+        metrics.written_bytes.inc_by(written as u64);
         let from_out = written.min(self.out.len());
         if from_out > 0 {
             self.last_byte = Some(self.out[from_out - 1]);
@@ -1009,6 +1036,7 @@ impl Member {
             self.last_byte = Some(bytes[taken - 1]);
             feed.delivered += taken as u64;
             feed.next += 1;
+            metrics.deliveries.inc_by(u64::from(batch.events));
             written -= taken;
             if taken < bytes.len() {
                 self.out = bytes.slice(taken..);

@@ -29,12 +29,14 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, MAX_UNCOMMITTED_EVENTS};
+use crate::metrics::{Kind, Metrics};
 use crate::protocol::wire::{Format, PerFormat};
 use crate::room::{ConnId, Credentials, Event, JoinError, Joined, Room};
 use crate::store::{Recovered, Store, StoreError};
 use command::{Admitted, Command};
 pub use member::{End, Farewell, JoinRequest, Member, Reservation, Wants};
 use member::{Membership, Shared};
+use prometheus_client::metrics::counter::Counter;
 use ring::{Publisher, Ring, Subscriber};
 
 /// Why the hub did not let a connection in.
@@ -127,6 +129,11 @@ impl Hub {
         self.shared.stop.clone().cancelled_owned()
     }
 
+    /// The server's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
     /// The hub's counters, readable without keeping the hub running.
     pub fn stats(&self) -> HubStats {
         HubStats(self.shared.clone())
@@ -138,6 +145,34 @@ impl Hub {
 pub struct HubStats(Arc<Shared>);
 
 impl HubStats {
+    /// The server's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.0.metrics
+    }
+
+    /// Whether the room's log is being written (or there is none).
+    pub fn log_is_healthy(&self) -> bool {
+        !self
+            .0
+            .log_failing
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The room's log, if it keeps one.
+    pub fn store(&self) -> Option<&Arc<dyn Store>> {
+        self.0.store()
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_stopping(&self) -> bool {
+        self.0.stop.is_cancelled()
+    }
+
+    /// A future that completes when shutdown begins.
+    pub fn stopping(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.0.stop.clone().cancelled_owned()
+    }
+
     /// Viewers disconnected so far because they fell too far behind.
     pub fn slow_viewers(&self) -> u64 {
         self.0.slow_viewers()
@@ -154,18 +189,23 @@ const COMMANDS_PER_TURN: usize = 512;
 /// see it; it runs until every [`Hub`] clone is dropped, then publishes what it still
 /// has, closes the ring and wakes every viewer.
 pub fn spawn(config: &Config) -> (Hub, tokio::task::JoinHandle<()>) {
-    start(config, None, &Recovered::default())
+    start(config, None, &Recovered::default(), Metrics::shared())
 }
 
-/// Starts the hub task on the log `store`: the room goes on from where the log
-/// ends, and every event is in the log before any viewer sees it.
+/// Starts the hub task, on the log `store` if there is one (the room goes on from
+/// where the log ends, and every event is in the log before any viewer sees it),
+/// counting into `metrics`.
 ///
 /// # Errors
 /// [`StoreError`] if the log cannot be read.
-pub fn spawn_with_log(
+pub fn spawn_with(
     config: &Config,
-    store: Arc<dyn Store>,
+    store: Option<Arc<dyn Store>>,
+    metrics: Arc<Metrics>,
 ) -> Result<(Hub, tokio::task::JoinHandle<()>), StoreError> {
+    let Some(store) = store else {
+        return Ok(start(config, None, &Recovered::default(), metrics));
+    };
     let recovered = store.recover()?;
     if !recovered.present.is_empty() {
         info!(
@@ -173,19 +213,33 @@ pub fn spawn_with_log(
             "the log shows members of the previous run in the room; announcing their leave"
         );
     }
-    Ok(start(config, Some(store), &recovered))
+    Ok(start(config, Some(store), &recovered, metrics))
 }
 
 fn start(
     config: &Config,
     store: Option<Arc<dyn Store>>,
     recovered: &Recovered,
+    metrics: Arc<Metrics>,
 ) -> (Hub, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(config.hub_inbox.max(1));
     let ring = Arc::new(Ring::new(crate::config::backlog_batches(
         config.viewer_backlog_bytes,
     )));
-    let shared = Arc::new(Shared::new(config, ring.clone(), store.clone()));
+    let shared = Arc::new(Shared::new(
+        config,
+        ring.clone(),
+        store.clone(),
+        metrics.clone(),
+    ));
+    let event_counters = ["join", "message", "leave"].map(|kind| {
+        metrics
+            .events
+            .get_or_create(&Kind {
+                kind: kind.to_owned(),
+            })
+            .clone()
+    });
     let mut room = Room::resume(config.max_name_chars, recovered.last_seq);
     for (name, id) in &recovered.recent_ids {
         room.remember_id(name, id);
@@ -197,7 +251,11 @@ fn start(
         senders: Subscribers::default(),
         events: Vec::new(),
         staged: Vec::new(),
-        log: store.map(log::Writer::start),
+        log: store.map(|store| {
+            log::Writer::start(store, metrics.log_commit_seconds.clone(), shared.clone())
+        }),
+        event_counters,
+        inbox_depth: metrics.hub_inbox_depth.clone(),
         committed: VecDeque::new(),
         in_flight: 0,
         published_seq: recovered.last_seq,
@@ -236,6 +294,9 @@ struct Owner {
     log: Option<log::Writer>,
     /// Events back from the log, to publish.
     committed: VecDeque<Event>,
+    /// Events published, by kind (join, message, leave).
+    event_counters: [Counter; 3],
+    inbox_depth: prometheus_client::metrics::gauge::Gauge,
     /// Events handed to the log writer and not yet published.
     in_flight: usize,
     /// The last event published to the ring: what every viewer may see.
@@ -264,6 +325,8 @@ impl Owner {
             if !inbox_open && self.in_flight == 0 && commands.is_empty() {
                 break;
             }
+            self.inbox_depth
+                .set(i64::try_from(inbox.len()).unwrap_or(i64::MAX));
             let published = self.published;
             // What the log has committed goes out a batch per turn, so that under a
             // flood the viewers get to write between batches instead of finding
@@ -518,6 +581,12 @@ impl Owner {
             }
             self.batch_events += 1;
             self.batch_last_seq = event.seq;
+            self.event_counters[match event.kind {
+                crate::room::EventKind::Joined { .. } => 0,
+                crate::room::EventKind::Posted { .. } => 1,
+                crate::room::EventKind::Left { .. } => 2,
+            }]
+            .inc();
             if self
                 .batch
                 .iter()
@@ -535,7 +604,9 @@ impl Owner {
         }
         let bytes = PerFormat::from_fn(|format| self.batch[format].split().freeze());
         let in_use = PerFormat::from_fn(|format| self.receivers.per_format[format] > 0);
-        self.publisher.publish(self.batch_last_seq, bytes, &in_use);
+        let events = u32::try_from(self.batch_events).unwrap_or(u32::MAX);
+        self.publisher
+            .publish(self.batch_last_seq, events, bytes, &in_use);
         self.published_seq = self.batch_last_seq;
         self.batch_events = 0;
         self.published += 1;

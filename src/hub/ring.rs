@@ -27,6 +27,8 @@ pub struct Batch {
     pub index: u64,
     /// Sequence number of the last event in the batch.
     pub last_seq: u64,
+    /// How many events it holds.
+    pub events: u32,
     /// The batch in each format (empty for formats nobody receives).
     bytes: PerFormat<Bytes>,
     /// Offset of the first byte of each format's bytes in that format's log.
@@ -232,7 +234,13 @@ impl Publisher {
     /// need: a batch goes once, for every format in `in_use`, a viewer whose next byte
     /// were that batch's first would be past the retention. Does not wake anyone: the
     /// caller wakes its subscribers once it is done publishing.
-    pub fn publish(&mut self, last_seq: u64, bytes: PerFormat<Bytes>, in_use: &PerFormat<bool>) {
+    pub fn publish(
+        &mut self,
+        last_seq: u64,
+        events: u32,
+        bytes: PerFormat<Bytes>,
+        in_use: &PerFormat<bool>,
+    ) {
         debug_assert!(!self.ring.is_closed(), "publish after close");
         let ring = &self.ring;
         let index = ring.head.load(Ordering::Relaxed);
@@ -249,6 +257,7 @@ impl Publisher {
         ring.slot(index).store(Some(Arc::new(Batch {
             index,
             last_seq,
+            events,
             bytes,
             starts,
         })));
@@ -311,8 +320,8 @@ mod tests {
         let mut p = publisher(8, 1024);
         let ring = p.ring().clone();
         assert!(matches!(ring.fetch(0), Fetch::Pending));
-        p.publish(1, batch(b"a: x", b"a: x\n"), &EVERY_FORMAT);
-        p.publish(3, batch(b"b: yb: z", b"b: y\nb: z\n"), &EVERY_FORMAT);
+        p.publish(1, 1, batch(b"a: x", b"a: x\n"), &EVERY_FORMAT);
+        p.publish(3, 1, batch(b"b: yb: z", b"b: y\nb: z\n"), &EVERY_FORMAT);
         let first = ready(ring.fetch(0));
         let second = ready(ring.fetch(1));
         assert_eq!((first.last_seq, second.last_seq), (1, 3));
@@ -328,7 +337,7 @@ mod tests {
         let mut p = publisher(64, 10);
         let ring = p.ring().clone();
         for _ in 0..4 {
-            p.publish(0, batch(b"12345", b"12345\n"), &EVERY_FORMAT);
+            p.publish(0, 1, batch(b"12345", b"12345\n"), &EVERY_FORMAT);
         }
         // 20 seed bytes published: a seed reader at the start of batch 1 would be 15
         // bytes behind, a line reader 18, both past the retention of 10.
@@ -346,7 +355,7 @@ mod tests {
         let mut p = publisher(1024, BACKLOG);
         let ring = p.ring().clone();
         for _ in 0..30 {
-            p.publish(0, batch(b"0123456789", b"012345678\n"), &EVERY_FORMAT);
+            p.publish(0, 1, batch(b"0123456789", b"012345678\n"), &EVERY_FORMAT);
         }
         let end = ring.end(Format::Seed);
         assert_eq!(end, 300);
@@ -369,7 +378,7 @@ mod tests {
         let mut p = publisher(1024, BACKLOG as usize);
         let ring = p.ring().clone();
         for _ in 0..100 {
-            p.publish(0, batch(b"0123456789", &[b'x'; 40]), &EVERY_FORMAT);
+            p.publish(0, 1, batch(b"0123456789", &[b'x'; 40]), &EVERY_FORMAT);
         }
         for format in Format::ALL {
             let end = ring.end(format);
@@ -382,7 +391,7 @@ mod tests {
         // The small format keeps more than its bound, since the large one needs it;
         // once nobody receives the large one, only the small one's bound counts.
         let seed_only = PerFormat::from_fn(|f| f == Format::Seed);
-        p.publish(0, batch(b"0123456789", b""), &seed_only);
+        p.publish(0, 1, batch(b"0123456789", b""), &seed_only);
         let end = ring.end(Format::Seed);
         let oldest = (0..=100)
             .find(|&i| matches!(ring.fetch(i), Fetch::Ready(_)))
@@ -397,7 +406,7 @@ mod tests {
         let mut p = publisher(4, 1 << 20);
         let ring = p.ring().clone();
         for _ in 0..6 {
-            p.publish(0, batch(b"x", b"x\n"), &EVERY_FORMAT);
+            p.publish(0, 1, batch(b"x", b"x\n"), &EVERY_FORMAT);
         }
         assert!(matches!(ring.fetch(1), Fetch::Gone));
         ready(ring.fetch(2));
@@ -408,7 +417,7 @@ mod tests {
     fn closing_ends_readers_only_after_the_last_batch() {
         let mut p = publisher(4, 1024);
         let ring = p.ring().clone();
-        p.publish(1, batch(b"x", b"x\n"), &EVERY_FORMAT);
+        p.publish(1, 1, batch(b"x", b"x\n"), &EVERY_FORMAT);
         p.close();
         ready(ring.fetch(0));
         assert!(matches!(ring.fetch(1), Fetch::Closed));
@@ -417,7 +426,7 @@ mod tests {
     #[test]
     fn a_cursor_starts_after_what_was_published() {
         let mut p = publisher(4, 1024);
-        p.publish(1, batch(b"abc", b"abc\n"), &EVERY_FORMAT);
+        p.publish(1, 1, batch(b"abc", b"abc\n"), &EVERY_FORMAT);
         let cursor = p.ring().cursor();
         assert_eq!(cursor.index, 1);
         assert_eq!(

@@ -30,6 +30,16 @@ pub(super) enum Transport {
     Tls(Arc<Certificates>),
 }
 
+impl Transport {
+    /// How the transport is named in logs and metrics.
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Plain => "tcp",
+            Self::Tls(_) => "tls",
+        }
+    }
+}
+
 /// What every accept loop shares.
 #[derive(Debug, Clone)]
 pub(super) struct Listening {
@@ -52,9 +62,20 @@ pub(super) async fn run(listener: TcpListener, transport: Transport, listening: 
             }
         };
         let id = ConnId(listening.ids.fetch_add(1, Ordering::Relaxed) + 1);
-        let Some(admission) = listening.gate.admit(id, peer) else {
-            continue;
+        let metrics = listening.hub.metrics();
+        let admission = match listening.gate.admit(id, peer) {
+            Ok(admission) => admission,
+            Err(reason) => {
+                metrics.refused(reason);
+                continue;
+            }
         };
+        metrics
+            .connections_accepted
+            .get_or_create(&crate::metrics::Transport {
+                transport: transport.name().to_owned(),
+            })
+            .inc();
         let config = &listening.config;
         if let Err(error) = socket::configure(&stream, config.dead_peer_timeout) {
             debug!(conn = %id, %error, "could not set socket options");
@@ -106,10 +127,13 @@ async fn tls_handshake(
             Ok(Ok(tls)) => Some(tls),
             Ok(Err(error)) => {
                 info!(conn = %id, %peer, %error, transport = %"tls", "refused: TLS handshake failed");
+                arrival.hub.metrics().refused("tls-handshake-failed");
                 None
             }
             Err(_) => {
                 info!(conn = %id, %peer, transport = %"tls", "refused: no TLS handshake in time");
+                arrival.hub.metrics().refused("handshake-timeout");
+                arrival.hub.metrics().handshake_timeouts.inc();
                 None
             }
         },

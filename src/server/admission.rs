@@ -53,10 +53,13 @@ impl Gate {
 
     /// Lets connection `id` from `peer` in, or says why not (in the log) and returns
     /// `None`: the caller then closes it at once, sending nothing.
-    pub fn admit(&self, id: ConnId, peer: SocketAddr) -> Option<Admission> {
+    ///
+    /// # Errors
+    /// The reason, as a stable code (`connection-limit`, `address-limit`).
+    pub fn admit(&self, id: ConnId, peer: SocketAddr) -> Result<Admission, &'static str> {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             info!(conn = %id, %peer, max_connections = self.max_connections, "refused: connection limit reached");
-            return None;
+            return Err("connection-limit");
         };
         // Loopback clients are the operator's own, unless told otherwise.
         let limited = !(self.loopback_exempt && peer.ip().is_loopback());
@@ -68,13 +71,13 @@ impl Gate {
                     max_connections_per_ip = self.per_address.max,
                     "refused: too many connections from this address"
                 );
-                return None;
+                return Err("address-limit");
             };
             Some(slot)
         } else {
             None
         };
-        Some(Admission {
+        Ok(Admission {
             _permit: permit,
             address,
         })

@@ -11,6 +11,7 @@
 
 mod accept;
 pub mod admission;
+mod http;
 mod stream;
 
 use std::future::Future;
@@ -23,6 +24,7 @@ use tracing::{info, warn};
 
 use crate::config::{Config, Switch};
 use crate::hub;
+use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::store::sqlite::{self, SqliteStore};
 use crate::tls::Certificates;
@@ -36,11 +38,17 @@ pub struct Listeners {
     pub plain: TcpListener,
     /// TLS, line mode only, with its (reloadable) certificate.
     pub tls: Option<(TcpListener, Arc<Certificates>)>,
+    /// HTTP: health checks and metrics.
+    pub http: Option<TcpListener>,
 }
 
 impl From<TcpListener> for Listeners {
     fn from(plain: TcpListener) -> Self {
-        Self { plain, tls: None }
+        Self {
+            plain,
+            tls: None,
+            http: None,
+        }
     }
 }
 
@@ -78,10 +86,7 @@ pub fn prepare_with_store(
     store: Option<Arc<dyn Store>>,
 ) -> anyhow::Result<Prepared> {
     let config = Arc::new(config);
-    let (hub, hub_task) = match store {
-        Some(store) => hub::spawn_with_log(&config, store)?,
-        None => hub::spawn(&config),
-    };
+    let (hub, hub_task) = hub::spawn_with(&config, store, Metrics::shared())?;
     Ok(Prepared {
         config,
         hub,
@@ -103,6 +108,12 @@ pub async fn run(
 }
 
 impl Prepared {
+    /// The server's metrics (for what happens outside it, such as certificate
+    /// reloads).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.hub.metrics().clone()
+    }
+
     /// Serves the chat on `listeners` until `shutdown` completes, then shuts down in
     /// order: stop accepting; stop reading messengers and let the room finish what it
     /// already accepted (and the log keep it); let every viewer receive all of it
@@ -148,6 +159,12 @@ impl Prepared {
                 max_connections = gate.max_connections(),
                 "listening"
             );
+        }
+        if let Some(listener) = listeners.http {
+            if let Some(address) = accept::local_address(&listener) {
+                info!(%address, transport = %"http", "listening");
+            }
+            tokio::spawn(http::run(listener, hub.stats()));
         }
         let tls = listeners.tls.map(|(listener, certificates)| {
             if let Some(address) = accept::local_address(&listener) {

@@ -132,6 +132,10 @@ async fn admit<S: ByteStream>(mut stream: S, arrival: Arrival) -> Option<Session
         Handshaken::Hello { hello, rest } => (hello, rest),
         Handshaken::Refused { mode, code, reason } => {
             info!(conn = %id, %peer, %reason, %mode, transport = %S::TRANSPORT, "refused");
+            hub.metrics().refused(code);
+            if code == "handshake-timeout" {
+                hub.metrics().handshake_timeouts.inc();
+            }
             drop(reservation);
             let notice = Format::of(mode, false).notice(&Notice::error(code, &reason));
             let farewell = Farewell {
@@ -159,6 +163,7 @@ async fn admit<S: ByteStream>(mut stream: S, arrival: Arrival) -> Option<Session
         Ok(member) => member,
         Err(HubError::Join(error)) => {
             info!(conn = %id, %peer, reason = %error, mode = %hello.mode, transport = %S::TRANSPORT, "refused");
+            hub.metrics().refused(error.code());
             let notice = format.notice(&Notice::error(error.code(), &error));
             let farewell = Farewell {
                 last_words: notice,
@@ -196,12 +201,43 @@ async fn admit<S: ByteStream>(mut stream: S, arrival: Arrival) -> Option<Session
         }
         reader
     });
+    let open = Open::new(
+        hub.metrics(),
+        S::TRANSPORT,
+        &hello.role.to_string(),
+        &hello.mode.to_string(),
+    );
     Some(Session {
         stream,
         member,
         reader,
         _admission: admission,
+        _open: open,
     })
+}
+
+/// A connection counted as open (`tcpchat_connections_open`) for as long as it is.
+struct Open(prometheus_client::metrics::gauge::Gauge);
+
+impl Open {
+    fn new(metrics: &crate::metrics::Metrics, transport: &str, role: &str, mode: &str) -> Self {
+        let gauge = metrics
+            .connections_open
+            .get_or_create(&crate::metrics::Connection {
+                transport: transport.to_owned(),
+                role: role.to_owned(),
+                mode: mode.to_owned(),
+            })
+            .clone();
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 enum Handshaken {
@@ -361,6 +397,7 @@ struct Session<S> {
     reader: Option<Box<Reader>>,
     /// The connection's places under the server's limits, given back at the end.
     _admission: Admission,
+    _open: Open,
 }
 
 impl<S: ByteStream> Session<S> {

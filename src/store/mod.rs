@@ -62,6 +62,15 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// # Errors
     /// [`StoreError`] if the log cannot be read.
     fn first_kept(&self) -> Result<Option<u64>, StoreError>;
+
+    /// Checks that the log can be written now (for `/readyz`), without changing
+    /// what it holds.
+    ///
+    /// # Errors
+    /// [`StoreError`] saying why it cannot.
+    fn probe(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Why the log cannot be used. Each says in words what is wrong and where.

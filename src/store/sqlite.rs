@@ -435,6 +435,16 @@ impl Store for SqliteStore {
         })
     }
 
+    fn probe(&self) -> Result<(), StoreError> {
+        // A real write (of the value it already has), so a full disk or a
+        // read-only file system shows.
+        let mut writer = lock(&self.writer);
+        let tx = writer.conn.transaction()?;
+        tx.execute("UPDATE meta SET value = value WHERE key = 'last_seq'", [])?;
+        tx.commit()?;
+        Ok(())
+    }
+
     fn first_kept(&self) -> Result<Option<u64>, StoreError> {
         self.with_reader(|conn| {
             let first: Option<i64> = conn

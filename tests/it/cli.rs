@@ -452,6 +452,7 @@ fn a_lost_or_stalled_log_pipe_costs_log_lines_not_the_server() {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let spec = Spec::listening(env!("CARGO_BIN_EXE_tcpchat"), addr)
             .args(["serve", "--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--http-port", "0"])
             // Every event logged: far more than a pipe holds.
             .env("RUST_LOG", "debug");
         let spec = if stalled {
@@ -503,7 +504,15 @@ fn an_unusable_data_directory_is_one_line_and_exit_code_1() {
     ];
     for (dir, expected) in cases {
         let (code, _, stderr) = run(tcpchat()
-            .args(["serve", "--bind", "127.0.0.1", "--port", "0"])
+            .args([
+                "serve",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--http-port",
+                "0",
+            ])
             .arg("--data-dir")
             .arg(&dir));
         assert_eq!(code, 1, "{dir:?}: {stderr}");
@@ -528,7 +537,16 @@ fn a_second_server_on_the_same_data_directory_is_refused() {
         .start()
         .expect("the first server starts");
     let (code, _, stderr) = run(tcpchat()
-        .args(["serve", "--bind", "127.0.0.1", "--port", "0", "--data-dir"])
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--http-port",
+            "0",
+            "--data-dir",
+        ])
         .arg(data.path()));
     assert_eq!(code, 1, "{stderr}");
     let line = one_line(&stderr);

@@ -14,6 +14,7 @@ mod dead_peers;
 mod departures;
 mod fuzz_corpus;
 mod history;
+mod http;
 mod limits;
 mod line_mode;
 mod names;

@@ -342,6 +342,8 @@ fn serve_refuses_an_unusable_certificate_in_one_line() {
                 "0",
                 "--tls-port",
                 "0",
+                "--http-port",
+                "0",
             ])
             .arg("--tls-cert")
             .arg(cert)

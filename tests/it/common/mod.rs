@@ -56,6 +56,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// The TLS listener (line mode), with the test certificate.
     pub tls_addr: SocketAddr,
+    /// The HTTP listener (health and metrics).
+    pub http_addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
     /// The server's data directory, when the test did not choose one.
@@ -83,11 +85,14 @@ pub async fn start_server(mut config: Config) -> TestServer {
     };
     let plain = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let tls = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let http = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let http_addr = http.local_addr().expect("local addr");
     let addr = plain.local_addr().expect("local addr");
     let tls_addr = tls.local_addr().expect("local addr");
     let listeners = tcpchat::server::Listeners {
         plain,
         tls: Some((tls, certs::shared().certificates())),
+        http: Some(http),
     };
     let (stop, stopped) = oneshot::channel::<()>();
     // Ready before the test's first connection: the log is open, the hub runs.
@@ -98,6 +103,7 @@ pub async fn start_server(mut config: Config) -> TestServer {
     TestServer {
         addr,
         tls_addr,
+        http_addr,
         stop: Some(stop),
         task,
         _data: data,
