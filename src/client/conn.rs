@@ -168,6 +168,7 @@ impl Handshake {
             history: self.history.map(u64::from),
             since: self.since,
             token: self.token.clone().filter(|token| is_word(token)),
+            members: false,
         };
         handshake::encode_line_handshake(self.role, self.name.as_deref(), &options)
     }
@@ -246,7 +247,11 @@ impl LineReader {
             match Notice::parse(&line) {
                 None => return Ok(line),
                 Some(
-                    Notice::Ping | Notice::Ok { .. } | Notice::Token { .. } | Notice::Gap { .. },
+                    Notice::Ping
+                    | Notice::Ok { .. }
+                    | Notice::Token { .. }
+                    | Notice::Gap { .. }
+                    | Notice::Members { .. },
                 ) => {}
                 Some(Notice::Bye { text }) => {
                     return Err(ClientError::Closed { reason: Some(text) });

@@ -113,7 +113,12 @@ pub async fn run(server: Server, range: Range, output: Output) -> Result<(), Cli
                 Some(Notice::Error { text, .. } | Notice::Bye { text }) => {
                     return Err(ClientError::Closed { reason: Some(text) });
                 }
-                Some(Notice::Ping | Notice::Ok { .. } | Notice::Token { .. }) => {}
+                Some(
+                    Notice::Ping
+                    | Notice::Ok { .. }
+                    | Notice::Token { .. }
+                    | Notice::Members { .. },
+                ) => {}
                 // A gap in what the log keeps, or news this client does not know.
                 Some(Notice::Gap { .. }) | None => {
                     // stderr may be gone; the events matter more.

@@ -593,7 +593,7 @@ impl Runner {
                 self.check_caught_up(link);
             }
             Some(Notice::Token { secret }) => self.token = Some(secret),
-            Some(Notice::Ok { .. }) => {}
+            Some(Notice::Ok { .. } | Notice::Members { .. }) => {}
             Some(Notice::Bye { text }) => {
                 return Ok(Some(Ending::Lost(ClientError::Closed {
                     reason: Some(text),

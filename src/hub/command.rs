@@ -33,6 +33,8 @@ pub(crate) enum Command {
         tagged: bool,
         /// The secret it presents to take its name over.
         token: Option<String>,
+        /// It asked for the names in the room.
+        members: bool,
         /// The member's waker: called after each publish for roles that receive,
         /// and for everyone when shutdown begins.
         waker: Arc<Subscriber>,
@@ -63,4 +65,6 @@ pub(crate) struct Admitted {
     pub(crate) last_seq: u64,
     /// The member's secret for its name (senders that asked for tags).
     pub(crate) token: Option<String>,
+    /// The names in the room, if it asked for them.
+    pub(crate) members: Option<Vec<Arc<str>>>,
 }

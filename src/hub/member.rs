@@ -335,6 +335,30 @@ impl Feed {
     }
 }
 
+/// Names per `*** members` line.
+const MEMBERS_PER_LINE: usize = 64;
+
+/// The `*** members N: ...` lines for `names`, at least one (`*** members 0:` in an
+/// empty room); none in a format without notices.
+fn members_lines(format: Format, names: &[Arc<str>]) -> BytesMut {
+    let mut out = BytesMut::new();
+    let chunks: Vec<&[Arc<str>]> = if names.is_empty() {
+        vec![names]
+    } else {
+        names.chunks(MEMBERS_PER_LINE).collect()
+    };
+    for chunk in chunks {
+        let notice = Notice::Members {
+            total: names.len(),
+            names: chunk.iter().map(|name| name.to_string()).collect(),
+        };
+        if let Some(line) = format.notice(&notice) {
+            out.extend_from_slice(&line);
+        }
+    }
+    out
+}
+
 /// Where a sender's input stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum InputState {
@@ -462,14 +486,19 @@ impl Member {
         let token = admitted
             .token
             .and_then(|secret| format.notice(&Notice::Token { secret }));
-        let out = match token {
-            Some(token) => {
-                let mut out = BytesMut::with_capacity(greeting.len() + token.len());
-                out.extend_from_slice(&greeting);
-                out.extend_from_slice(&token);
-                out.freeze()
-            }
-            None => greeting,
+        let members = admitted
+            .members
+            .as_deref()
+            .map(|names| members_lines(format, names))
+            .unwrap_or_default();
+        let out = if token.is_none() && members.is_empty() {
+            greeting
+        } else {
+            let mut out = BytesMut::with_capacity(greeting.len() + members.len() + 64);
+            out.extend_from_slice(&greeting);
+            out.extend_from_slice(&token.unwrap_or_default());
+            out.extend_from_slice(&members);
+            out.freeze()
         };
         let replay = if request.role.receives() && format.has_notices() {
             Replay::asked(&request.options, admitted.last_seq).map(Box::new)

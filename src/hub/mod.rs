@@ -97,6 +97,7 @@ impl Hub {
                 format: request.format,
                 tagged: request.options.tags,
                 token: request.options.token.clone(),
+                members: request.options.members,
                 waker: waker.clone(),
                 reply,
             })
@@ -434,6 +435,7 @@ impl Owner {
                 format,
                 tagged,
                 token,
+                members,
                 waker,
                 reply,
             } => {
@@ -452,10 +454,12 @@ impl Owner {
                     self.room
                         .join_with(id, role, name.as_deref(), credentials, &mut self.events);
                 let joined = result.as_ref().ok().copied();
+                let present = (members && joined.is_some()).then(|| self.room.present());
                 let answer = result.map(|_| Admitted {
                     cursor: self.publisher.ring().cursor(),
                     last_seq: self.published_seq,
                     token: new_token,
+                    members: present,
                 });
                 if reply.send(answer).is_err() {
                     // The connection is gone before it heard the answer: undo.

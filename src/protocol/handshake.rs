@@ -53,13 +53,16 @@ pub struct Options {
     pub since: Option<u64>,
     /// `token=SECRET`: take the name over from the connection that holds it.
     pub token: Option<String>,
+    /// `members`: the names in the room, after the welcome.
+    pub members: bool,
 }
 
 /// Words an option may be (a bare word, or a `key=` followed by its value).
-const OPTIONS: [&str; 6] = [
+const OPTIONS: [&str; 7] = [
     "heartbeat",
     "goodbye",
     "tags",
+    "members",
     "history=",
     "since=",
     "token=",
@@ -81,6 +84,7 @@ impl Options {
             None if word == "heartbeat" => self.heartbeat = true,
             None if word == "goodbye" => self.goodbye = true,
             None if word == "tags" => self.tags = true,
+            None if word == "members" => self.members = true,
             Some(("history", value)) => self.history = Some(number(value)?),
             Some(("since", value)) => self.since = Some(number(value)?),
             // Not echoed: whatever was sent as a secret stays out of replies and logs.
@@ -102,6 +106,7 @@ impl Options {
             (self.heartbeat, "heartbeat"),
             (self.goodbye, "goodbye"),
             (self.tags, "tags"),
+            (self.members, "members"),
         ] {
             if wanted {
                 words.push(' ');
@@ -153,7 +158,7 @@ pub enum HandshakeError {
     BadName(#[from] NameError),
     /// An option this server does not know.
     #[error(
-        "unknown option {0:?} (known: heartbeat, goodbye, tags, history=N, since=SEQ, token=SECRET)"
+        "unknown option {0:?} (known: heartbeat, goodbye, tags, members, history=N, since=SEQ, token=SECRET)"
     )]
     UnknownOption(String),
     /// A known option with a value it cannot take.

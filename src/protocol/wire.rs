@@ -224,6 +224,14 @@ pub enum Notice {
         /// The secret.
         secret: String,
     },
+    /// `*** members N: NAME NAME ...`: who is in the room (`members`): N names in
+    /// all, over as many such lines as they take.
+    Members {
+        /// How many names in all.
+        total: usize,
+        /// The names on this line.
+        names: Vec<String>,
+    },
     /// `*** gap: events FROM to TO are no longer kept`: part of a replay is missing.
     Gap {
         /// The first missing event.
@@ -262,6 +270,12 @@ impl Notice {
             Self::Ok { name } => format!("{NOTICE_PREFIX}ok: joined as {name}\n"),
             Self::Ping => format!("{NOTICE_PREFIX}ping\n"),
             Self::Token { secret } => format!("{NOTICE_PREFIX}token: {secret}\n"),
+            Self::Members { total, names } if names.is_empty() => {
+                format!("{NOTICE_PREFIX}members {total}:\n")
+            }
+            Self::Members { total, names } => {
+                format!("{NOTICE_PREFIX}members {total}: {}\n", names.join(" "))
+            }
             Self::Gap { from, to } => {
                 format!("{NOTICE_PREFIX}gap: events {from} to {to} are no longer kept\n")
             }
@@ -281,6 +295,13 @@ impl Notice {
         if let Some(name) = body.strip_prefix("ok: joined as ") {
             return Some(Self::Ok {
                 name: name.to_owned(),
+            });
+        }
+        if let Some(rest) = body.strip_prefix("members ") {
+            let (total, names) = rest.split_once(':')?;
+            return Some(Self::Members {
+                total: total.parse().ok()?,
+                names: names.split_whitespace().map(str::to_owned).collect(),
             });
         }
         if let Some(secret) = body.strip_prefix("token: ") {
@@ -430,6 +451,10 @@ mod tests {
                 secret: "s3cr3t".into(),
             },
             Notice::Gap { from: 5, to: 99 },
+            Notice::Members {
+                total: 3,
+                names: vec!["alice".into(), "bob".into()],
+            },
             Notice::Bye {
                 text: "the server is shutting down".into(),
             },

@@ -350,6 +350,19 @@ impl Room {
         true
     }
 
+    /// The names of the members in the room now (announced, so not reservations),
+    /// sorted.
+    pub fn present(&self) -> Vec<Arc<str>> {
+        let mut names: Vec<Arc<str>> = self
+            .members
+            .values()
+            .filter(|member| member.announced)
+            .filter_map(|member| member.name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
     /// The name `id` holds or has reserved, if any.
     pub fn name_of(&self, id: ConnId) -> Option<&str> {
         self.members.get(&id)?.name.as_deref()

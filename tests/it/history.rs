@@ -277,7 +277,7 @@ async fn events_during_a_replay_are_neither_lost_nor_repeated() {
         talker
     });
     let (mut viewer, at_join) = tagged_viewer(server.addr, "history=10000").await;
-    assert!(at_join > last);
+    assert!(at_join >= last);
     let talker = within("the talker", talking).await.unwrap();
     let mut got = Vec::new();
     loop {
@@ -545,4 +545,49 @@ async fn while_the_log_fails_the_room_waits_and_loses_nothing() {
     assert_eq!(seqs(&lines(&mut late, 4).await), vec![1, 2, 3, 4]);
     let _ = stop.send(());
     within("the server to stop", server).await.unwrap().unwrap();
+}
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_lists_who_is_in_the_room_in_bounded_lines(
+    #[values(Transport::Tcp, Transport::Tls)] transport: Transport,
+) {
+    let server = start_server(config()).await;
+    let mut empty = Client::connect(server.at(transport)).await;
+    empty.send(b"viewer members\n").await;
+    assert_eq!(empty.line().await, WELCOME);
+    assert_eq!(empty.line().await, "*** members 0:");
+
+    // 70 names: a line of 64, then one of 6, sorted; a plain viewer sees none of it.
+    let mut watcher = Client::viewer(server.at(transport)).await;
+    let mut senders = Vec::new();
+    for i in 0..70 {
+        senders.push(Client::messenger(server.addr, &format!("m{i:02}")).await);
+        assert_eq!(
+            watcher.line().await,
+            format!("m{i:02} has joined the chat.")
+        );
+    }
+    let mut viewer = Client::connect(server.at(transport)).await;
+    viewer.send(b"viewer members tags\n").await;
+    welcome_seq(&viewer.line().await);
+    let names: Vec<String> = (0..70).map(|i| format!("m{i:02}")).collect();
+    assert_eq!(
+        viewer.line().await,
+        format!("*** members 70: {}", names[..64].join(" "))
+    );
+    assert_eq!(
+        viewer.line().await,
+        format!("*** members 70: {}", names[64..].join(" "))
+    );
+    // Then the room goes on as usual.
+    drop(senders.pop());
+    assert_eq!(tagged(&viewer.line().await).text, "m69 has left the chat");
+    // A chatter that asks is in its own list.
+    let mut zoe = Client::connect(server.at(transport)).await;
+    zoe.send(b"chat:zoe members\n").await;
+    assert_eq!(zoe.line().await, WELCOME);
+    let list = zoe.line().await;
+    assert!(list.starts_with("*** members 70: m00 "), "{list}");
+    assert!(zoe.line().await.ends_with("m68 zoe"));
 }

@@ -246,7 +246,7 @@ async fn refused_line_clients_get_one_error_line_then_the_close(
         ),
         (
             b"viewer loud\n",
-            "*** error unknown-option: unknown option \"loud\" (known: heartbeat, goodbye, tags, history=N, since=SEQ, token=SECRET)",
+            "*** error unknown-option: unknown option \"loud\" (known: heartbeat, goodbye, tags, members, history=N, since=SEQ, token=SECRET)",
         ),
         (
             b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
