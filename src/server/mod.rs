@@ -161,10 +161,20 @@ impl Prepared {
             );
         }
         if let Some(listener) = listeners.http {
+            // HTTPS with the chat's own certificate, when it has one.
+            let certificates = listeners
+                .tls
+                .as_ref()
+                .map(|(_, certificates)| certificates.clone());
+            let transport = if certificates.is_some() {
+                "https"
+            } else {
+                "http"
+            };
             if let Some(address) = accept::local_address(&listener) {
-                info!(%address, transport = %"http", "listening");
+                info!(%address, %transport, "listening");
             }
-            tokio::spawn(http::run(listener, hub.stats()));
+            tokio::spawn(http::run(listener, certificates, hub.stats()));
         }
         let tls = listeners.tls.map(|(listener, certificates)| {
             if let Some(address) = accept::local_address(&listener) {

@@ -11,10 +11,12 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::common::*;
 
-/// `GET path`: the status code and the body.
-async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+/// `GET path` over `transport` (HTTPS, trusting the test certificate, for `Tls`):
+/// the status code and the body.
+async fn get_over(transport: Transport, addr: SocketAddr, path: &str) -> (u16, String) {
     let exchange = async {
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let mut stream = over(stream, transport).await;
         stream
             .write_all(
                 format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
@@ -36,6 +38,16 @@ async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body.to_owned())
 }
 
+/// `GET path` over plain HTTP.
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    get_over(Transport::Tcp, addr, path).await
+}
+
+/// `GET path` from a test server, which has a certificate and so speaks HTTPS.
+async fn get_tls(server: &TestServer, path: &str) -> (u16, String) {
+    get_over(Transport::Tls, server.http_addr, path).await
+}
+
 /// The samples of a scrape, by name with labels: `tcpchat_events_total{kind="join"}`.
 fn samples(text: &str) -> HashMap<String, f64> {
     text.lines()
@@ -48,7 +60,7 @@ fn samples(text: &str) -> HashMap<String, f64> {
 }
 
 async fn scrape(server: &TestServer) -> HashMap<String, f64> {
-    let (status, body) = get(server.http_addr, "/metrics").await;
+    let (status, body) = get_tls(server, "/metrics").await;
     assert_eq!(status, 200);
     samples(&body)
 }
@@ -58,17 +70,23 @@ fn value(samples: &HashMap<String, f64>, name: &str) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_and_readiness_answer() {
+async fn health_and_readiness_answer_over_https_with_the_chat_s_certificate() {
     let server = start_server(config()).await;
+    assert_eq!(get_tls(&server, "/healthz").await, (200, "ok\n".to_owned()));
     assert_eq!(
-        get(server.http_addr, "/healthz").await,
-        (200, "ok\n".to_owned())
-    );
-    assert_eq!(
-        get(server.http_addr, "/readyz").await,
+        get_tls(&server, "/readyz").await,
         (200, "ready\n".to_owned())
     );
-    assert_eq!(get(server.http_addr, "/nothing").await.0, 404);
+    assert_eq!(get_tls(&server, "/nothing").await.0, 404);
+    // With a certificate the listener speaks HTTPS only.
+    let mut plain = TcpStream::connect(server.http_addr).await.unwrap();
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = within("the refusal", plain.read_to_end(&mut answer)).await;
+    assert!(!answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
