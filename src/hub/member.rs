@@ -654,16 +654,12 @@ impl Member {
         let mut wrote = false;
         loop {
             // The replay first, a chunk at a time, and the live feed once it is done.
+            if self.out.is_empty() && self.replay.is_some() {
+                self.check_feed()?;
+            }
             if self.out.is_empty()
                 && let Some(replay) = &mut self.replay
             {
-                if let Some(feed) = &self.feed {
-                    feed.check(
-                        &self.shared.ring,
-                        self.format,
-                        self.shared.viewer_backlog_bytes,
-                    )?;
-                }
                 let store = self.shared.store.as_ref();
                 match replay.poll_chunk(cx, store, &self.shared.replays, self.format) {
                     Poll::Pending => return Ok(wrote),
@@ -725,13 +721,7 @@ impl Member {
                     Poll::Ready(Ok(written)) => written,
                     Poll::Ready(Err(error)) => return Err(End::PeerError(error)),
                     Poll::Pending => {
-                        if let Some(feed) = &self.feed {
-                            feed.check(
-                                &self.shared.ring,
-                                self.format,
-                                self.shared.viewer_backlog_bytes,
-                            )?;
-                        }
+                        self.check_feed()?;
                         return Ok(wrote);
                     }
                 }
@@ -751,6 +741,18 @@ impl Member {
                 // Everything that was ready went out; a later publish wakes us.
                 return Ok(wrote);
             }
+        }
+    }
+
+    /// The slow-viewer rule, for a receiver: `Err` once it is past its backlog.
+    fn check_feed(&self) -> Result<(), End> {
+        match &self.feed {
+            Some(feed) => feed.check(
+                &self.shared.ring,
+                self.format,
+                self.shared.viewer_backlog_bytes,
+            ),
+            None => Ok(()),
         }
     }
 

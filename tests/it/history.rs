@@ -466,40 +466,6 @@ async fn with_history_off_nothing_is_kept_and_a_resume_is_one_gap() {
     assert!(!data.path().join("unused").exists(), "no disk touched");
 }
 
-/// A log that fails while `broken` is set, as a full disk would.
-#[derive(Debug)]
-struct Flaky {
-    inner: std::sync::Arc<tcpchat::store::sqlite::SqliteStore>,
-    broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl tcpchat::store::Store for Flaky {
-    fn recover(&self) -> Result<tcpchat::store::Recovered, tcpchat::store::StoreError> {
-        self.inner.recover()
-    }
-
-    fn append(&self, events: &[tcpchat::room::Event]) -> Result<(), tcpchat::store::StoreError> {
-        if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(tcpchat::store::StoreError::Sqlite(
-                "database or disk is full".to_owned(),
-            ));
-        }
-        self.inner.append(events)
-    }
-
-    fn read(
-        &self,
-        after: u64,
-        max: usize,
-    ) -> Result<Vec<tcpchat::room::Event>, tcpchat::store::StoreError> {
-        self.inner.read(after, max)
-    }
-
-    fn first_kept(&self) -> Result<Option<u64>, tcpchat::store::StoreError> {
-        self.inner.first_kept()
-    }
-}
-
 /// While the log cannot be written, the room waits: nothing is shown that is not
 /// kept, nothing is dropped, and once the log works again everything goes on in
 /// order.
@@ -507,12 +473,8 @@ impl tcpchat::store::Store for Flaky {
 async fn while_the_log_fails_the_room_waits_and_loses_nothing() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let data = tempfile::tempdir().unwrap();
-    let options = tcpchat::store::sqlite::Options::new(1000, false);
     let broken = std::sync::Arc::new(AtomicBool::new(false));
-    let store = Flaky {
-        inner: tcpchat::store::sqlite::SqliteStore::open(data.path(), &options).unwrap(),
-        broken: broken.clone(),
-    };
+    let store = Breakable::open(data.path(), broken.clone());
     let prepared =
         tcpchat::server::prepare_with_store(config(), Some(std::sync::Arc::new(store))).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -149,57 +149,11 @@ async fn the_counters_move_with_real_traffic() {
     assert_eq!(open, 1.0);
 }
 
-/// A log that cannot be written while `broken` is set.
-#[derive(Debug)]
-struct Breakable {
-    inner: Arc<tcpchat::store::sqlite::SqliteStore>,
-    broken: Arc<AtomicBool>,
-}
-
-impl tcpchat::store::Store for Breakable {
-    fn recover(&self) -> Result<tcpchat::store::Recovered, tcpchat::store::StoreError> {
-        self.inner.recover()
-    }
-
-    fn append(&self, events: &[tcpchat::room::Event]) -> Result<(), tcpchat::store::StoreError> {
-        self.probe()?;
-        self.inner.append(events)
-    }
-
-    fn read(
-        &self,
-        after: u64,
-        max: usize,
-    ) -> Result<Vec<tcpchat::room::Event>, tcpchat::store::StoreError> {
-        self.inner.read(after, max)
-    }
-
-    fn first_kept(&self) -> Result<Option<u64>, tcpchat::store::StoreError> {
-        self.inner.first_kept()
-    }
-
-    fn probe(&self) -> Result<(), tcpchat::store::StoreError> {
-        if self.broken.load(Ordering::SeqCst) {
-            return Err(tcpchat::store::StoreError::Sqlite(
-                "database or disk is full".to_owned(),
-            ));
-        }
-        self.inner.probe()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_fails_while_the_log_cannot_be_written() {
     let data = tempfile::tempdir().unwrap();
     let broken = Arc::new(AtomicBool::new(false));
-    let store = Breakable {
-        inner: tcpchat::store::sqlite::SqliteStore::open(
-            data.path(),
-            &tcpchat::store::sqlite::Options::new(1000, false),
-        )
-        .unwrap(),
-        broken: broken.clone(),
-    };
+    let store = Breakable::open(data.path(), broken.clone());
     let prepared = tcpchat::server::prepare_with_store(config(), Some(Arc::new(store))).unwrap();
     let plain = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();

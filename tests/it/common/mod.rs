@@ -335,3 +335,56 @@ pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>)
         .await
         .unwrap_or_else(|_| panic!("{what}: not within {WAIT:?}"))
 }
+
+/// A room's log that cannot be written while `broken` is set, as with a full disk.
+#[derive(Debug)]
+pub struct Breakable {
+    inner: Arc<tcpchat::store::sqlite::SqliteStore>,
+    broken: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl tcpchat::store::Store for Breakable {
+    fn recover(&self) -> Result<tcpchat::store::Recovered, tcpchat::store::StoreError> {
+        self.inner.recover()
+    }
+
+    fn append(&self, events: &[tcpchat::room::Event]) -> Result<(), tcpchat::store::StoreError> {
+        self.probe()?;
+        self.inner.append(events)
+    }
+
+    fn read(
+        &self,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<tcpchat::room::Event>, tcpchat::store::StoreError> {
+        self.inner.read(after, max)
+    }
+
+    fn first_kept(&self) -> Result<Option<u64>, tcpchat::store::StoreError> {
+        self.inner.first_kept()
+    }
+
+    fn probe(&self) -> Result<(), tcpchat::store::StoreError> {
+        if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(tcpchat::store::StoreError::Sqlite(
+                "database or disk is full".to_owned(),
+            ));
+        }
+        self.inner.probe()
+    }
+}
+
+impl Breakable {
+    /// A SQLite log in `dir`, broken while `broken` is set.
+    pub fn open(dir: &std::path::Path, broken: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        Self {
+            inner: tcpchat::store::sqlite::SqliteStore::open(
+                dir,
+                &tcpchat::store::sqlite::Options::new(1000, false),
+            )
+            .expect("a log"),
+            broken,
+        }
+    }
+}
