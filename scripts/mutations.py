@@ -96,8 +96,8 @@ MUTATIONS = [
          "            && false\n            && deadline.as_mut().poll(cx).is_ready()\n        {\n            return Err(End::Deadline);")]),
     ("events shown before the log has them", ["it::history::", "it::crash::"], [
         ("src/hub/log.rs",
-         "        if !append_until_done(store, &events, hub_stopped) {",
-         "        let _ = done.send(events.clone());\n        if !append_until_done(store, &events, hub_stopped) {"),
+         "        if !append_until_done(store, &events, hub_stopped, report) {",
+         "        let _ = done.send(events.clone());\n        if !append_until_done(store, &events, hub_stopped, report) {"),
         ("src/hub/log.rs",
          "        if done.send(events).is_err() {\n            return;\n        }",
          "        let _ = events;")]),
