@@ -486,6 +486,24 @@ fn a_lost_or_stalled_log_pipe_costs_log_lines_not_the_server() {
     }
 }
 
+/// `tcpchat serve` on ephemeral loopback ports with its log in `dir`.
+fn serve_on(dir: &std::path::Path) -> Command {
+    let mut command = tcpchat();
+    command
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--http-port",
+            "0",
+        ])
+        .arg("--data-dir")
+        .arg(dir);
+    command
+}
+
 /// A data directory that cannot be used stops the server at start, with one line
 /// that says why and where, before it listens.
 #[test]
@@ -503,18 +521,7 @@ fn an_unusable_data_directory_is_one_line_and_exit_code_1() {
         (foreign.clone(), "is not a tcpchat log"),
     ];
     for (dir, expected) in cases {
-        let (code, _, stderr) = run(tcpchat()
-            .args([
-                "serve",
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--http-port",
-                "0",
-            ])
-            .arg("--data-dir")
-            .arg(&dir));
+        let (code, _, stderr) = run(&mut serve_on(&dir));
         assert_eq!(code, 1, "{dir:?}: {stderr}");
         let line = one_line(&stderr);
         assert!(line.starts_with("tcpchat: "), "{line}");
@@ -536,18 +543,7 @@ fn a_second_server_on_the_same_data_directory_is_refused() {
         .arg(data.path())
         .start()
         .expect("the first server starts");
-    let (code, _, stderr) = run(tcpchat()
-        .args([
-            "serve",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--http-port",
-            "0",
-            "--data-dir",
-        ])
-        .arg(data.path()));
+    let (code, _, stderr) = run(&mut serve_on(data.path()));
     assert_eq!(code, 1, "{stderr}");
     let line = one_line(&stderr);
     assert!(line.contains("is in use by another tcpchat"), "{line}");

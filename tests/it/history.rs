@@ -475,6 +475,7 @@ async fn while_the_log_fails_the_room_waits_and_loses_nothing() {
     let data = tempfile::tempdir().unwrap();
     let broken = std::sync::Arc::new(AtomicBool::new(false));
     let store = Breakable::open(data.path(), broken.clone());
+    let refused = store.refused.clone();
     let prepared =
         tcpchat::server::prepare_with_store(config(), Some(std::sync::Arc::new(store))).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -495,7 +496,14 @@ async fn while_the_log_fails_the_room_waits_and_loses_nothing() {
 
     broken.store(true, Ordering::SeqCst);
     bob.send(b"one\ntwo\n").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The lines have reached the log and been refused, and tried again: the room
+    // has them, and shows them to no one.
+    within("the log to refuse the lines twice", async {
+        while refused.load(Ordering::SeqCst) < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
     viewer.assert_nothing_buffered().await;
 
     broken.store(false, Ordering::SeqCst);

@@ -341,6 +341,19 @@ pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>)
 pub struct Breakable {
     inner: Arc<tcpchat::store::sqlite::SqliteStore>,
     broken: Arc<std::sync::atomic::AtomicBool>,
+    /// Appends refused so far.
+    pub refused: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Breakable {
+    fn check(&self) -> Result<(), tcpchat::store::StoreError> {
+        if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(tcpchat::store::StoreError::Sqlite(
+                "database or disk is full".to_owned(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl tcpchat::store::Store for Breakable {
@@ -349,7 +362,11 @@ impl tcpchat::store::Store for Breakable {
     }
 
     fn append(&self, events: &[tcpchat::room::Event]) -> Result<(), tcpchat::store::StoreError> {
-        self.probe()?;
+        if let Err(error) = self.check() {
+            self.refused
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            return Err(error);
+        }
         self.inner.append(events)
     }
 
@@ -366,11 +383,7 @@ impl tcpchat::store::Store for Breakable {
     }
 
     fn probe(&self) -> Result<(), tcpchat::store::StoreError> {
-        if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(tcpchat::store::StoreError::Sqlite(
-                "database or disk is full".to_owned(),
-            ));
-        }
+        self.check()?;
         self.inner.probe()
     }
 }
@@ -385,6 +398,7 @@ impl Breakable {
             )
             .expect("a log"),
             broken,
+            refused: Arc::default(),
         }
     }
 }
