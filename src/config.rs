@@ -79,6 +79,13 @@ pub struct Config {
     #[arg(long = "name", default_value = "Bad IRC")]
     pub chat_name: String,
 
+    /// Web pages allowed to open WebSocket connections to the chat, besides the chat
+    /// page itself (the origin of the address it was loaded from, always allowed):
+    /// origins such as `https://chat.example.org`, comma-separated, or `*` for any.
+    /// A request without an Origin header (a program, not a browser) is allowed.
+    #[arg(long, value_delimiter = ',', value_name = "ORIGINS")]
+    pub http_allowed_origins: Vec<String>,
+
     /// Time a client has to finish its handshake. Each connection has its own timer,
     /// so a silent client costs only itself (the original waited forever, and
     /// blocked everyone while it did).

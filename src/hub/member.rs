@@ -46,6 +46,7 @@ use super::ring::{self, Batch, Fetch, Ring, Subscriber};
 use crate::config::{Config, HELD_BACK_DEPARTURE_CHECK, LINGER, SLOW_VIEWER_LINGER};
 use crate::protocol::handshake::Options;
 use crate::protocol::line::LineTooLong;
+use crate::protocol::websocket::{self, FrameError};
 use crate::protocol::wire::{Format, Notice, PerFormat};
 use crate::room::{ConnId, Role, text};
 use crate::store::{Store, StoreError};
@@ -124,8 +125,8 @@ impl Shared {
     /// `last_seq`.
     fn welcome(&self, format: Format, last_seq: u64) -> Bytes {
         match format {
-            Format::Tagged => format.welcome(&self.chat_name, last_seq),
-            _ => self.welcome[format].clone(),
+            Format::Tagged | Format::TaggedWebSocket => format.welcome(&self.chat_name, last_seq),
+            Format::Seed | Format::Line | Format::WebSocket => self.welcome[format].clone(),
         }
     }
 
@@ -275,12 +276,16 @@ pub enum End {
     ShutDown,
     /// The server shut down and the deadline passed first.
     Deadline,
+    /// A WebSocket client's frame broke the protocol, was binary, or was too big.
+    BadFrame(FrameError),
 }
 
 /// How the transport should close the connection.
 #[derive(Debug)]
 pub struct Farewell {
-    /// A last line to write before closing, in the member's format.
+    /// A last line to write before closing, in the member's format. In a framed
+    /// format, it ends with whole frames (finishing any frame the last write cut
+    /// short), so a transport may add a closing frame after it.
     pub last_words: Option<Bytes>,
     /// How long writing what is left (the last words, and whatever the transport
     /// still holds, such as TLS records) may take.
@@ -458,7 +463,16 @@ pub struct Member {
     out_from_feed: bool,
     /// The last byte written, to start a closing notice on a fresh line.
     last_byte: Option<u8>,
+    /// Whether the last write stopped inside a buffer (a batch, a notice).
+    cut_short: bool,
+    /// In a framed format, the bytes at the front of `out` that finish a frame the
+    /// last write began (0 when `out` starts with a whole frame).
+    frame_rest: usize,
     heartbeat: Option<Pin<Box<Heartbeat>>>,
+    /// Whether the heartbeat sent a ping since the transport last asked.
+    pinged: bool,
+    /// A transport's own message (a WebSocket pong), written at the next boundary.
+    between: Option<Bytes>,
     /// Set when shutdown begins.
     drain_deadline: Option<Pin<Box<Sleep>>>,
 }
@@ -549,7 +563,11 @@ impl Member {
             out,
             out_from_feed: false,
             last_byte: None,
+            cut_short: false,
+            frame_rest: 0,
             heartbeat,
+            pinged: false,
+            between: None,
             drain_deadline: None,
         }
     }
@@ -762,15 +780,35 @@ impl Member {
         if !self.out.is_empty() {
             return false;
         }
+        if let Some(between) = self.between.take() {
+            self.out = between;
+            self.out_from_feed = false;
+            return true;
+        }
         let Some(heartbeat) = &mut self.heartbeat else {
             return false;
         };
         if !heartbeat.as_mut().poll_due(cx) {
             return false;
         }
-        self.out = Notice::Ping.to_line();
+        self.out = self.format.ping();
         self.out_from_feed = false;
+        self.pinged = true;
         true
+    }
+
+    /// Queues the transport's own `bytes` (a WebSocket pong) to be written once
+    /// everything ready now is written, never inside another unit of output. A second
+    /// call before then replaces the first (a pong answers the latest ping only).
+    pub fn send_between(&mut self, bytes: Bytes) {
+        self.between = Some(bytes);
+        // Written by the next `poll_write`; the transport polls it in this round.
+    }
+
+    /// Whether the heartbeat has sent a ping since the last call: the moment for a
+    /// transport that expects an answer to check it has heard from its peer lately.
+    pub fn take_pinged(&mut self) -> bool {
+        std::mem::take(&mut self.pinged)
     }
 
     /// Whether the member is done, as a sender that closed (after its goodbye, for a
@@ -790,6 +828,13 @@ impl Member {
         let held_back = self.input.as_ref().map_or(0, |input| {
             input.posts.iter().map(|p| text::lines(p).count()).sum()
         });
+        // A frame cut short is finished first (its rest is in `out`), so that the
+        // closing frames can follow it.
+        let unfinished = if self.format.is_framed() && self.cut_short {
+            self.out.slice(..self.frame_rest.min(self.out.len()))
+        } else {
+            Bytes::new()
+        };
         // Whatever was still to be written is abandoned: let go of it (and of the
         // ring) before lingering, so a closing connection holds no chat.
         self.out = Bytes::new();
@@ -879,11 +924,18 @@ impl Member {
                 info!(conn = %id, "closed: shutdown deadline passed");
                 None
             }
+            End::BadFrame(error) => {
+                info!(conn = %id, %error, "closed: bad WebSocket frame");
+                Some(Notice::error(error.code, &error.reason))
+            }
         };
         self.membership.leave().await;
         let last_words = notice.and_then(|notice| {
             let line = self.format.notice(&notice)?;
-            if self.last_byte.is_some_and(|b| b != b'\n') {
+            if !unfinished.is_empty() {
+                return Some([unfinished.clone(), line].concat().into());
+            }
+            if !self.format.is_framed() && self.last_byte.is_some_and(|b| b != b'\n') {
                 // A batch was cut short mid-line: start the notice on its own line.
                 let mut fresh = BytesMut::with_capacity(line.len() + 1);
                 fresh.extend_from_slice(b"\n");
@@ -893,6 +945,10 @@ impl Member {
                 Some(line)
             }
         });
+        let last_words = match last_words {
+            None if !unfinished.is_empty() => Some(unfinished),
+            other => other,
+        };
         Farewell {
             last_words,
             flush_within,
@@ -1034,12 +1090,35 @@ impl Member {
     }
 
     /// Accounts for `written` bytes of `out` followed by `batches`.
-    fn consume(&mut self, mut written: usize, batches: &[Option<Arc<Batch>>]) {
+    fn consume(&mut self, written: usize, batches: &[Option<Arc<Batch>>]) {
+        // Also with nothing written: batches with nothing in this format are stepped over.
+        self.take_written(written, batches);
+        if written > 0 {
+            // A write that left bytes in `out` stopped inside a buffer.
+            self.cut_short = !self.out.is_empty();
+        }
+        if self.out.is_empty() {
+            self.frame_rest = 0;
+        }
+    }
+
+    /// The bookkeeping of [`Member::consume`] for `written > 0`.
+    fn take_written(&mut self, mut written: usize, batches: &[Option<Arc<Batch>>]) {
         let metrics = &self.shared.metrics;
         metrics.written_bytes.inc_by(written as u64);
         let from_out = written.min(self.out.len());
         if from_out > 0 {
             self.last_byte = Some(self.out[from_out - 1]);
+            if self.format.is_framed() {
+                self.frame_rest = if from_out < self.frame_rest {
+                    self.frame_rest - from_out
+                } else {
+                    // `out` holds whole frames from `frame_rest` on.
+                    let whole = &self.out[self.frame_rest..];
+                    websocket::frame_end(whole, from_out - self.frame_rest) + self.frame_rest
+                        - from_out
+                };
+            }
             self.out.advance(from_out);
             if self.out_from_feed
                 && let Some(feed) = &mut self.feed
@@ -1070,6 +1149,9 @@ impl Member {
             metrics.deliveries.inc_by(u64::from(batch.events));
             written -= taken;
             if taken < bytes.len() {
+                if self.format.is_framed() {
+                    self.frame_rest = websocket::frame_end(bytes, taken) - taken;
+                }
                 self.out = bytes.slice(taken..);
                 self.out_from_feed = true;
                 break;

@@ -139,6 +139,41 @@ impl Hub {
     pub fn stats(&self) -> HubStats {
         HubStats(self.shared.clone())
     }
+
+    /// A handle that does not keep the hub running, for a listener that lives on
+    /// past the start of shutdown (HTTP, whose WebSocket upgrades join the room).
+    pub fn downgrade(&self) -> WeakHub {
+        WeakHub {
+            tx: self.tx.downgrade(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// A [`Hub`] that does not keep the hub running: [`WeakHub::upgrade`] gives a `Hub`
+/// while the hub still takes members.
+#[derive(Debug, Clone)]
+pub struct WeakHub {
+    tx: mpsc::WeakSender<Command>,
+    shared: Arc<Shared>,
+}
+
+impl WeakHub {
+    /// The hub, unless it is shutting down or stopped.
+    pub fn upgrade(&self) -> Option<Hub> {
+        if self.shared.stop.is_cancelled() {
+            return None;
+        }
+        Some(Hub {
+            tx: self.tx.upgrade()?,
+            shared: self.shared.clone(),
+        })
+    }
+
+    /// The hub's counters.
+    pub fn stats(&self) -> HubStats {
+        HubStats(self.shared.clone())
+    }
 }
 
 /// The hub's counters. Unlike a [`Hub`], holding this does not keep the hub running.

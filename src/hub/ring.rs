@@ -304,7 +304,7 @@ mod tests {
     fn batch(seed: &'static [u8], line: &'static [u8]) -> PerFormat<Bytes> {
         PerFormat::from_fn(|f| match f {
             Format::Seed => Bytes::from_static(seed),
-            Format::Line | Format::Tagged => Bytes::from_static(line),
+            _ => Bytes::from_static(line),
         })
     }
 

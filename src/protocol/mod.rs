@@ -7,6 +7,8 @@
 //! - [`handshake`]: a connection's first bytes -> role, mode and options.
 //! - [`mod@line`]: a messenger's stream -> messages (line framing, or seed reads).
 //! - [`wire`]: events and notices -> bytes, once per wire format.
+//! - [`websocket`]: WebSocket frames: the server's, written once and shared; the
+//!   client's, checked and unmasked.
 //!
 //! The rules for names and text belong to the room ([`crate::room::name`],
 //! [`crate::room::text`]): the room enforces them on every transport, and this module
@@ -16,6 +18,7 @@ pub mod handshake;
 #[doc(hidden)]
 pub mod invariants;
 pub mod line;
+pub mod websocket;
 pub mod wire;
 
 pub use handshake::{Hello, Mode, Options};

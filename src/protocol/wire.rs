@@ -14,6 +14,7 @@ use std::ops::{Index, IndexMut};
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::handshake::Mode;
+use super::websocket;
 use crate::room::{Event, EventKind};
 
 /// How the server writes events to a receiver.
@@ -30,11 +31,21 @@ pub enum Format {
     /// Line format with IRCv3-style tags before each event's text:
     /// `@seq=N;time=T[;id=TOKEN] TEXT\n` (`tags`).
     Tagged,
+    /// Line format over WebSocket: each line one text frame, without its `\n`.
+    WebSocket,
+    /// Tagged line format over WebSocket.
+    TaggedWebSocket,
 }
 
 impl Format {
     /// Every format, in [`Format::index`] order.
-    pub const ALL: [Self; 3] = [Self::Seed, Self::Line, Self::Tagged];
+    pub const ALL: [Self; 5] = [
+        Self::Seed,
+        Self::Line,
+        Self::Tagged,
+        Self::WebSocket,
+        Self::TaggedWebSocket,
+    ];
 
     /// How many formats there are.
     pub const COUNT: usize = Self::ALL.len();
@@ -54,17 +65,46 @@ impl Format {
         }
     }
 
+    /// The format of a WebSocket client, with tags if it asked for them.
+    pub fn websocket(tags: bool) -> Self {
+        if tags {
+            Self::TaggedWebSocket
+        } else {
+            Self::WebSocket
+        }
+    }
+
     /// Whether this format can carry notices (`*** ok`, `*** error`, ...). Seed
     /// clients never get anything the original server would not have sent.
     pub fn has_notices(self) -> bool {
+        self != Self::Seed
+    }
+
+    /// Whether the bytes are WebSocket frames, which must be written whole: a
+    /// connection cut mid-frame can take no further frame.
+    pub fn is_framed(self) -> bool {
+        matches!(self, Self::WebSocket | Self::TaggedWebSocket)
+    }
+
+    /// The line format a framed format carries, one line per frame.
+    fn lines(self) -> Self {
         match self {
-            Self::Seed => false,
-            Self::Line | Self::Tagged => true,
+            Self::WebSocket => Self::Line,
+            Self::TaggedWebSocket => Self::Tagged,
+            other => other,
         }
     }
 
     /// Appends the text of `event` to `out`, as this format writes it.
     pub fn encode(self, event: &Event, out: &mut BytesMut) {
+        if self.is_framed() {
+            // The line, then its frame: the header holds the length. Once per event
+            // and format, so the copy costs nothing next to the writes it feeds.
+            let mut line = BytesMut::with_capacity(128);
+            self.lines().encode(event, &mut line);
+            websocket::put_text(out, line.strip_suffix(b"\n").unwrap_or(&line));
+            return;
+        }
         if self == Self::Tagged {
             write_tags(event, out);
         }
@@ -98,12 +138,28 @@ impl Format {
             Self::Seed => text,
             Self::Line => format!("{text}\n"),
             Self::Tagged => format!("@seq={last_seq} {text}\n"),
+            Self::WebSocket | Self::TaggedWebSocket => {
+                return websocket::text_frames(&self.lines().welcome(chat_name, last_seq));
+            }
         })
     }
 
     /// `notice` as this format writes it, or `None` if the format has no notices.
     pub fn notice(self, notice: &Notice) -> Option<Bytes> {
+        if self.is_framed() {
+            return Some(websocket::text_frames(&notice.to_line()));
+        }
         self.has_notices().then(|| notice.to_line())
+    }
+
+    /// What the heartbeat sends on a quiet connection: `*** ping`, or a WebSocket
+    /// ping, which browsers answer by themselves.
+    pub fn ping(self) -> Bytes {
+        if self.is_framed() {
+            Bytes::from_static(&websocket::PING_FRAME)
+        } else {
+            Notice::Ping.to_line()
+        }
     }
 }
 
@@ -113,6 +169,8 @@ impl std::fmt::Display for Format {
             Self::Seed => "seed",
             Self::Line => "line",
             Self::Tagged => "tagged",
+            Self::WebSocket => "websocket",
+            Self::TaggedWebSocket => "tagged-websocket",
         })
     }
 }

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::admission::Gate;
-use super::stream::{self, Arrival};
+use super::stream::{self, Arrival, Framing};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::room::ConnId;
@@ -88,7 +88,9 @@ pub(super) async fn run(listener: TcpListener, transport: Transport, listening: 
             config: config.clone(),
             admission,
             deadline: Instant::now() + config.handshake_timeout,
-            seed_allowed: matches!(transport, Transport::Plain),
+            framing: Framing::Stream {
+                seed_allowed: matches!(transport, Transport::Plain),
+            },
         };
         // No span per connection: it would be kept for the connection's whole life, a
         // few hundred bytes each; events carry `conn` (and `peer` at join) instead.

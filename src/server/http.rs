@@ -1,5 +1,9 @@
-//! The HTTP listener: health checks and metrics for operators.
+//! The HTTP listener: the chat page and its WebSocket, health checks and metrics.
 //!
+//! - `GET /`, `/app.js`, `/app.css`: the chat page, embedded in the binary.
+//! - `GET /ws`: a WebSocket upgrade; the connection then becomes a member like any
+//!   other, served by the byte-stream transport over the same TCP (or TLS) stream
+//!   (`stream.rs`), one line per text frame.
 //! - `GET /healthz`: 200 while the process serves at all.
 //! - `GET /readyz`: 200 when the server takes connections and its log can be
 //!   written; 503, with the reason in the body, while it is shutting down or its log
@@ -9,81 +13,322 @@
 //! With the server's TLS certificate, the listener speaks HTTPS only, with the same
 //! certificate (and the same SIGHUP reload: each handshake takes the current pair).
 //!
-//! Built on axum (on hyper): routing, HTTP/1.1 and graceful shutdown are solved
-//! problems, and the chat's own transports stay hand-written where it pays.
+//! Built on axum (on hyper): routing, HTTP/1.1 and the upgrade are solved problems;
+//! once upgraded, the connection leaves hyper and is served by our own loop, which
+//! writes the room's frames encoded once for every WebSocket member.
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, warn};
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
 
-use crate::hub::HubStats;
+use super::admission::Gate;
+use super::stream::{self, Arrival, ByteStream, Framing};
+use crate::config::Config;
+use crate::hub::{HubStats, WeakHub};
+use crate::protocol::websocket;
+use crate::room::ConnId;
+use crate::socket;
 use crate::tls::Certificates;
 
 /// How long a client has to finish its TLS handshake and its request's head.
 const HTTP_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Most HTTP connections open at once that are not (yet) WebSocket members, who
+/// count under the chat's own limits instead.
+const MAX_HTTP_CONNECTIONS: usize = 512;
+
+/// What the HTTP side needs of the server.
+#[derive(Debug, Clone)]
+pub(super) struct Web {
+    /// Does not keep the hub running: HTTP lives on while shutdown drains.
+    pub(super) hub: WeakHub,
+    pub(super) config: Arc<Config>,
+    pub(super) gate: Arc<Gate>,
+    /// The last connection id handed out, shared with the chat's listeners.
+    pub(super) ids: Arc<AtomicU64>,
+    /// The chat's connections, which WebSocket members join.
+    pub(super) tracker: TaskTracker,
+}
+
+/// The peer of the HTTP connection a request came on.
+#[derive(Debug, Clone, Copy)]
+struct Peer(SocketAddr);
+
 /// Serves `listener` (over TLS with `certificates`) until shutdown begins.
-pub(super) async fn run(
-    listener: TcpListener,
-    certificates: Option<Arc<Certificates>>,
-    hub: HubStats,
-) {
-    let stopping = hub.stopping();
+pub(super) async fn run(listener: TcpListener, certificates: Option<Arc<Certificates>>, web: Web) {
+    let stats = web.hub.stats();
+    let stopping = stats.stopping();
+    let transport = if certificates.is_some() { "wss" } else { "ws" };
     let router = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(hub);
-    let Some(certificates) = certificates else {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(stopping)
-            .await;
-        if let Err(error) = served {
-            warn!(%error, "the HTTP listener failed");
-        }
-        return;
-    };
+        .route("/", get(page))
+        .route("/app.js", get(script))
+        .route("/app.css", get(style))
+        .route("/ws", get(upgrade))
+        .with_state((Arc::new(web.clone()), transport))
+        .merge(
+            Router::new()
+                .route("/healthz", get(healthz))
+                .route("/readyz", get(readyz))
+                .route("/metrics", get(metrics))
+                .with_state(stats),
+        );
+    let open = Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS));
     tokio::pin!(stopping);
     loop {
         let accepted = tokio::select! {
             () = &mut stopping => return,
             accepted = listener.accept() => accepted,
         };
-        let (stream, _) = match accepted {
+        let (tcp, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
-                debug!(%error, "HTTPS accept failed");
+                debug!(%error, "HTTP accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let acceptor = TlsAcceptor::from(certificates.current());
-        let service = TowerToHyperService::new(router.clone());
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            debug!(%peer, "too many HTTP connections: closed");
+            continue;
+        };
+        if let Err(error) = socket::configure(&tcp, web.config.dead_peer_timeout) {
+            debug!(%error, "could not set socket options");
+        }
+        let service = router.clone().layer(Extension(Peer(peer)));
+        let acceptor = certificates
+            .as_ref()
+            .map(|certificates| TlsAcceptor::from(certificates.current()));
         tokio::spawn(async move {
-            let handshake = tokio::time::timeout(HTTP_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
-            let Ok(Ok(tls)) = handshake.await else {
-                return;
-            };
-            let served = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HTTP_HANDSHAKE_TIMEOUT)
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
-            if let Err(error) = served {
-                debug!(%error, "HTTPS connection ended with an error");
+            match acceptor {
+                None => serve_http(tcp, service).await,
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(HTTP_HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+                    if let Ok(Ok(tls)) = handshake.await {
+                        serve_http(tls, service).await;
+                    }
+                }
             }
+            // An upgraded connection is a member now, under the chat's limits.
+            drop(permit);
         });
     }
+}
+
+/// HTTP/1.1 on one connection, until it closes or is upgraded.
+async fn serve_http<S>(io: S, service: Router)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HTTP_HANDSHAKE_TIMEOUT)
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
+        .with_upgrades()
+        .await;
+    if let Err(error) = served {
+        debug!(%error, "HTTP connection ended with an error");
+    }
+}
+
+/// `GET /ws`: checks the upgrade and the Origin, admits the connection as the chat's
+/// listeners do, and hands it to the byte-stream transport once upgraded.
+async fn upgrade(
+    State((web, transport)): State<(Arc<Web>, &'static str)>,
+    Extension(Peer(peer)): Extension<Peer>,
+    mut request: Request,
+) -> Response {
+    let headers = request.headers();
+    if !header_has_token(headers, header::UPGRADE, "websocket")
+        || !header_has_token(headers, header::CONNECTION, "upgrade")
+    {
+        return (StatusCode::BAD_REQUEST, "expected a WebSocket upgrade\n").into_response();
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        return (
+            StatusCode::UPGRADE_REQUIRED,
+            [(header::SEC_WEBSOCKET_VERSION, "13")],
+            "WebSocket version 13 only\n",
+        )
+            .into_response();
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return (StatusCode::BAD_REQUEST, "no Sec-WebSocket-Key\n").into_response();
+    };
+    let accept = websocket::accept_key(key.as_bytes());
+    let origin = headers.get(header::ORIGIN);
+    if !origin_allowed(
+        origin,
+        headers.get(header::HOST),
+        &web.config.http_allowed_origins,
+    ) {
+        let origin = origin.and_then(|o| o.to_str().ok()).unwrap_or("?");
+        info!(%peer, %origin, %transport, "refused: origin not allowed");
+        let Some(hub) = web.hub.upgrade() else {
+            return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
+        };
+        hub.metrics().refused("origin-not-allowed");
+        return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
+    }
+    let Some(hub) = web.hub.upgrade() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    };
+    let id = ConnId(web.ids.fetch_add(1, Ordering::Relaxed) + 1);
+    let admission = match web.gate.admit(id, peer) {
+        Ok(admission) => admission,
+        Err(reason) => {
+            hub.metrics().refused(reason);
+            return (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")).into_response();
+        }
+    };
+    hub.metrics()
+        .connections_accepted
+        .get_or_create(&crate::metrics::Transport {
+            transport: transport.to_owned(),
+        })
+        .inc();
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let arrival = Arrival {
+        peer,
+        id,
+        hub,
+        config: web.config.clone(),
+        admission,
+        deadline: Instant::now() + web.config.handshake_timeout,
+        framing: Framing::WebSocket {
+            pre_read: bytes::Bytes::new(),
+        },
+    };
+    web.tracker.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => serve_upgraded(upgraded, arrival).await,
+            Err(error) => debug!(conn = %id, %error, "the WebSocket upgrade failed"),
+        }
+    });
+    (
+        StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (header::UPGRADE, HeaderValue::from_static("websocket")),
+            (header::CONNECTION, HeaderValue::from_static("Upgrade")),
+            (
+                header::SEC_WEBSOCKET_ACCEPT,
+                HeaderValue::from_str(&accept).unwrap_or(HeaderValue::from_static("")),
+            ),
+        ],
+    )
+        .into_response()
+}
+
+/// Takes the upgraded connection back out of hyper (it is one of our two stream
+/// types) and serves it as a member.
+async fn serve_upgraded(upgraded: hyper::upgrade::Upgraded, arrival: Arrival) {
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => serve_member(parts.io.into_inner(), parts.read_buf, arrival).await,
+        Err(upgraded) => {
+            match upgraded.downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>() {
+                Ok(parts) => serve_member(parts.io.into_inner(), parts.read_buf, arrival).await,
+                Err(_) => warn!(conn = %arrival.id, "an upgraded connection of an unknown kind"),
+            }
+        }
+    }
+}
+
+async fn serve_member<S: ByteStream>(stream: S, pre_read: bytes::Bytes, mut arrival: Arrival) {
+    arrival.framing = Framing::WebSocket { pre_read };
+    stream::serve(stream, arrival).await;
+}
+
+/// Whether a comma-separated header holds `token` (case-insensitively).
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value.to_str().is_ok_and(|value| {
+            value
+                .split(',')
+                .any(|part| part.trim().eq_ignore_ascii_case(token))
+        })
+    })
+}
+
+/// Whether a browser page from `origin` may open a WebSocket here: no Origin (not a
+/// browser), the page's own origin (the host the request was made to), or one of
+/// `allowed` (`*`: any).
+fn origin_allowed(
+    origin: Option<&HeaderValue>,
+    host: Option<&HeaderValue>,
+    allowed: &[String],
+) -> bool {
+    let Some(origin) = origin else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let origin = origin.trim_end_matches('/');
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let authority = origin.split_once("://").map(|(_, authority)| authority);
+    match (authority, host.and_then(|host| host.to_str().ok())) {
+        (Some(authority), Some(host)) => authority.eq_ignore_ascii_case(host),
+        _ => false,
+    }
+}
+
+/// Headers of the page's files: nothing runs but our own script, nothing is framed
+/// by other sites, and a new version is fetched at once.
+fn page_file(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn page() -> Response {
+    page_file("text/html; charset=utf-8", include_str!("page/index.html"))
+}
+
+async fn script() -> Response {
+    page_file(
+        "text/javascript; charset=utf-8",
+        include_str!("page/app.js"),
+    )
+}
+
+async fn style() -> Response {
+    page_file("text/css; charset=utf-8", include_str!("page/app.css"))
 }
 
 async fn healthz() -> &'static str {
@@ -132,4 +377,39 @@ async fn metrics(State(hub): State<HubStats>) -> impl IntoResponse {
         )],
         hub.metrics().encode(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(s: &'static str) -> HeaderValue {
+        HeaderValue::from_static(s)
+    }
+
+    #[test]
+    fn origins() {
+        let host = Some(value("chat.example.org:6080"));
+        let same = value("http://chat.example.org:6080");
+        let other = value("https://evil.example");
+        // No Origin: not a browser.
+        assert!(origin_allowed(None, host.as_ref(), &[]));
+        assert!(origin_allowed(Some(&same), host.as_ref(), &[]));
+        assert!(origin_allowed(
+            Some(&value("http://CHAT.example.org:6080/")),
+            host.as_ref(),
+            &[]
+        ));
+        assert!(!origin_allowed(Some(&other), host.as_ref(), &[]));
+        assert!(!origin_allowed(Some(&value("null")), host.as_ref(), &[]));
+        assert!(!origin_allowed(Some(&same), None, &[]));
+        let listed = ["https://evil.example".to_owned()];
+        assert!(origin_allowed(Some(&other), host.as_ref(), &listed));
+        assert!(origin_allowed(Some(&same), host.as_ref(), &listed));
+        assert!(origin_allowed(
+            Some(&value("null")),
+            host.as_ref(),
+            &["*".to_owned()]
+        ));
+    }
 }

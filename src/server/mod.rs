@@ -174,7 +174,14 @@ impl Prepared {
             if let Some(address) = accept::local_address(&listener) {
                 info!(%address, %transport, "listening");
             }
-            tokio::spawn(http::run(listener, certificates, hub.stats()));
+            let web = http::Web {
+                hub: hub.downgrade(),
+                config: config.clone(),
+                gate: gate.clone(),
+                ids: listening.ids.clone(),
+                tracker: listening.tracker.clone(),
+            };
+            tokio::spawn(http::run(listener, certificates, web));
         }
         let tls = listeners.tls.map(|(listener, certificates)| {
             if let Some(address) = accept::local_address(&listener) {

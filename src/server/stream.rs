@@ -1,5 +1,6 @@
 //! The byte-stream transport: one session loop for every connection that is a
-//! stream of bytes (plain TCP, TLS over TCP), in seed mode or line mode.
+//! stream of bytes (plain TCP, TLS over TCP), in seed mode, line mode, or line mode
+//! in WebSocket frames (after an HTTP upgrade, on the same TCP or TLS stream).
 //!
 //! A connection runs its handshake (under the deadline its listener set, with the
 //! seed grace when its first read is exactly a seed handshake), joins the room, and
@@ -19,6 +20,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -31,10 +33,14 @@ use crate::config::{Config, LINE_READ_BYTES, LINGER, LINGER_BYTES};
 use crate::hub::{End, Farewell, Hub, HubError, JoinRequest, Member, Reservation, Wants};
 use crate::protocol::handshake::{HandshakeReader, Outcome, Step};
 use crate::protocol::line::{LineFramer, take_seed_message};
+use crate::protocol::websocket::{self, Frame, FrameReader, close};
 use crate::protocol::wire::{Format, Notice};
 use crate::protocol::{Hello, Mode};
 use crate::room::ConnId;
 use crate::socket;
+
+/// The close code of a refusal.
+const POLICY_VIOLATION: u16 = close::POLICY_VIOLATION;
 
 /// Reads of a viewer's (ignored) input per round, so a viewer that floods cannot
 /// keep its task busy forever.
@@ -52,6 +58,9 @@ pub(super) trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// How the transport is named in logs.
     const TRANSPORT: &'static str;
 
+    /// How WebSocket over it is named in logs.
+    const WEBSOCKET: &'static str;
+
     /// Whether a write may leave bytes buffered in the stream (TLS records) that
     /// only a flush sends on.
     const BUFFERS_WRITES: bool;
@@ -62,6 +71,7 @@ pub(super) trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 
 impl ByteStream for TcpStream {
     const TRANSPORT: &'static str = "tcp";
+    const WEBSOCKET: &'static str = "ws";
     const BUFFERS_WRITES: bool = false;
 
     fn tcp(&self) -> &TcpStream {
@@ -71,6 +81,7 @@ impl ByteStream for TcpStream {
 
 impl ByteStream for tokio_rustls::server::TlsStream<TcpStream> {
     const TRANSPORT: &'static str = "tls";
+    const WEBSOCKET: &'static str = "wss";
     const BUFFERS_WRITES: bool = true;
 
     fn tcp(&self) -> &TcpStream {
@@ -87,9 +98,28 @@ pub(super) struct Arrival {
     pub(super) admission: Admission,
     /// When the handshake must be done (the TLS handshake counts against it too).
     pub(super) deadline: Instant,
-    /// Whether a seed handshake is possible (not over TLS: the original clients have
-    /// none).
-    pub(super) seed_allowed: bool,
+    pub(super) framing: Framing,
+}
+
+/// How a connection's bytes are framed.
+pub(super) enum Framing {
+    /// Lines (or the seed protocol's reads).
+    Stream {
+        /// Whether a seed handshake is possible (not over TLS: the original clients
+        /// have none).
+        seed_allowed: bool,
+    },
+    /// WebSocket frames, one line each, after an HTTP upgrade.
+    WebSocket {
+        /// What the HTTP side read past the upgrade request.
+        pre_read: Bytes,
+    },
+}
+
+impl Framing {
+    fn is_websocket(&self) -> bool {
+        matches!(self, Self::WebSocket { .. })
+    }
 }
 
 /// Serves one connection from its handshake to its close.
@@ -118,8 +148,14 @@ async fn admit<S: ByteStream>(mut stream: S, arrival: Arrival) -> Option<Session
         config,
         admission,
         deadline,
-        seed_allowed,
+        framing,
     } = arrival;
+    let websocket = framing.is_websocket();
+    let transport = if websocket {
+        S::WEBSOCKET
+    } else {
+        S::TRANSPORT
+    };
     let mut reservation = None;
     let mut handshake = Handshake {
         stream: &mut stream,
@@ -128,18 +164,27 @@ async fn admit<S: ByteStream>(mut stream: S, arrival: Arrival) -> Option<Session
         config: &config,
         reservation: &mut reservation,
     };
-    let (hello, rest) = match handshake.run(deadline, seed_allowed).await {
+    let handshaken = match framing {
+        Framing::Stream { seed_allowed } => handshake.run(deadline, seed_allowed).await,
+        Framing::WebSocket { pre_read } => handshake.run_websocket(deadline, pre_read).await,
+    };
+    let (hello, rest) = match handshaken {
         Handshaken::Hello { hello, rest } => (hello, rest),
         Handshaken::Refused { mode, code, reason } => {
-            info!(conn = %id, %peer, %reason, %mode, transport = %S::TRANSPORT, "refused");
+            info!(conn = %id, %peer, %reason, %mode, %transport, "refused");
             hub.metrics().refused(code);
             if code == "handshake-timeout" {
                 hub.metrics().handshake_timeouts.inc();
             }
             drop(reservation);
-            let notice = Format::of(mode, false).notice(&Notice::error(code, &reason));
+            let format = if websocket {
+                Format::websocket(false)
+            } else {
+                Format::of(mode, false)
+            };
+            let notice = format.notice(&Notice::error(code, &reason));
             let farewell = Farewell {
-                last_words: notice,
+                last_words: websocket_close(notice, websocket.then_some((POLICY_VIOLATION, code))),
                 flush_within: LINGER,
                 linger: LINGER,
             };
@@ -149,24 +194,33 @@ async fn admit<S: ByteStream>(mut stream: S, arrival: Arrival) -> Option<Session
         Handshaken::Closed => return None,
     };
 
-    let format = Format::of(hello.mode, hello.options.tags);
+    let format = if websocket {
+        Format::websocket(hello.options.tags)
+    } else {
+        Format::of(hello.mode, hello.options.tags)
+    };
+    let mut options = hello.options.clone();
+    // Browsers answer WebSocket pings by themselves: every WebSocket client is
+    // pinged, and the answers tell a live peer from a vanished one.
+    options.heartbeat |= websocket;
     let request = JoinRequest {
         id,
         role: hello.role,
         name: hello.name.clone(),
         format,
-        options: hello.options,
+        options,
         flood_controlled: admission.is_flood_controlled(),
         reservation,
     };
     let mut member = match hub.join(request).await {
         Ok(member) => member,
         Err(HubError::Join(error)) => {
-            info!(conn = %id, %peer, reason = %error, mode = %hello.mode, transport = %S::TRANSPORT, "refused");
+            info!(conn = %id, %peer, reason = %error, mode = %hello.mode, %transport, "refused");
             hub.metrics().refused(error.code());
             let notice = format.notice(&Notice::error(error.code(), &error));
+            let close = websocket.then_some((POLICY_VIOLATION, error.code()));
             let farewell = Farewell {
-                last_words: notice,
+                last_words: websocket_close(notice, close),
                 flush_within: LINGER,
                 linger: LINGER,
             };
@@ -177,33 +231,47 @@ async fn admit<S: ByteStream>(mut stream: S, arrival: Arrival) -> Option<Session
     };
     match &hello.name {
         Some(name) => {
-            info!(conn = %id, %peer, role = %hello.role, name, mode = %hello.mode, transport = %S::TRANSPORT, "joined");
+            info!(conn = %id, %peer, role = %hello.role, name, mode = %hello.mode, %transport, "joined");
         }
         None => {
-            info!(conn = %id, %peer, role = %hello.role, mode = %hello.mode, transport = %S::TRANSPORT, "joined");
+            info!(conn = %id, %peer, role = %hello.role, mode = %hello.mode, %transport, "joined");
         }
     }
 
-    let reader = hello.role.sends().then(|| {
+    // WebSocket viewers read too: their frames (pongs, a close) must be understood.
+    let reader = (hello.role.sends() || websocket).then(|| {
+        let framer = match hello.mode {
+            _ if websocket => Framer::WebSocket(Box::new(WebSocketInput {
+                frames: FrameReader::new(config.max_message_bytes),
+                last_heard: Instant::now(),
+                dead_after: config.dead_peer_timeout,
+                pong: None,
+                closed: false,
+            })),
+            Mode::Seed => Framer::Seed,
+            Mode::Line => Framer::Line(LineFramer::new(config.max_message_bytes)),
+        };
         let mut reader = Box::new(Reader {
             buf: BytesMut::new(),
-            framer: (hello.mode == Mode::Line).then(|| LineFramer::new(config.max_message_bytes)),
+            framer,
             // Seed mode: one read is one message, so it is also the size limit.
             read_size: match hello.mode {
                 Mode::Seed => config.max_message_bytes.max(1),
                 Mode::Line => config.max_message_bytes.max(LINE_READ_BYTES),
             },
         });
-        match hello.mode {
+        match reader.framer {
             // What a seed client wrote during the grace: one message per read.
-            Mode::Seed => rest.into_iter().for_each(|message| member.post(message)),
-            Mode::Line => rest.iter().for_each(|r| reader.buf.extend_from_slice(r)),
+            Framer::Seed => rest.into_iter().for_each(|message| member.post(message)),
+            Framer::Line(_) | Framer::WebSocket(_) => {
+                rest.iter().for_each(|r| reader.buf.extend_from_slice(r));
+            }
         }
         reader
     });
     let open = Open::new(
         hub.metrics(),
-        S::TRANSPORT,
+        transport,
         &hello.role.to_string(),
         &hello.mode.to_string(),
     );
@@ -211,6 +279,7 @@ async fn admit<S: ByteStream>(mut stream: S, arrival: Arrival) -> Option<Session
         stream,
         member,
         reader,
+        websocket,
         _admission: admission,
         _open: open,
     })
@@ -331,6 +400,83 @@ impl<S: ByteStream> Handshake<'_, S> {
     }
 }
 
+impl<S: ByteStream> Handshake<'_, S> {
+    /// A WebSocket client's handshake: its first text frame, one line-mode
+    /// handshake line without the `\n`.
+    async fn run_websocket(&mut self, deadline: Instant, pre_read: Bytes) -> Handshaken {
+        let config = self.config;
+        let mut reader =
+            HandshakeReader::line_only(config.max_handshake_bytes, config.max_name_chars);
+        let mut frames = FrameReader::new(config.max_handshake_bytes);
+        let mut buf = BytesMut::from(pre_read);
+        let deadline = sleep_until(deadline);
+        let stopping = self.hub.stopping();
+        tokio::pin!(deadline, stopping);
+        let refused = |code, reason: String| Handshaken::Refused {
+            mode: Mode::Line,
+            code,
+            reason,
+        };
+        let line = loop {
+            match frames.next(&mut buf) {
+                Ok(Some(Frame::Text(line))) => break line,
+                // Answered once the client is in; before, nothing is due.
+                Ok(Some(Frame::Ping(_) | Frame::Pong)) => continue,
+                Ok(Some(Frame::Close(_))) => return Handshaken::Closed,
+                Ok(None) => {}
+                Err(error) => return refused(error.code, error.reason),
+            }
+            tokio::select! {
+                () = &mut stopping => return Handshaken::Closed,
+                () = &mut deadline => {
+                    return match reader.timed_out() {
+                        Outcome::Refused { mode, error } => Handshaken::Refused {
+                            mode,
+                            code: error.code(),
+                            reason: error.to_string(),
+                        },
+                        Outcome::Hello { .. } => Handshaken::Closed,
+                    };
+                }
+                read = self.stream.read_buf(&mut buf) => match read {
+                    Ok(0) => return Handshaken::Closed,
+                    Ok(_) => {}
+                    Err(error) => {
+                        debug!(conn = %self.id, %error, "gone during the handshake");
+                        return Handshaken::Closed;
+                    }
+                },
+            }
+        };
+        if line.contains(&b'\n') {
+            return refused(
+                "bad-handshake",
+                "the handshake is one line: one text frame without a line break".to_owned(),
+            );
+        }
+        let mut handshake_line = BytesMut::with_capacity(line.len() + 1);
+        handshake_line.extend_from_slice(&line);
+        handshake_line.put_u8(b'\n');
+        match reader.push(&handshake_line) {
+            Step::Done(Outcome::Hello { hello, .. }) => Handshaken::Hello {
+                hello,
+                // The frames that came after the handshake, for the reader.
+                rest: vec![buf.freeze()],
+            },
+            Step::Done(Outcome::Refused { mode, error }) => Handshaken::Refused {
+                mode,
+                code: error.code(),
+                reason: error.to_string(),
+            },
+            // A line-only reader given a whole line decides.
+            Step::NeedMore | Step::SeedCandidate { .. } => refused(
+                "bad-handshake",
+                "the handshake frame was not understood".to_owned(),
+            ),
+        }
+    }
+}
+
 async fn elapsed(timer: &mut Option<Pin<Box<Sleep>>>) {
     match timer {
         Some(timer) => timer.as_mut().await,
@@ -338,22 +484,62 @@ async fn elapsed(timer: &mut Option<Pin<Box<Sleep>>>) {
     }
 }
 
-/// A sender's input: what was read and not yet framed. Boxed: viewers do not carry it.
+/// A sender's input (and a WebSocket viewer's): what was read and not yet framed.
+/// Boxed: plain viewers do not carry it.
 struct Reader {
     /// Empty (no allocation) while idle.
     buf: BytesMut,
-    /// `None` in seed mode, where every read is a message.
-    framer: Option<LineFramer>,
+    framer: Framer,
     /// Most bytes taken from the stream in one round.
     read_size: usize,
+}
+
+/// How a sender's bytes become messages.
+enum Framer {
+    /// Every read is a message.
+    Seed,
+    /// Lines.
+    Line(LineFramer),
+    /// WebSocket text frames.
+    WebSocket(Box<WebSocketInput>),
+}
+
+/// A WebSocket client's side of the conversation besides its messages.
+struct WebSocketInput {
+    frames: FrameReader,
+    /// When the client was last heard from (any bytes at all).
+    last_heard: Instant,
+    /// How long it may stay silent while pinged.
+    dead_after: Duration,
+    /// The answer to its latest ping, to be written.
+    pong: Option<Bytes>,
+    /// Whether it sent its close frame (its input has ended).
+    closed: bool,
+}
+
+impl WebSocketInput {
+    /// The next text message in `buf`, answering control frames on the way.
+    fn next_message(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, End> {
+        while !self.closed {
+            match self.frames.next(buf).map_err(End::BadFrame)? {
+                Some(Frame::Text(message)) => return Ok(Some(message)),
+                Some(Frame::Ping(payload)) => self.pong = Some(websocket::pong(&payload)),
+                Some(Frame::Pong) => {}
+                Some(Frame::Close(_)) => self.closed = true,
+                None => break,
+            }
+        }
+        Ok(None)
+    }
 }
 
 impl Reader {
     /// The next message from what is buffered, if a whole one is there.
     fn frame(&mut self) -> Result<Option<Bytes>, End> {
         let message = match &mut self.framer {
-            Some(framer) => framer.next_chunk(&mut self.buf).map_err(End::TooLong)?,
-            None => take_seed_message(&mut self.buf),
+            Framer::Line(framer) => framer.next_chunk(&mut self.buf).map_err(End::TooLong)?,
+            Framer::Seed => take_seed_message(&mut self.buf),
+            Framer::WebSocket(input) => input.next_message(&mut self.buf)?,
         };
         if self.buf.is_empty() {
             // Let go of the read buffer: an idle connection holds no memory.
@@ -362,8 +548,27 @@ impl Reader {
         Ok(message)
     }
 
+    fn websocket(&mut self) -> Option<&mut WebSocketInput> {
+        match &mut self.framer {
+            Framer::WebSocket(input) => Some(input),
+            Framer::Seed | Framer::Line(_) => None,
+        }
+    }
+
     /// Reads what the stream has, up to `read_size`. `Ok(0)` at the end of the stream.
     fn poll_fill<S: AsyncRead + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        stream: &mut S,
+    ) -> Poll<io::Result<usize>> {
+        let filled = ready!(self.poll_fill_inner(cx, stream));
+        if let (Ok(1..), Some(input)) = (&filled, self.websocket()) {
+            input.last_heard = Instant::now();
+        }
+        Poll::Ready(filled)
+    }
+
+    fn poll_fill_inner<S: AsyncRead + Unpin>(
         &mut self,
         cx: &mut Context<'_>,
         stream: &mut S,
@@ -393,8 +598,10 @@ impl Reader {
 struct Session<S> {
     stream: S,
     member: Member,
-    /// For senders.
+    /// For senders, and WebSocket viewers.
     reader: Option<Box<Reader>>,
+    /// Whether the stream carries WebSocket frames.
+    websocket: bool,
     /// The connection's places under the server's limits, given back at the end.
     _admission: Admission,
     _open: Open,
@@ -426,12 +633,37 @@ impl<S: ByteStream> Session<S> {
     fn round(&mut self, cx: &mut Context<'_>) -> Result<bool, End> {
         let mut progress = self.member.poll_duties(cx)?;
         progress |= self.poll_input(cx)?;
+        if let Some(input) = self.reader.as_mut().and_then(|r| r.websocket())
+            && let Some(pong) = input.pong.take()
+        {
+            self.member.send_between(pong);
+        }
         // Last, so that whatever became ready above goes out in this same round. Not
         // progress: it writes until nothing is ready or the stream is full (and then
         // the stream wakes us), so another round would find nothing new to write.
         self.poll_output(cx)?;
+        if self.websocket && self.member.take_pinged() {
+            self.check_alive()?;
+        }
         self.member.poll_end(cx)?;
         Ok(progress)
+    }
+
+    /// At each ping: a WebSocket client silent for longer than the dead-peer timeout
+    /// (browsers answer pings by themselves) is gone. Not while flood control holds
+    /// its input back, which is not read then.
+    fn check_alive(&mut self) -> Result<(), End> {
+        let held_back = self.member.is_held_back();
+        if let Some(input) = self.reader.as_mut().and_then(|r| r.websocket())
+            && !held_back
+            && input.last_heard.elapsed() > input.dead_after
+        {
+            return Err(End::PeerError(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no answer to pings",
+            )));
+        }
+        Ok(())
     }
 
     /// Gives the member what it wants from the stream.
@@ -441,9 +673,9 @@ impl<S: ByteStream> Session<S> {
             Wants::Message => self.read_message(cx),
             Wants::Buffered => {
                 if let Some(reader) = &mut self.reader
-                    && let Some(framer) = &mut reader.framer
+                    && !matches!(reader.framer, Framer::Seed)
                 {
-                    while let Ok(Some(message)) = framer.next_chunk(&mut reader.buf) {
+                    while let Ok(Some(message)) = reader.frame() {
                         self.member.post(message);
                     }
                 }
@@ -469,13 +701,21 @@ impl<S: ByteStream> Session<S> {
             self.member.post(message);
             return Ok(true);
         }
+        if reader.websocket().is_some_and(|input| input.closed) {
+            // Its close frame: its input has ended.
+            self.member.end_of_input();
+            return Ok(true);
+        }
         match reader.poll_fill(cx, &mut self.stream) {
             Poll::Pending => Ok(false),
             Poll::Ready(Err(error)) => Err(End::PeerError(error)),
             Poll::Ready(Ok(0)) => {
-                // The peer closed: its last line needs no `\n` to be complete.
+                // The peer closed: its last line needs no `\n` to be complete (a
+                // WebSocket frame cut short is nothing).
                 let rest = std::mem::take(&mut reader.buf).freeze();
-                self.member.post(rest);
+                if reader.websocket().is_none() {
+                    self.member.post(rest);
+                }
                 self.member.end_of_input();
                 Ok(true)
             }
@@ -490,6 +730,22 @@ impl<S: ByteStream> Session<S> {
 
     /// Reads and drops what a viewer sends; notices its departure.
     fn discard_input(&mut self, cx: &mut Context<'_>) -> Result<bool, End> {
+        if let Some(reader) = &mut self.reader {
+            // A WebSocket viewer: its frames are read, and its messages dropped.
+            for _ in 0..VIEWER_READS_PER_ROUND {
+                while reader.frame()?.is_some() {}
+                if reader.websocket().is_some_and(|input| input.closed) {
+                    return Err(End::PeerClosed);
+                }
+                match reader.poll_fill(cx, &mut self.stream) {
+                    Poll::Pending => return Ok(false),
+                    Poll::Ready(Err(error)) => return Err(End::PeerError(error)),
+                    Poll::Ready(Ok(0)) => return Err(End::PeerClosed),
+                    Poll::Ready(Ok(_)) => {}
+                }
+            }
+            return Ok(true);
+        }
         let mut scratch = [0u8; 512];
         for _ in 0..VIEWER_READS_PER_ROUND {
             let mut read = ReadBuf::new(&mut scratch);
@@ -529,12 +785,42 @@ impl<S: ByteStream> Session<S> {
             mut stream,
             member,
             reader,
+            websocket,
             ..
         } = self;
         drop(reader);
-        let farewell = member.finish(end).await;
+        let close = websocket.then(|| close_code(&end)).flatten();
+        let mut farewell = member.finish(end).await;
+        farewell.last_words = websocket_close(farewell.last_words, close);
         close_gracefully(&mut stream, farewell).await;
     }
+}
+
+/// The close frame's code and reason for a WebSocket member that ended so, if one
+/// is due (not to a peer whose connection failed).
+fn close_code(end: &End) -> Option<(u16, &'static str)> {
+    Some(match end {
+        End::PeerClosed => (close::NORMAL, ""),
+        End::LeftWhileHeldBack | End::PeerError(_) => return None,
+        End::TooSlow { .. } => (POLICY_VIOLATION, "too-slow"),
+        End::TooLong(_) => (close::TOO_BIG, "message-too-long"),
+        End::Replaced => (POLICY_VIOLATION, "replaced"),
+        End::HistoryUnavailable(_) => (close::INTERNAL_ERROR, "history-unavailable"),
+        End::ShutDown | End::Deadline => (close::GOING_AWAY, "shutting down"),
+        End::BadFrame(error) => (error.close_code, error.code),
+    })
+}
+
+/// `last_words`, followed by a close frame when one is given.
+fn websocket_close(last_words: Option<Bytes>, close: Option<(u16, &str)>) -> Option<Bytes> {
+    let Some((code, reason)) = close else {
+        return last_words;
+    };
+    let frame = websocket::close_frame(code, reason);
+    Some(match last_words {
+        Some(words) => [words, frame].concat().into(),
+        None => frame,
+    })
 }
 
 /// Sends the farewell's last words, then closes our end (TLS: `close_notify`, then FIN),

@@ -1,0 +1,1 @@
+/* The chat page (placeholder until the page lands). */
