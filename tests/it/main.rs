@@ -23,3 +23,4 @@ mod seed_mode;
 mod shutdown;
 mod slow_viewer;
 mod tls;
+mod websocket;

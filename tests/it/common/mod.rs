@@ -73,8 +73,19 @@ pub fn config() -> Config {
 }
 
 /// Starts a server on 127.0.0.1 with ephemeral ports, plain and TLS, and (unless
-/// `config` names one) a data directory of its own.
-pub async fn start_server(mut config: Config) -> TestServer {
+/// `config` names one) a data directory of its own. Its HTTP listener speaks HTTPS,
+/// with the TLS certificate.
+pub async fn start_server(config: Config) -> TestServer {
+    start_server_with(config, true).await
+}
+
+/// As [`start_server`], with no TLS at all: plain HTTP, and no TLS listener
+/// (`tls_addr` is the plain listener's).
+pub async fn start_server_without_tls(config: Config) -> TestServer {
+    start_server_with(config, false).await
+}
+
+async fn start_server_with(mut config: Config, with_tls: bool) -> TestServer {
     let data = match config.data_dir {
         Some(_) => None,
         None => {
@@ -88,10 +99,15 @@ pub async fn start_server(mut config: Config) -> TestServer {
     let http = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let http_addr = http.local_addr().expect("local addr");
     let addr = plain.local_addr().expect("local addr");
-    let tls_addr = tls.local_addr().expect("local addr");
+    let (tls_addr, tls) = if with_tls {
+        let tls_addr = tls.local_addr().expect("local addr");
+        (tls_addr, Some((tls, certs::shared().certificates())))
+    } else {
+        (addr, None)
+    };
     let listeners = tcpchat::server::Listeners {
         plain,
-        tls: Some((tls, certs::shared().certificates())),
+        tls,
         http: Some(http),
     };
     let (stop, stopped) = oneshot::channel::<()>();
