@@ -166,6 +166,61 @@ pub fn check_line_framer(data: &[u8]) {
     }
 }
 
+/// A client's WebSocket frames, any bytes, with a limit and cuts chosen by the first
+/// two bytes.
+///
+/// # Panics
+/// When an invariant breaks: the result depends on the cut, a message over the limit
+/// or not UTF-8 is returned, a control payload is over 125 bytes, or the buffer holds
+/// more than one frame's worth (the limit plus a header) without a result.
+pub fn check_websocket_frames(data: &[u8]) {
+    use super::websocket::{Frame, FrameReader};
+    let [limit, plan, input @ ..] = data else {
+        return;
+    };
+    let max = usize::from(*limit) * 4;
+    let run = |pieces: Vec<&[u8]>| {
+        let mut reader = FrameReader::new(max);
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for piece in pieces {
+            buf.extend_from_slice(piece);
+            loop {
+                match reader.next(&mut buf) {
+                    Ok(Some(frame)) => {
+                        match &frame {
+                            Frame::Text(text) => {
+                                assert!(text.len() <= max, "a message of {} > {max}", text.len());
+                                assert!(std::str::from_utf8(text).is_ok(), "not UTF-8");
+                            }
+                            Frame::Ping(payload) => assert!(payload.len() <= 125),
+                            Frame::Pong | Frame::Close(_) => {}
+                        }
+                        out.push(frame);
+                    }
+                    Ok(None) => {
+                        // One frame's header and payload at most, waiting for the rest.
+                        assert!(
+                            buf.len() <= max.max(125) + 14,
+                            "{} bytes buffered",
+                            buf.len()
+                        );
+                        break;
+                    }
+                    Err(error) => {
+                        assert!(matches!(error.close_code, 1002 | 1003 | 1007 | 1009));
+                        return (out, Some(error));
+                    }
+                }
+            }
+        }
+        (out, None)
+    };
+    let whole = run(vec![input]);
+    let cut = run(pieces(input, *plan));
+    assert_eq!(whole, cut, "frames depend on how the stream was cut");
+}
+
 /// A room post of any bytes, encoded in both formats.
 ///
 /// # Panics

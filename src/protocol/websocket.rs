@@ -608,6 +608,25 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Valid frames, cut anywhere, with a broken one here and there.
+        #[test]
+        fn frame_streams_keep_the_invariants(
+            frames in proptest::collection::vec(
+                (0u8..12, proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300), proptest::prelude::any::<bool>()),
+                0..8,
+            ),
+            limit in proptest::prelude::any::<u8>(),
+            plan in proptest::prelude::any::<u8>(),
+        ) {
+            let mut data = vec![limit, plan];
+            for (op, payload, fin) in frames {
+                data.extend(client_frame(op, fin, &payload, MASK));
+            }
+            crate::protocol::invariants::check_websocket_frames(&data);
+        }
+    }
+
     #[test]
     fn close_and_pong() {
         let mut bytes = client_frame(PONG, true, b"", MASK);

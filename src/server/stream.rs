@@ -33,7 +33,7 @@ use crate::config::{Config, LINE_READ_BYTES, LINGER, LINGER_BYTES};
 use crate::hub::{End, Farewell, Hub, HubError, JoinRequest, Member, Reservation, Wants};
 use crate::protocol::handshake::{HandshakeReader, Outcome, Step};
 use crate::protocol::line::{LineFramer, take_seed_message};
-use crate::protocol::websocket::{self, Frame, FrameReader, close};
+use crate::protocol::websocket::{self, Frame, FrameError, FrameReader, close};
 use crate::protocol::wire::{Format, Notice};
 use crate::protocol::{Hello, Mode};
 use crate::room::ConnId;
@@ -247,6 +247,7 @@ async fn admit<S: ByteStream>(mut stream: S, arrival: Arrival) -> Option<Session
                 dead_after: config.dead_peer_timeout,
                 pong: None,
                 closed: false,
+                failed: None,
             })),
             Mode::Seed => Framer::Seed,
             Mode::Line => Framer::Line(LineFramer::new(config.max_message_bytes)),
@@ -515,21 +516,52 @@ struct WebSocketInput {
     pong: Option<Bytes>,
     /// Whether it sent its close frame (its input has ended).
     closed: bool,
+    /// A bad frame that came after messages still to be posted.
+    failed: Option<FrameError>,
 }
 
 impl WebSocketInput {
-    /// The next text message in `buf`, answering control frames on the way.
-    fn next_message(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, End> {
+    /// The text messages complete in `buf`, as one chunk of lines (as line mode hands
+    /// over all the lines of a read at once, so that a busy sender's lines are
+    /// published together), answering control frames on the way.
+    fn next_messages(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, End> {
+        if let Some(error) = self.failed.take() {
+            return Err(End::BadFrame(error));
+        }
+        let mut first: Option<Bytes> = None;
+        let mut joined: Option<BytesMut> = None;
         while !self.closed {
-            match self.frames.next(buf).map_err(End::BadFrame)? {
-                Some(Frame::Text(message)) => return Ok(Some(message)),
+            let frame = match self.frames.next(buf) {
+                Ok(frame) => frame,
+                // What came before the bad frame is still posted.
+                Err(error) if first.is_some() => {
+                    self.failed = Some(error);
+                    break;
+                }
+                Err(error) => return Err(End::BadFrame(error)),
+            };
+            match frame {
+                Some(Frame::Text(message)) => match (&first, &mut joined) {
+                    (None, _) => first = Some(message),
+                    (Some(one), None) => {
+                        let mut lines = BytesMut::with_capacity(2 * (one.len() + message.len()));
+                        lines.extend_from_slice(one);
+                        lines.put_u8(b'\n');
+                        lines.extend_from_slice(&message);
+                        joined = Some(lines);
+                    }
+                    (Some(_), Some(lines)) => {
+                        lines.put_u8(b'\n');
+                        lines.extend_from_slice(&message);
+                    }
+                },
                 Some(Frame::Ping(payload)) => self.pong = Some(websocket::pong(&payload)),
                 Some(Frame::Pong) => {}
                 Some(Frame::Close(_)) => self.closed = true,
                 None => break,
             }
         }
-        Ok(None)
+        Ok(joined.map(BytesMut::freeze).or(first))
     }
 }
 
@@ -539,7 +571,7 @@ impl Reader {
         let message = match &mut self.framer {
             Framer::Line(framer) => framer.next_chunk(&mut self.buf).map_err(End::TooLong)?,
             Framer::Seed => take_seed_message(&mut self.buf),
-            Framer::WebSocket(input) => input.next_message(&mut self.buf)?,
+            Framer::WebSocket(input) => input.next_messages(&mut self.buf)?,
         };
         if self.buf.is_empty() {
             // Let go of the read buffer: an idle connection holds no memory.

@@ -35,3 +35,8 @@ fn the_line_framer_corpus_keeps_its_invariants() {
 fn the_post_corpus_keeps_its_invariants() {
     replay("post", invariants::check_post);
 }
+
+#[test]
+fn the_websocket_frames_corpus_keeps_its_invariants() {
+    replay("websocket_frames", invariants::check_websocket_frames);
+}
