@@ -16,11 +16,11 @@ fi
 bench_bin=${CARGO_TARGET_DIR:-target}/release/tcpchat-bench
 
 # Installs whichever of the given targets' servers is missing, from Debian's packages
-# (a target may carry +tls: the same server).
+# (a target may carry +tls, +ws, +ws-all or +scrape: the same server).
 install_peers() {
   local missing="" target
   for target in "$@"; do
-    case "${target%+tls}" in
+    case "${target%%+*}" in
       redis) command -v redis-server >/dev/null || missing="$missing redis-server" ;;
       nats) command -v nats-server >/dev/null || missing="$missing nats-server" ;;
       irc) command -v inspircd >/dev/null || missing="$missing inspircd" ;;
@@ -36,10 +36,17 @@ install_peers() {
 
 # The arguments of `tcpchat-bench` naming target $1: tcpchat, tcpchat-nohistory
 # (tcpchat with --history off), tcpchat-fsync (tcpchat with --fsync), redis, nats or
-# irc, or tcpchat+tls or redis+tls for the same server over TLS.
+# irc; tcpchat+tls or redis+tls for the same server over TLS; tcpchat+ws or nats+ws
+# with the viewers over WebSocket (tcpchat's /ws, NATS's websocket listener) and
+# the senders in the server's own protocol, tcpchat+ws-all or nats+ws-all with the
+# senders over WebSocket too; tcpchat+scrape for tcpchat with its /metrics
+# scraped every second during the load.
 target_args() {
   case "$1" in
     *+tls) echo "--target ${1%+tls} --tls" ;;
+    *+ws) echo "--target ${1%+ws} --ws" ;;
+    *+ws-all) echo "--target ${1%+ws-all} --ws --ws-senders" ;;
+    *+scrape) echo "--target ${1%+scrape} --scrape 1s" ;;
     *) echo "--target $1" ;;
   esac
 }
@@ -61,36 +68,44 @@ workload_args() {
   done
 }
 
-# Every target of a run, in the order each round runs them ("quick" as $1 for the
-# quick run's).
+# Every target of a run, in the order each round runs them ("quick" or "web" as $1
+# for those runs').
 run_targets() {
-  if [ "${1:-}" = quick ]; then
-    echo "tcpchat tcpchat-nohistory tcpchat+tls"
-  else
-    echo "tcpchat tcpchat-nohistory tcpchat-fsync redis nats irc tcpchat+tls redis+tls"
-  fi
+  case "${1:-}" in
+    quick) echo "tcpchat tcpchat-nohistory tcpchat+tls tcpchat+ws tcpchat+ws-all tcpchat+scrape" ;;
+    web) echo "tcpchat nats tcpchat+ws nats+ws tcpchat+ws-all nats+ws-all tcpchat+scrape" ;;
+    *) echo "tcpchat tcpchat-nohistory tcpchat-fsync redis nats irc tcpchat+tls redis+tls" \
+      "tcpchat+ws nats+ws tcpchat+ws-all nats+ws-all tcpchat+scrape" ;;
+  esac
 }
 
-# The targets workload $1 runs on ("quick" as $2 for the quick run's).
+# The targets workload $1 runs on ("quick" or "web" as $2 for those runs').
 workload_targets() {
-  local workload name _full _quick_name _quick full_targets quick_targets
+  local workload name _full _quick_name _quick full_targets quick_targets web_targets
   for workload in "${workloads[@]}"; do
-    IFS='|' read -r name _full _quick_name _quick full_targets quick_targets <<<"$workload"
+    IFS='|' read -r name _full _quick_name _quick full_targets quick_targets web_targets \
+      <<<"$workload"
     if [ "$name" = "$1" ]; then
-      if [ "${2:-}" = quick ]; then
-        echo "${quick_targets:-tcpchat tcpchat+tls}"
-      else
-        echo "${full_targets:-tcpchat redis nats irc tcpchat+tls redis+tls}"
-      fi
+      case "${2:-}" in
+        quick) echo "${quick_targets:-tcpchat tcpchat+tls}" ;;
+        web) echo "$web_targets" ;;
+        *) echo "${full_targets:-tcpchat redis nats irc tcpchat+tls redis+tls}" ;;
+      esac
       return 0
     fi
   done
 }
 
 # Each workload: its name and `tcpchat-bench` arguments, then the same for the small
-# variant of the quick run, then the targets it runs on in the full run and in the
-# quick one (when not given: every server, plain and TLS; tcpchat plain and TLS).
+# variant of the quick run, then the targets it runs on in the full run, in the
+# quick one (when not given: every server, plain and TLS; tcpchat plain and TLS)
+# and in the web one (`run.sh --web`; when not given, it is not in that run).
 #
+# - fanout-*: also with the viewers over WebSocket (tcpchat+ws against nats+ws:
+#   their deliveries/s, and each one's server CPU per delivery against its plain
+#   row), and with the senders over WebSocket too (+ws-all).
+# - scrape-*: a fan-out long enough for several scrapes, on tcpchat with and
+#   without its /metrics scraped every second (tcpchat+scrape).
 # - durable-*: the fan-out again, against the peers that keep what they deliver:
 #   Redis Streams (append-only file on) and NATS JetStream (file storage); tcpchat as
 #   always, with its history, and tcpchat-fsync (--fsync), to price the fsync.
@@ -99,8 +114,9 @@ workload_targets() {
 # - latency-*: also on tcpchat-nohistory (--history off), to price the history, and
 #   on tcpchat-fsync (--fsync), to price the fsync.
 workloads=(
-  "fanout-4x100|fanout --viewers 100 --senders 4 --messages 50000|fanout-4x100|fanout --viewers 100 --senders 4 --messages 5000"
-  "fanout-1x1000|fanout --viewers 1000 --senders 1 --messages 20000|fanout-1x1000|fanout --viewers 1000 --senders 1 --messages 2000"
+  "fanout-4x100|fanout --viewers 100 --senders 4 --messages 50000|fanout-4x100|fanout --viewers 100 --senders 4 --messages 5000|tcpchat redis nats irc tcpchat+tls redis+tls tcpchat+ws nats+ws tcpchat+ws-all nats+ws-all|tcpchat tcpchat+tls tcpchat+ws tcpchat+ws-all|tcpchat nats tcpchat+ws nats+ws tcpchat+ws-all nats+ws-all"
+  "fanout-1x1000|fanout --viewers 1000 --senders 1 --messages 20000|fanout-1x1000|fanout --viewers 1000 --senders 1 --messages 2000|tcpchat redis nats irc tcpchat+tls redis+tls tcpchat+ws nats+ws tcpchat+ws-all nats+ws-all|tcpchat tcpchat+tls tcpchat+ws|tcpchat nats tcpchat+ws nats+ws tcpchat+ws-all nats+ws-all"
+  "scrape-4x100|fanout --viewers 100 --senders 4 --messages 200000|scrape-4x100|fanout --viewers 100 --senders 4 --messages 20000|tcpchat tcpchat+scrape|tcpchat+scrape|tcpchat tcpchat+scrape"
   "durable-4x100|fanout --durable --viewers 100 --senders 4 --messages 25000|durable-4x100|fanout --durable --viewers 100 --senders 4 --messages 5000|tcpchat tcpchat-fsync redis nats|tcpchat"
   "durable-1x1000|fanout --durable --viewers 1000 --senders 1 --messages 10000|durable-1x1000|fanout --durable --viewers 1000 --senders 1 --messages 2000|tcpchat tcpchat-fsync redis nats|tcpchat"
   "latency-10x100msgs|fanout --viewers 100 --senders 10 --messages 1000 --rate 100|latency-10x100msgs|fanout --viewers 100 --senders 10 --messages 200 --rate 100|tcpchat tcpchat-nohistory tcpchat-fsync redis nats irc tcpchat+tls redis+tls|tcpchat tcpchat-nohistory tcpchat+tls"

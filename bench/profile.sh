@@ -6,15 +6,17 @@
 #   bench/profile.sh TARGET WORKLOAD      e.g. bench/profile.sh tcpchat latency-10x100msgs
 #
 # TARGET: tcpchat, tcpchat-nohistory, tcpchat-fsync, redis, nats or irc (tcpchat+tls
-# or redis+tls: over TLS). WORKLOAD: a name from bench/lib.sh (fanout-4x100,
-# fanout-1x1000, durable-4x100, durable-1x1000, latency-10x100msgs, catchup-100x10k,
-# idle-19000). For idle-N only the one message to all is sampled: perf starts once
-# the server holds every connection and stops once the message has reached them all.
+# or redis+tls: over TLS; tcpchat+ws, nats+ws: viewers over WebSocket, +ws-all:
+# senders too; tcpchat+scrape: /metrics scraped every second). WORKLOAD: a name
+# from bench/lib.sh (fanout-4x100, fanout-1x1000, durable-4x100, durable-1x1000,
+# latency-10x100msgs, catchup-100x10k, idle-19000, scrape-4x100). For idle-N only
+# the one message to all is sampled: perf starts once the server holds every
+# connection and stops once the message has reached them all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ $# -ne 2 ]; then
-  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 fi
 target=$1

@@ -4,12 +4,19 @@
 # and against Redis Streams and NATS JetStream for the workloads of a kept history.
 #
 #   bench/run.sh           every workload on its servers (bench/lib.sh), 3 runs each,
-#                          tcpchat and Redis over TLS too (about 35 min)
+#                          tcpchat and Redis over TLS too, tcpchat and NATS over
+#                          WebSocket too (about 40 min)
 #   bench/run.sh --report  only the tables, chart and docs from the last full run's results
-#   bench/run.sh --quick   tcpchat only (with and without history, plain and TLS), small
-#                          workloads, one run (CI's smoke test: it prints figures and fails
-#                          only if a run was incomplete or lost, duplicated or reordered
-#                          a message)
+#   bench/run.sh --quick   tcpchat only (with and without history, plain, TLS and
+#                          WebSocket, scraped), small workloads, one run (CI's smoke
+#                          test: it prints figures and fails only if a run was
+#                          incomplete or lost, duplicated or reordered a message, or
+#                          a scrape of /metrics failed)
+#   bench/run.sh --web     the WebSocket and /metrics figures alone: the fan-outs on
+#                          tcpchat and NATS, plain and over WebSocket, and tcpchat with
+#                          and without a /metrics scrape every second, 3 runs each
+#                          (a few minutes; into bench/results/web.jsonl and
+#                          web-tables.md, docs untouched)
 #
 # Each run is one `tcpchat-bench` pinned to CPU 1, which starts a fresh server pinned
 # to CPU 0, runs the workload and stops the server. Results go to bench/results/ as
@@ -23,20 +30,24 @@ variant=full
 report_only=0
 case "${1:-}" in
   --quick) quick=1 variant=quick ;;
+  --web) variant=web ;;
   --report) report_only=1 ;;
   "") ;;
-  *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  *) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac
 
 # A target with +tls is the same server with every client over TLS (tcpchat and
-# Redis only); tcpchat-nohistory is tcpchat with --history off, tcpchat-fsync
-# tcpchat with --fsync (full run only). Each workload runs on the targets
-# bench/lib.sh gives it.
+# Redis only), with +ws its viewers over WebSocket, with +ws-all every client
+# (tcpchat and NATS only), and tcpchat+scrape is tcpchat scraped every second;
+# tcpchat-nohistory is tcpchat with --history off, tcpchat-fsync tcpchat with
+# --fsync (full run only). Each workload runs on the targets bench/lib.sh gives it.
 runs=3
 results=bench/results/results.jsonl
 if [ "$quick" = 1 ]; then
   runs=1
   results=bench/results/quick.jsonl
+elif [ "$variant" = web ]; then
+  results=bench/results/web.jsonl
 fi
 
 # shellcheck source=bench/lib.sh
@@ -75,6 +86,8 @@ fi
 
 if [ "$quick" = 1 ]; then
   "$bench_bin" report "$results"
+elif [ "$variant" = web ]; then
+  "$bench_bin" report "$results" | tee bench/results/web-tables.md
 else
   "$bench_bin" report "$results" --svg docs/benchmarks.svg | tee bench/results/tables.md
   # The figures in docs/BENCHMARKS.md are exactly the ones printed above.

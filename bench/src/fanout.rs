@@ -10,6 +10,13 @@
 //! With `--durable`, the servers keep what they deliver ([`crate::durable`]): tcpchat
 //! as always, Redis Streams (each viewer looping on `XREAD BLOCK`) and NATS JetStream
 //! with file storage (each viewer a push consumer).
+//!
+//! With `--scrape`, tcpchat's `/metrics` is scraped at that interval from the first
+//! send to the last delivery ([`crate::scrape`]), as Prometheus would, to price it.
+//!
+//! Besides the server's CPU time, the run records the load generator's own: if it
+//! took nearly all of the run's time, the figure is the load generator's limit, not
+//! the server's.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -19,13 +26,16 @@ use anyhow::{Context, bail};
 use bytes::BytesMut;
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::durable;
 use super::proto::{MIN_PAYLOAD, Payload, Target};
 use super::resp::{Item, Resp, is_stream_id};
+use super::scrape::{ScrapeReport, Scrapes, scrape_every};
 use super::server::{Endpoint, ServerArgs};
 use super::transport::{BenchStream, Stream, Transport};
+use super::ws::{Framing, WsStream};
 use super::{PARALLEL_SETUP, Progress, connect_all, cpu_time, source_address};
 
 /// What `tcpchat-bench fanout` takes.
@@ -62,6 +72,10 @@ pub struct FanoutArgs {
     /// Redis Streams with its append-only file, NATS JetStream with file storage.
     #[arg(long)]
     pub durable: bool,
+    /// Scrape tcpchat's `/metrics` (plain HTTP) at this interval while the load runs
+    /// (every scrape must answer 200 with `tcpchat_` samples).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub scrape: Option<Duration>,
 }
 
 /// The outcome of a fanout run.
@@ -69,7 +83,11 @@ pub struct FanoutArgs {
 pub struct FanoutReport {
     workload: String,
     target: Target,
+    /// How the viewers reach the server.
     transport: Transport,
+    /// How the senders do (the same, but for WebSocket viewers without
+    /// `--ws-senders`).
+    senders_transport: Transport,
     /// The TLS version and cipher suite negotiated (with TLS).
     tls: Option<String>,
     viewers: usize,
@@ -79,7 +97,7 @@ pub struct FanoutReport {
     rate_per_sender: Option<f64>,
     /// Whether the servers kept what they delivered (`--durable`), and how.
     durable: bool,
-    protocol: &'static str,
+    protocol: String,
     complete: bool,
     expected_deliveries: u64,
     deliveries: u64,
@@ -90,7 +108,12 @@ pub struct FanoutReport {
     /// The server's CPU time (user and system) per delivery, from the first send
     /// to the last delivery, in microseconds (when its pid is known).
     server_cpu_us_per_delivery: Option<f64>,
+    /// The load generator's own CPU time per delivery, over the same span, in
+    /// microseconds.
+    client_cpu_us_per_delivery: Option<f64>,
     latency_us: Latency,
+    /// The scrapes of `/metrics` during the run (with `--scrape`).
+    scrape: Option<ScrapeReport>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -104,7 +127,10 @@ struct Latency {
 impl FanoutReport {
     /// Whether every message reached every viewer exactly once and in order.
     pub fn is_clean(&self) -> bool {
-        self.complete && self.lost == 0 && self.duplicated_or_reordered == 0
+        self.complete
+            && self.lost == 0
+            && self.duplicated_or_reordered == 0
+            && self.scrape.as_ref().is_none_or(ScrapeReport::is_clean)
     }
 
     /// A few readable lines.
@@ -117,15 +143,53 @@ impl FanoutReport {
             Some(tls) => format!(" over {tls}"),
             None => String::new(),
         };
-        let durable = if self.durable {
+        let durable = if self.durable || self.transport == Transport::Ws {
             format!(" ({})", self.protocol)
         } else {
             String::new()
         };
+        // Each one's CPU time as a share of the run's: near 100 %, it set the pace.
+        let share = |us_per_delivery: Option<f64>| {
+            us_per_delivery.map(|us| {
+                us * self.deliveries as f64 / 1e6 / self.seconds.max(f64::MIN_POSITIVE) * 100.0
+            })
+        };
+        let mut cpu = String::new();
+        if let (Some(us), Some(share)) = (
+            self.server_cpu_us_per_delivery,
+            share(self.server_cpu_us_per_delivery),
+        ) {
+            cpu += &format!(
+                "\n  server CPU {:.0} ns per delivery ({share:.0} % of the run)",
+                us * 1e3
+            );
+        }
+        if let (Some(us), Some(share)) = (
+            self.client_cpu_us_per_delivery,
+            share(self.client_cpu_us_per_delivery),
+        ) {
+            cpu += &format!(
+                "\n  load generator CPU {:.0} ns per delivery ({share:.0} % of the run)",
+                us * 1e3
+            );
+        }
+        if let Some(scrape) = &self.scrape {
+            cpu += &format!(
+                "\n  /metrics every {} s: {} scraped, {} failed, slowest {:.1} ms{}",
+                scrape.interval_s,
+                scrape.ok,
+                scrape.failed,
+                scrape.slowest_ms,
+                match &scrape.first_error {
+                    Some(error) => format!(" (first failure: {error})"),
+                    None => String::new(),
+                }
+            );
+        }
         format!(
             "{} on {}{durable}{tls}: {} senders{rate} x {} messages of {} B into {} viewers\n  \
              {:.0} deliveries/s ({} of {} in {:.2} s); lost {}, duplicated or reordered {}\n  \
-             latency us: p50 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}{}",
+             latency us: p50 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}{cpu}",
             self.workload,
             self.target,
             self.senders,
@@ -142,10 +206,6 @@ impl FanoutReport {
             self.latency_us.p99,
             self.latency_us.p999,
             self.latency_us.max,
-            match self.server_cpu_us_per_delivery {
-                Some(us) => format!("\n  server CPU {:.0} ns per delivery", us * 1e3),
-                None => String::new(),
-            },
         )
     }
 }
@@ -180,6 +240,14 @@ impl Shared {
 pub async fn run(args: FanoutArgs, endpoint: Endpoint) -> anyhow::Result<FanoutReport> {
     if args.size < MIN_PAYLOAD {
         bail!("--size must be at least {MIN_PAYLOAD}");
+    }
+    if args.scrape.is_some() {
+        if !endpoint.target.is_tcpchat() || endpoint.transport() == Transport::Tls {
+            bail!("--scrape is for tcpchat with plain HTTP (not with --tls)");
+        }
+        if endpoint.http_addr.is_none() {
+            bail!("--scrape needs tcpchat's HTTP listener (with --addr: --http-addr)");
+        }
     }
     let deadline = tokio::time::Instant::now() + args.timeout;
     let setup = tokio::time::timeout_at(deadline, set_up(&args, &endpoint))
@@ -228,8 +296,8 @@ async fn set_up(args: &FanoutArgs, endpoint: &Endpoint) -> anyhow::Result<Setup>
     let mut senders = Vec::with_capacity(args.senders);
     for sender in 0..args.senders {
         let mut stream = endpoint
-            .connector
-            .connect(endpoint.addr, None)
+            .sender_connector
+            .connect(endpoint.sender_addr, None)
             .await
             .with_context(|| format!("sender {sender} cannot connect"))?;
         let id = u16::try_from(sender).context("too many senders")?;
@@ -275,6 +343,14 @@ async fn measure(
         progressed: tokio::sync::Notify::new(),
     });
     let cpu_before = endpoint.pid.and_then(cpu_time);
+    let client_cpu_before = cpu_time(std::process::id());
+    let scrapes = Rc::new(Scrapes::default());
+    let scraping = match (args.scrape, endpoint.http_addr) {
+        (Some(interval), Some(addr)) => Some(AbortOnDropHandle::new(tokio::task::spawn_local(
+            scrape_every(addr, interval, scrapes.clone()),
+        ))),
+        _ => None,
+    };
     let progress = Progress::new(expected_per_viewer * args.viewers as u64, &args.label);
     let mut watching = Vec::new();
     let read_stream = endpoint.durable && endpoint.target == Target::Redis;
@@ -309,6 +385,8 @@ async fn measure(
     .await
     .is_ok();
     let cpu_after = endpoint.pid.and_then(cpu_time);
+    let client_cpu_after = cpu_time(std::process::id());
+    drop(scraping);
     progress.finish();
     for task in sending {
         task.abort();
@@ -326,6 +404,7 @@ async fn measure(
         workload: args.label,
         target: endpoint.target,
         transport: endpoint.transport(),
+        senders_transport: endpoint.senders_transport(),
         tls,
         viewers: args.viewers,
         senders: args.senders,
@@ -334,9 +413,9 @@ async fn measure(
         rate_per_sender: args.rate,
         durable: endpoint.durable,
         protocol: if endpoint.durable {
-            durable::protocol(endpoint.target)
+            durable::protocol(endpoint.target).to_owned()
         } else {
-            endpoint.target.protocol()
+            endpoint.protocol()
         },
         complete: finished && deliveries == expected,
         expected_deliveries: expected,
@@ -349,19 +428,26 @@ async fn measure(
         } else {
             0.0
         },
-        server_cpu_us_per_delivery: match (cpu_before, cpu_after) {
-            (Some(before), Some(after)) if deliveries > 0 => {
-                Some(after.saturating_sub(before).as_secs_f64() * 1e6 / deliveries as f64)
-            }
-            _ => None,
-        },
+        server_cpu_us_per_delivery: per_delivery(cpu_before, cpu_after, deliveries),
+        client_cpu_us_per_delivery: per_delivery(client_cpu_before, client_cpu_after, deliveries),
         latency_us: Latency {
             p50: us(histogram.value_at_quantile(0.5)),
             p99: us(histogram.value_at_quantile(0.99)),
             p999: us(histogram.value_at_quantile(0.999)),
             max: us(histogram.max()),
         },
+        scrape: args.scrape.map(|interval| scrapes.report(interval)),
     })
+}
+
+/// CPU time from `before` to `after` per delivery, in microseconds.
+fn per_delivery(before: Option<Duration>, after: Option<Duration>, deliveries: u64) -> Option<f64> {
+    match (before, after) {
+        (Some(before), Some(after)) if deliveries > 0 => {
+            Some(after.saturating_sub(before).as_secs_f64() * 1e6 / deliveries as f64)
+        }
+        _ => None,
+    }
 }
 
 /// One viewer's checks: the next sequence number expected of every sender, and its
@@ -434,6 +520,11 @@ impl Viewer {
 
 /// One viewer: reads, finds every payload, checks order, records latency.
 async fn view(mut stream: Stream, mut viewer: Viewer) {
+    if let Stream::Ws(ws) = &mut stream
+        && ws.framing() == Framing::Lines
+    {
+        return view_lines(ws, viewer).await;
+    }
     let mut buf = vec![0u8; 256 * 1024];
     let mut filled = 0;
     while !viewer.done() {
@@ -464,6 +555,32 @@ async fn view(mut stream: Stream, mut viewer: Viewer) {
             filled = 0;
         }
         viewer.delivered(got, now);
+    }
+}
+
+/// One viewer of tcpchat over WebSocket: as [`view`], with every frame a line,
+/// checked where it lies in the read buffer.
+async fn view_lines(ws: &mut WsStream<TcpStream>, mut viewer: Viewer) {
+    while !viewer.done() {
+        match std::future::poll_fn(|cx| ws.poll_fill(cx)).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let now = viewer.shared.start.elapsed();
+        let now_ns = now.as_nanos() as u64;
+        let shared = viewer.shared.clone();
+        let mut histogram = shared.histogram.borrow_mut();
+        let mut got = 0u64;
+        let drained = ws.drain_lines(|line| {
+            if viewer.check(line, now_ns, &mut histogram) {
+                got += 1;
+            }
+        });
+        drop(histogram);
+        viewer.delivered(got, now);
+        if drained.is_err() {
+            return;
+        }
     }
 }
 

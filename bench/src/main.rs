@@ -13,7 +13,7 @@
 //! `fanout`, `catchup` and `conns` start the server themselves ([`server`]: a fresh one per
 //! run, pinned to a CPU with `--server-cpu`, stopped by its PID at the end), or use
 //! one already running (`--addr`). Clients speak plain TCP or, with `--tls`, TLS 1.3
-//! ([`transport`]).
+//! ([`transport`]), or with `--ws`, WebSocket ([`ws`]).
 //!
 //! It runs on one thread (pin it to a core of its own): the server under test gets
 //! the other. Each run prints a readable summary on stderr and one JSON line on
@@ -27,8 +27,10 @@ mod fanout;
 mod proto;
 mod report;
 mod resp;
+mod scrape;
 mod server;
 mod transport;
+mod ws;
 
 use std::net::{IpAddr, Ipv4Addr};
 

@@ -17,6 +17,13 @@
 //! tcpchat with it (`tcpchat-fsync`) against tcpchat with its defaults, in deliveries
 //! per second where the load is as fast as the server takes it and in p99 latency
 //! where it is paced.
+//!
+//! A fan-out with the viewers over WebSocket is a server of its own too
+//! (`tcpchat+ws`, `nats+ws`; `+ws-all` with the senders over WebSocket as well), in a
+//! table of its own: each compared with NATS over WebSocket in deliveries per
+//! second, and with its own plaintext row in server CPU per delivery; the targets
+//! table checks tcpchat's against the issue's. tcpchat scraped every second
+//! (`tcpchat+scrape`) is compared with tcpchat in a last table.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -35,9 +42,11 @@ pub struct ReportArgs {
     pub svg: Option<PathBuf>,
 }
 
-/// The servers in the order of the tables: plaintext, then TLS. Any other comes after.
-const SERVERS: [&str; 8] = [
+/// The servers in the order of the tables: plaintext, then TLS, then WebSocket. Any
+/// other comes after.
+const SERVERS: [&str; 13] = [
     "tcpchat",
+    "tcpchat+scrape",
     "tcpchat-nohistory",
     "tcpchat-fsync",
     "redis",
@@ -45,19 +54,66 @@ const SERVERS: [&str; 8] = [
     "irc",
     "tcpchat+tls",
     "redis+tls",
+    "tcpchat+ws",
+    "nats+ws",
+    "tcpchat+ws-all",
+    "nats+ws-all",
 ];
 
 /// What marks a server over TLS.
 const TLS_SUFFIX: &str = "+tls";
 
-/// The server of a run: its target, and `+tls` when the run was over TLS (runs from
-/// before the transport was recorded were all plaintext).
+/// What marks a server with its viewers over WebSocket (and `+ws-all`, its senders
+/// too).
+const WS_SUFFIX: &str = "+ws";
+const WS_ALL_SUFFIX: &str = "+ws-all";
+
+/// What marks tcpchat scraped during the run.
+const SCRAPE_SUFFIX: &str = "+scrape";
+
+/// The server of a run: its target, and `+tls` when the run was over TLS, `+ws`
+/// when its viewers were over WebSocket (`+ws-all`: its senders too), `+scrape`
+/// when its `/metrics` was scraped (runs from before the transport was recorded
+/// were all plaintext).
 fn server_of(run: &Value) -> String {
     let target = run["target"].as_str().unwrap_or("?");
-    match run["transport"].as_str() {
-        Some("tls") => format!("{target}{TLS_SUFFIX}"),
-        _ => target.to_owned(),
+    let transport = match (run["transport"].as_str(), run["senders_transport"].as_str()) {
+        (Some("tls"), _) => TLS_SUFFIX,
+        (Some("ws"), Some("ws")) => WS_ALL_SUFFIX,
+        (Some("ws"), _) => WS_SUFFIX,
+        _ => "",
+    };
+    let scrape = if run["scrape"].is_object() {
+        SCRAPE_SUFFIX
+    } else {
+        ""
+    };
+    format!("{target}{transport}{scrape}")
+}
+
+/// How a server's clients reach it, as its name says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Plain,
+    Tls,
+    WebSocket,
+}
+
+impl Class {
+    fn of(server: &str) -> Self {
+        if server.ends_with(TLS_SUFFIX) {
+            Self::Tls
+        } else if server.ends_with(WS_SUFFIX) || server.ends_with(WS_ALL_SUFFIX) {
+            Self::WebSocket
+        } else {
+            Self::Plain
+        }
     }
+}
+
+/// The target of a server, without what says how it was reached or scraped.
+fn target_of(server: &str) -> &str {
+    server.split('+').next().unwrap_or(server)
 }
 
 /// The Redis a server is compared with: Redis over the same transport.
@@ -85,6 +141,9 @@ impl Runs {
             r["complete"].as_bool() == Some(true)
                 && r["lost"].as_u64().unwrap_or(0) == 0
                 && r["duplicated_or_reordered"].as_u64().unwrap_or(0) == 0
+                && (r["scrape"].is_null()
+                    || (r["scrape"]["failed"].as_u64() == Some(0)
+                        && r["scrape"]["ok"].as_u64().unwrap_or(0) > 0))
         })
     }
 
@@ -206,6 +265,20 @@ impl Results {
     }
 }
 
+impl Results {
+    /// NATS's median deliveries per second in `workload` with its clients reached
+    /// as `server`'s are (`+ws` or `+ws-all`).
+    fn nats_over_websocket(&self, workload: &str, server: &str) -> Option<f64> {
+        let suffix = if server.ends_with(WS_ALL_SUFFIX) {
+            WS_ALL_SUFFIX
+        } else {
+            WS_SUFFIX
+        };
+        self.of(workload, &format!("nats{suffix}"))?
+            .median("/deliveries_per_sec")
+    }
+}
+
 fn number(value: Option<f64>, decimals: usize) -> String {
     match value {
         Some(v) if decimals == 0 => group_thousands(v.round() as u64),
@@ -228,23 +301,29 @@ fn group_thousands(n: u64) -> String {
 
 fn tables(results: &Results) -> String {
     let mut out = String::new();
-    let mut table = |kind: Kind, header: &str, row: &dyn Fn(&str, &str, &Runs) -> String| {
-        let workloads: Vec<&String> = results.workloads(kind).collect();
-        if workloads.is_empty() {
-            return;
-        }
-        out.push_str(header);
-        for workload in workloads {
-            for server in &results.servers {
+    // The rows of `kind`'s workloads on the servers `shown` takes, under `header`.
+    let mut table = |kind: Kind,
+                     shown: &dyn Fn(&str) -> bool,
+                     header: &str,
+                     row: &dyn Fn(&str, &str, &Runs) -> String| {
+        let mut rows = String::new();
+        for workload in results.workloads(kind) {
+            for server in results.servers.iter().filter(|s| shown(s)) {
                 if let Some(runs) = results.of(workload, server) {
-                    out.push_str(&row(workload, server, runs));
+                    rows.push_str(&row(workload, server, runs));
                 }
             }
         }
-        out.push('\n');
+        if !rows.is_empty() {
+            out.push_str(header);
+            out.push_str(&rows);
+            out.push('\n');
+        }
     };
+    let all = |_: &str| true;
     table(
         Kind::Throughput,
+        &|server| Class::of(server) != Class::WebSocket,
         "| Workload | Server | Runs | Nothing lost | Deliveries/s (median) | vs Redis | Server CPU per delivery (ns) | p99 latency (us) |\n\
          | --- | --- | --- | --- | --- | --- | --- | --- |\n",
         &|workload, server, runs| {
@@ -267,7 +346,36 @@ fn tables(results: &Results) -> String {
         },
     );
     table(
+        Kind::Throughput,
+        &|server| Class::of(server) == Class::WebSocket,
+        "| Workload | Server | Runs | Nothing lost | Deliveries/s (median) | vs NATS over WebSocket | Server CPU per delivery (ns) | vs its plain row | Load generator CPU per delivery (ns) | p99 latency (us) |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        &|workload, server, runs| {
+            let rate = runs.median("/deliveries_per_sec");
+            let cpu = runs.server_cpu_ns_per_delivery();
+            let plain = results
+                .of(workload, target_of(server))
+                .and_then(Runs::server_cpu_ns_per_delivery);
+            format!(
+                "| {workload} | {server} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                runs.0.len(),
+                yes_no(runs.clean()),
+                number(rate, 0),
+                ratio(rate, results.nats_over_websocket(workload, server)),
+                number(cpu, 0),
+                ratio(cpu, plain),
+                number(
+                    runs.median("/client_cpu_us_per_delivery")
+                        .map(|us| us * 1e3),
+                    0
+                ),
+                number(runs.median("/latency_us/p99"), 0),
+            )
+        },
+    );
+    table(
         Kind::Durable,
+        &all,
         "| Workload | Server | Runs | Nothing lost | Deliveries/s (median) | vs better durable peer | Server CPU per delivery (ns) | p99 latency (us) |\n\
          | --- | --- | --- | --- | --- | --- | --- | --- |\n",
         &|workload, server, runs| {
@@ -286,6 +394,7 @@ fn tables(results: &Results) -> String {
     );
     table(
         Kind::Latency,
+        &all,
         "| Workload | Server | Runs | Nothing lost | p50 (us) | p99 (us) | p99.9 (us) | max (us) | Server CPU per delivery (ns) |\n\
          | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
         &|workload, server, runs| {
@@ -303,6 +412,7 @@ fn tables(results: &Results) -> String {
     );
     table(
         Kind::Catchup,
+        &all,
         "| Workload | Server | Runs | Nothing lost | All caught up (ms) | Median viewer (ms) | Deliveries/s | Speed vs Redis | Server CPU (ms) |\n\
          | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
         &|workload, server, runs| {
@@ -325,6 +435,7 @@ fn tables(results: &Results) -> String {
     );
     table(
         Kind::Connections,
+        &all,
         "| Workload | Server | Runs | All connected and reached | Server RSS per connection (B) | One message to all (ms) | Server CPU for it (ms) | Connecting (s) |\n\
          | --- | --- | --- | --- | --- | --- | --- | --- |\n",
         &|workload, server, runs| {
@@ -341,6 +452,7 @@ fn tables(results: &Results) -> String {
     );
     out.push_str(&targets(results));
     out.push_str(&fsync_cost(results));
+    out.push_str(&scrape_cost(results));
     out
 }
 
@@ -401,6 +513,35 @@ fn targets(results: &Results) -> String {
             number(Some(off), 0),
             yes_no(held),
         ));
+    }
+    for workload in results.workloads(Kind::Throughput) {
+        let figure = |server: &str, pointer: &str| results.of(workload, server)?.median(pointer);
+        if let (Some(tcpchat), Some(nats)) = (
+            figure("tcpchat+ws", "/deliveries_per_sec"),
+            figure("nats+ws", "/deliveries_per_sec"),
+        ) {
+            let held =
+                nats > 0.0 && tcpchat >= 2.0 * nats && clean(workload, &["tcpchat+ws", "nats+ws"]);
+            rows.push(format!(
+                "| {workload}: tcpchat at least 2x NATS in deliveries/s, viewers over WebSocket | {} ({} against {}) | {} |\n",
+                ratio(Some(tcpchat), Some(nats)),
+                number(Some(tcpchat), 0),
+                number(Some(nats), 0),
+                yes_no(held),
+            ));
+        }
+        let cpu = |server: &str| results.of(workload, server)?.server_cpu_ns_per_delivery();
+        if let (Some(ws), Some(line)) = (cpu("tcpchat+ws"), cpu("tcpchat")) {
+            let held =
+                line > 0.0 && ws <= 1.5 * line && clean(workload, &["tcpchat+ws", "tcpchat"]);
+            rows.push(format!(
+                "| {workload}: tcpchat's server CPU per delivery over WebSocket at most 1.5x line mode's | {} ({} ns against {}) | {} |\n",
+                ratio(Some(ws), Some(line)),
+                number(Some(ws), 0),
+                number(Some(line), 0),
+                yes_no(held),
+            ));
+        }
     }
     if rows.is_empty() {
         return String::new();
@@ -465,6 +606,53 @@ fn fsync_cost(results: &Results) -> String {
     out
 }
 
+/// The cost of being scraped: tcpchat with its `/metrics` scraped every second
+/// during the load (`tcpchat+scrape`) against tcpchat in the same runs, in
+/// deliveries per second and in server CPU per delivery, with the scrapes made.
+fn scrape_cost(results: &Results) -> String {
+    let mut rows = Vec::new();
+    for workload in results.workloads(Kind::Throughput) {
+        let (Some(scraped), Some(plain)) = (
+            results.of(workload, "tcpchat+scrape"),
+            results.of(workload, "tcpchat"),
+        ) else {
+            continue;
+        };
+        let clean = yes_no(scraped.clean() && plain.clean());
+        let scrapes = number(scraped.median("/scrape/ok"), 0);
+        let slowest = number(scraped.median("/scrape/slowest_ms"), 1);
+        let rate = (
+            scraped.median("/deliveries_per_sec"),
+            plain.median("/deliveries_per_sec"),
+        );
+        rows.push(format!(
+            "| {workload}: deliveries/s | {} ({} against {}) | {scrapes} | {slowest} | {clean} |\n",
+            ratio(rate.0, rate.1),
+            number(rate.0, 0),
+            number(rate.1, 0),
+        ));
+        let cpu = (
+            scraped.server_cpu_ns_per_delivery(),
+            plain.server_cpu_ns_per_delivery(),
+        );
+        rows.push(format!(
+            "| {workload}: server CPU per delivery | {} ({} ns against {}) | {scrapes} | {slowest} | {clean} |\n",
+            ratio(cpu.0, cpu.1),
+            number(cpu.0, 0),
+            number(cpu.1, 0),
+        ));
+    }
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut out = "| Cost of a /metrics scrape every second | tcpchat+scrape against tcpchat | Scrapes per run (median) | Slowest scrape (ms, median) | Nothing lost, every scrape good |\n\
+                   | --- | --- | --- | --- | --- |\n"
+        .to_owned();
+    out.extend(rows);
+    out.push('\n');
+    out
+}
+
 /// `a / b` as a ratio (`4.07x`), or `-`.
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
@@ -513,14 +701,14 @@ fn panels(results: &Results) -> Vec<Panel> {
             ],
             None => continue,
         };
-        // Plaintext panels, then TLS ones: TLS figures are another scale, and only
-        // comparable with each other.
-        for tls in [false, true] {
+        // Plaintext panels, then TLS ones, then WebSocket ones: TLS figures are
+        // another scale, and only comparable with each other; so are WebSocket ones.
+        for class in [Class::Plain, Class::Tls, Class::WebSocket] {
             for &(pointer, scale, unit, lower_is_better) in figures {
                 let bars: Vec<_> = results
                     .servers
                     .iter()
-                    .filter(|server| server.ends_with(TLS_SUFFIX) == tls)
+                    .filter(|server| Class::of(server) == class)
                     .filter_map(|server| {
                         Some((
                             server.trim_end_matches(TLS_SUFFIX).to_owned(),
@@ -530,10 +718,10 @@ fn panels(results: &Results) -> Vec<Panel> {
                     .collect();
                 if !bars.is_empty() {
                     panels.push(Panel {
-                        title: if tls {
-                            format!("{workload}, TLS")
-                        } else {
-                            workload.clone()
+                        title: match class {
+                            Class::Plain => workload.clone(),
+                            Class::Tls => format!("{workload}, TLS"),
+                            Class::WebSocket => format!("{workload}, WebSocket viewers"),
                         },
                         unit,
                         lower_is_better,
@@ -548,11 +736,14 @@ fn panels(results: &Results) -> Vec<Panel> {
 
 fn color(server: &str) -> &'static str {
     match server {
-        "tcpchat" => "#2b7a78",
+        "tcpchat+scrape" => "#3aafa9",
+        "tcpchat+ws-all" => "#1f5f8b",
+        "nats+ws-all" => "#b07d2b",
+        "tcpchat" | "tcpchat+ws" => "#2b7a78",
         "tcpchat-nohistory" => "#7fb8b6",
         "tcpchat-fsync" => "#174e4c",
         "redis" => "#d1495b",
-        "nats" => "#edae49",
+        "nats" | "nats+ws" => "#edae49",
         _ => "#6c6f93",
     }
 }
@@ -850,6 +1041,73 @@ mod tests {
             .unwrap();
         let bars: Vec<&str> = latency.bars.iter().map(|b| b.0.as_str()).collect();
         assert_eq!(bars, ["tcpchat", "tcpchat-nohistory", "tcpchat-fsync"]);
+    }
+
+    /// Fan-outs with WebSocket viewers beside the plain ones, with senders over
+    /// WebSocket too, and tcpchat scraped.
+    const WEB_RUNS: &str = r#"
+{"workload":"4x100","target":"tcpchat","transport":"tcp","senders_transport":"tcp","complete":true,"lost":0,"duplicated_or_reordered":0,"rate_per_sender":null,"server_cpu_us_per_delivery":0.02,"client_cpu_us_per_delivery":0.04,"deliveries_per_sec":20000000.0,"latency_us":{"p50":1.0,"p99":2.0,"p999":3.0,"max":4.0},"scrape":null}
+{"workload":"4x100","target":"nats","transport":"tcp","senders_transport":"tcp","complete":true,"lost":0,"duplicated_or_reordered":0,"rate_per_sender":null,"server_cpu_us_per_delivery":0.1,"client_cpu_us_per_delivery":0.05,"deliveries_per_sec":7000000.0,"latency_us":{"p50":1.0,"p99":2.0,"p999":3.0,"max":4.0},"scrape":null}
+{"workload":"4x100","target":"tcpchat","transport":"ws","senders_transport":"tcp","complete":true,"lost":0,"duplicated_or_reordered":0,"rate_per_sender":null,"server_cpu_us_per_delivery":0.025,"client_cpu_us_per_delivery":0.038,"deliveries_per_sec":18000000.0,"latency_us":{"p50":1.0,"p99":3.0,"p999":3.0,"max":4.0},"scrape":null}
+{"workload":"4x100","target":"nats","transport":"ws","senders_transport":"tcp","complete":true,"lost":0,"duplicated_or_reordered":0,"rate_per_sender":null,"server_cpu_us_per_delivery":0.12,"client_cpu_us_per_delivery":0.06,"deliveries_per_sec":5000000.0,"latency_us":{"p50":1.0,"p99":4.0,"p999":3.0,"max":4.0},"scrape":null}
+{"workload":"4x100","target":"tcpchat","transport":"ws","senders_transport":"ws","complete":true,"lost":0,"duplicated_or_reordered":0,"rate_per_sender":null,"server_cpu_us_per_delivery":0.07,"client_cpu_us_per_delivery":0.07,"deliveries_per_sec":9000000.0,"latency_us":{"p50":1.0,"p99":5.0,"p999":3.0,"max":4.0},"scrape":null}
+{"workload":"4x100","target":"nats","transport":"ws","senders_transport":"ws","complete":true,"lost":0,"duplicated_or_reordered":0,"rate_per_sender":null,"server_cpu_us_per_delivery":0.12,"client_cpu_us_per_delivery":0.06,"deliveries_per_sec":4000000.0,"latency_us":{"p50":1.0,"p99":6.0,"p999":3.0,"max":4.0},"scrape":null}
+{"workload":"scrape","target":"tcpchat","transport":"tcp","senders_transport":"tcp","complete":true,"lost":0,"duplicated_or_reordered":0,"rate_per_sender":null,"server_cpu_us_per_delivery":0.02,"deliveries_per_sec":20000000.0,"latency_us":{"p50":1.0,"p99":2.0,"p999":3.0,"max":4.0},"scrape":null}
+{"workload":"scrape","target":"tcpchat","transport":"tcp","senders_transport":"tcp","complete":true,"lost":0,"duplicated_or_reordered":0,"rate_per_sender":null,"server_cpu_us_per_delivery":0.0202,"deliveries_per_sec":19800000.0,"latency_us":{"p50":1.0,"p99":2.0,"p999":3.0,"max":4.0},"scrape":{"interval_s":1.0,"ok":5,"failed":0,"slowest_ms":2.5,"bytes":4000,"first_error":null}}
+"#;
+
+    #[test]
+    fn websocket_rows_compare_with_nats_over_websocket_and_their_plain_rows() {
+        let results = Results::parse(WEB_RUNS).unwrap();
+        assert_eq!(
+            results.servers,
+            [
+                "tcpchat",
+                "tcpchat+scrape",
+                "nats",
+                "tcpchat+ws",
+                "nats+ws",
+                "tcpchat+ws-all",
+                "nats+ws-all"
+            ]
+        );
+        let table = tables(&results);
+        for row in [
+            // The plain table has no WebSocket rows.
+            "| 4x100 | tcpchat | 1 | yes | 20,000,000 | - | 20 | 2 |",
+            "| 4x100 | tcpchat+ws | 1 | yes | 18,000,000 | 3.60x | 25 | 1.25x | 38 | 3 |",
+            "| 4x100 | nats+ws | 1 | yes | 5,000,000 | 1.00x | 120 | 1.20x | 60 | 4 |",
+            "| 4x100 | tcpchat+ws-all | 1 | yes | 9,000,000 | 2.25x | 70 | 3.50x | 70 | 5 |",
+            "| 4x100: tcpchat at least 2x NATS in deliveries/s, viewers over WebSocket | 3.60x (18,000,000 against 5,000,000) | yes |",
+            "| 4x100: tcpchat's server CPU per delivery over WebSocket at most 1.5x line mode's | 1.25x (25 ns against 20) | yes |",
+            "| scrape: deliveries/s | 0.99x (19,800,000 against 20,000,000) | 5 | 2.5 | yes |",
+            "| scrape: server CPU per delivery | 1.01x (20 ns against 20) | 5 | 2.5 | yes |",
+        ] {
+            assert!(table.contains(row), "{row}\n{table}");
+        }
+        assert_eq!(
+            table.matches("| 4x100 | tcpchat+ws |").count(),
+            1,
+            "{table}"
+        );
+        // A failed scrape makes its run unclean.
+        let failed = WEB_RUNS.replace("\"failed\":0", "\"failed\":1");
+        let table = tables(&Results::parse(&failed).unwrap());
+        assert!(
+            table.contains(
+                "| scrape: deliveries/s | 0.99x (19,800,000 against 20,000,000) | 5 | 2.5 | NO |"
+            ),
+            "{table}"
+        );
+        let panels = panels(&results);
+        let titles: Vec<(&str, usize)> = panels
+            .iter()
+            .map(|p| (p.title.as_str(), p.bars.len()))
+            .collect();
+        assert!(
+            titles.contains(&("4x100, WebSocket viewers", 4)),
+            "{titles:?}"
+        );
     }
 
     #[test]

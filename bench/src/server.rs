@@ -8,8 +8,12 @@
 //! each with the settings of docs/BENCHMARKS.md ("The peers"). For the workloads of
 //! servers that keep what they deliver (`durable`), redis-server also writes its
 //! append-only file and nats-server runs JetStream, both in the run's temporary
-//! directory. A started server may be pinned to one CPU, is stopped by its PID with
-//! SIGTERM when the run ends, and is killed if it does not exit in time.
+//! directory. With `--ws`, viewers reach tcpchat on `/ws` of its HTTP listener
+//! (whose address it logs too) and nats-server on its websocket listener, which a
+//! configuration file turns on (plain, no compression); senders too with
+//! `--ws-senders`, else they speak the target's own protocol. A started server may be
+//! pinned to one CPU, is stopped by its PID with SIGTERM when the run ends, and is
+//! killed if it does not exit in time.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -19,6 +23,7 @@ use harness::{ServerProcess, Signal, Spec};
 
 use super::proto::Target;
 use super::transport::{Certificate, Connector, TempDir, Transport, read_certificates};
+use super::ws::Framing;
 
 /// InspIRCd's configuration, with `@PORT@` and `@DIR@` to fill in.
 const INSPIRCD_CONF: &str = include_str!("../peers/inspircd.conf.in");
@@ -48,6 +53,28 @@ pub struct ServerArgs {
     /// With --addr and --tls: the PEM certificate(s) to trust.
     #[arg(long, requires = "addr", requires = "tls")]
     pub tls_ca: Option<PathBuf>,
+    /// Viewers connect over WebSocket (tcpchat and nats only): tcpchat's `/ws` on its
+    /// HTTP listener, nats-server's websocket listener (plain, no compression). With
+    /// --addr, that address is the WebSocket listener's.
+    #[arg(long, conflicts_with = "tls")]
+    pub ws: bool,
+    /// With --ws: senders connect over WebSocket too (else in the target's own
+    /// protocol over TCP).
+    #[arg(long, requires = "ws")]
+    pub ws_senders: bool,
+    /// With --addr and --ws: where senders connect in the target's own protocol
+    /// (without it, --ws-senders is needed).
+    #[arg(
+        long,
+        requires = "addr",
+        requires = "ws",
+        conflicts_with = "ws_senders"
+    )]
+    pub senders_addr: Option<SocketAddr>,
+    /// With --addr: tcpchat's HTTP listener, for `--scrape` (default with --ws:
+    /// --addr itself).
+    #[arg(long, requires = "addr")]
+    pub http_addr: Option<SocketAddr>,
     /// Set by the workloads of servers that keep what they deliver (`fanout
     /// --durable`, `catchup`): Redis writes its append-only file, NATS runs JetStream,
     /// and their clients speak Redis Streams and JetStream ([`crate::durable`]).
@@ -60,21 +87,58 @@ pub struct ServerArgs {
 pub struct Endpoint {
     /// The server's kind.
     pub target: Target,
-    /// Where its clients connect (the TLS listener with `--tls`).
+    /// Where its clients connect (the TLS listener with `--tls`, the WebSocket one
+    /// with `--ws`); the fan-out's senders connect to `sender_addr`.
     pub addr: SocketAddr,
+    /// tcpchat's HTTP listener (`/metrics`), when known.
+    pub http_addr: Option<SocketAddr>,
     /// Its process id, when known.
     pub pid: Option<u32>,
     /// Opens connections to it.
     pub connector: Connector,
+    /// Where the fan-out's senders connect: `addr`, but for viewers over WebSocket
+    /// and senders not (the plain listener).
+    pub sender_addr: SocketAddr,
+    /// Opens the fan-out's senders' connections.
+    pub sender_connector: Connector,
     /// Whether the run is one of servers keeping what they deliver (Redis Streams,
     /// JetStream; tcpchat always keeps its history unless `tcpchat-nohistory`).
     pub durable: bool,
 }
 
 impl Endpoint {
-    /// Plain TCP or TLS.
+    /// Plain TCP, TLS or WebSocket.
     pub fn transport(&self) -> Transport {
         self.connector.transport()
+    }
+
+    /// How the fan-out's senders reach it.
+    pub fn senders_transport(&self) -> Transport {
+        self.sender_connector.transport()
+    }
+
+    /// What the results say its clients speak (outside the durable workloads).
+    pub fn protocol(&self) -> String {
+        match (self.transport(), self.senders_transport()) {
+            (Transport::Ws, Transport::Ws) => {
+                format!("WebSocket: {}", self.target.protocol())
+            }
+            (Transport::Ws, _) => {
+                format!("WebSocket viewers, TCP senders: {}", self.target.protocol())
+            }
+            _ => self.target.protocol().to_owned(),
+        }
+    }
+}
+
+/// How WebSocket clients of `target` upgrade and frame: tcpchat on `/ws`, a line per
+/// text frame; NATS on any path, its protocol as a byte stream in binary frames
+/// (the only frames it takes).
+fn websocket_connector(target: Target) -> Connector {
+    if target.is_tcpchat() {
+        Connector::websocket("/ws", Framing::Lines)
+    } else {
+        Connector::websocket("/", Framing::Stream)
     }
 }
 
@@ -109,6 +173,15 @@ impl Server {
                 args.target
             );
         }
+        if args.ws && !(args.target.is_tcpchat() || args.target == Target::Nats) {
+            bail!(
+                "--ws is supported for tcpchat and nats only, not {}",
+                args.target
+            );
+        }
+        if args.ws && args.durable {
+            bail!("--ws is for the live fan-out, not the workloads of kept messages");
+        }
         if args.durable && matches!(args.target, Target::Irc | Target::TcpchatNohistory) {
             bail!(
                 "{} keeps no history: it has no place in a durable workload",
@@ -121,14 +194,28 @@ impl Server {
                 (None, true) => {
                     bail!("--tls with --addr needs --tls-ca (the certificate to trust)")
                 }
+                (_, false) if args.ws => websocket_connector(args.target),
                 (_, false) => Connector::plain(),
+            };
+            let http_addr = args
+                .http_addr
+                .or((args.ws && args.target.is_tcpchat()).then_some(addr));
+            let (sender_addr, sender_connector) = match args.senders_addr {
+                Some(senders) => (senders, Connector::plain()),
+                None if args.ws && !args.ws_senders => {
+                    bail!("--ws with --addr needs --senders-addr (or --ws-senders)")
+                }
+                None => (addr, connector.clone()),
             };
             return Ok(Self {
                 endpoint: Endpoint {
                     target: args.target,
                     addr,
+                    http_addr,
                     pid: args.pid,
                     connector,
+                    sender_addr,
+                    sender_connector,
                     durable: args.durable,
                 },
                 process: None,
@@ -142,32 +229,65 @@ impl Server {
         } else {
             None
         };
-        let connector = match &certificate {
+        let own = match &certificate {
             Some(certificate) => Connector::tls(vec![certificate.der()])?,
             None => Connector::plain(),
         };
         let dir =
             TempDir::new("tcpchat-bench-server").context("cannot create a temporary directory")?;
-        let spec = spec(args, certificate.as_ref(), &dir)?.pinned_to(args.server_cpu);
+        let launch = spec(args, certificate.as_ref(), &dir)?;
         // The harness's errors name the server and end with its last output.
-        let process = spec.start()?;
-        let addr = match (args.target, args.tls) {
-            (Target::Tcpchat | Target::TcpchatNohistory | Target::TcpchatFsync, true) => process
+        let process = launch.spec.pinned_to(args.server_cpu).start()?;
+        let http_addr = if args.target.is_tcpchat() {
+            process.http_addr()
+        } else {
+            None
+        };
+        // Where clients speak the target's own protocol (over TLS with --tls).
+        let own_addr = if args.target.is_tcpchat() && args.tls {
+            process
                 .tls_addr()
-                .context("tcpchat started without a TLS listener")?,
-            _ => process.addr(),
+                .context("tcpchat started without a TLS listener")?
+        } else {
+            process.addr()
+        };
+        let (addr, connector) = if args.ws {
+            let addr = if args.target.is_tcpchat() {
+                http_addr.context("tcpchat started without an HTTP listener")?
+            } else {
+                let addr = launch
+                    .websocket
+                    .context("the server was started without a websocket listener")?;
+                wait_accepting(addr)?;
+                addr
+            };
+            (addr, websocket_connector(args.target))
+        } else {
+            (own_addr, own.clone())
+        };
+        let (sender_addr, sender_connector) = if args.ws && !args.ws_senders {
+            (own_addr, own)
+        } else {
+            (addr, connector.clone())
         };
         eprintln!(
             "bench: server pid {} listening on {addr}{}",
             process.pid(),
-            if args.tls { " (TLS)" } else { "" }
+            match connector.transport() {
+                Transport::Tls => " (TLS)",
+                Transport::Ws => " (WebSocket)",
+                Transport::Tcp => "",
+            }
         );
         Ok(Self {
             endpoint: Endpoint {
                 target: args.target,
                 addr,
+                http_addr,
                 pid: Some(process.pid()),
                 connector,
+                sender_addr,
+                sender_connector,
                 durable: args.durable,
             },
             process: Some(process),
@@ -197,6 +317,39 @@ impl Server {
     }
 }
 
+/// Waits until `addr` accepts connections, for at most the harness's start timeout
+/// (a server's second listener, once the harness has seen the first).
+fn wait_accepting(addr: SocketAddr) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + harness::START_TIMEOUT;
+    while std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200))
+        .is_err()
+    {
+        if std::time::Instant::now() >= deadline {
+            bail!("nothing accepts on {addr}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// What [`spec`] makes: the command line, and the WebSocket listener's address when
+/// it has one the harness does not wait for (nats-server with `--ws`: the harness
+/// waits for its plain listener).
+#[derive(Debug)]
+struct Launch {
+    spec: Spec,
+    websocket: Option<SocketAddr>,
+}
+
+impl From<Spec> for Launch {
+    fn from(spec: Spec) -> Self {
+        Self {
+            spec,
+            websocket: None,
+        }
+    }
+}
+
 /// How to start `args.target` (never with `--addr`): its command line, with the
 /// certificate for TLS, InspIRCd's configuration written into `dir`, and every
 /// server's data (tcpchat's history, Redis's append-only file, JetStream's store)
@@ -205,7 +358,7 @@ fn spec(
     args: &ServerArgs,
     certificate: Option<&Certificate>,
     dir: &TempDir,
-) -> anyhow::Result<Spec> {
+) -> anyhow::Result<Launch> {
     // The peers cannot be told to pick a port and report it: each gets a free one.
     let free = || -> anyhow::Result<(SocketAddr, String)> {
         let port = harness::free_port().context("no free port")?;
@@ -214,7 +367,23 @@ fn spec(
             port.to_string(),
         ))
     };
-    Ok(match args.target {
+    if args.target == Target::Nats && args.ws {
+        // Its websocket listener is only to be had from a configuration file.
+        let (addr, port) = free()?;
+        let (ws_addr, ws_port) = free()?;
+        let config = dir.path().join("nats.conf");
+        let text = format!(
+            "listen: \"127.0.0.1:{port}\"\n\
+             websocket {{\n  listen: \"127.0.0.1:{ws_port}\"\n  no_tls: true\n  compression: false\n}}\n"
+        );
+        std::fs::write(&config, text)
+            .with_context(|| format!("cannot write {}", config.display()))?;
+        return Ok(Launch {
+            spec: Spec::listening("nats-server", addr).arg("-c").arg(config),
+            websocket: Some(ws_addr),
+        });
+    }
+    Ok(Launch::from(match args.target {
         Target::Tcpchat | Target::TcpchatNohistory | Target::TcpchatFsync => {
             let binary = match &args.server_bin {
                 Some(binary) => binary.clone(),
@@ -313,7 +482,7 @@ fn spec(
                 config_arg,
             ])
         }
-    })
+    }))
 }
 
 /// A new directory `name` in `dir`, for a server's data.
@@ -336,6 +505,10 @@ mod tests {
             server_cpu: None,
             tls: false,
             tls_ca: None,
+            ws: false,
+            ws_senders: false,
+            senders_addr: None,
+            http_addr: None,
             durable: false,
         }
     }
@@ -427,6 +600,55 @@ mod tests {
         assert!(fsync.contains("\"--fsync\""), "{fsync}");
         assert!(fsync.contains("\"--data-dir\""), "{fsync}");
         assert!(!fsync.contains("\"--history\""), "{fsync}");
+    }
+
+    #[test]
+    fn nats_over_websocket_gets_a_plain_uncompressed_websocket_listener() {
+        let dir = TempDir::new("tcpchat-bench-test").unwrap();
+        let ws = |target| ServerArgs {
+            ws: true,
+            ..args(target)
+        };
+        let nats = format!("{:?}", spec(&ws(Target::Nats), None, &dir).unwrap());
+        assert!(nats.contains("\"-c\""), "{nats}");
+        let config = std::fs::read_to_string(dir.path().join("nats.conf")).unwrap();
+        for line in ["websocket {", "no_tls: true", "compression: false"] {
+            assert!(config.contains(line), "{config}");
+        }
+        for target in [Target::Redis, Target::Irc] {
+            let error = Server::start(&ws(target)).unwrap_err().to_string();
+            assert!(error.contains("tcpchat and nats only"), "{error}");
+        }
+        let error = Server::start(&ServerArgs {
+            durable: true,
+            ..ws(Target::Nats)
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("live fan-out"), "{error}");
+        // A running tcpchat's WebSocket listener is its HTTP listener too; its
+        // senders speak line mode to the plain one, or WebSocket if so asked.
+        let running = |senders_addr, ws_senders| {
+            Server::start(&ServerArgs {
+                addr: Some("127.0.0.1:6080".parse().unwrap()),
+                senders_addr,
+                ws_senders,
+                ..ws(Target::Tcpchat)
+            })
+        };
+        let error = running(None, false).unwrap_err().to_string();
+        assert!(error.contains("--senders-addr"), "{error}");
+        let server = running(Some("127.0.0.1:6000".parse().unwrap()), false).unwrap();
+        let endpoint = server.endpoint();
+        assert_eq!(endpoint.transport(), Transport::Ws);
+        assert_eq!(endpoint.senders_transport(), Transport::Tcp);
+        assert_eq!(endpoint.sender_addr.port(), 6000);
+        assert_eq!(endpoint.http_addr, Some(endpoint.addr));
+        server.stop();
+        let server = running(None, true).unwrap();
+        assert_eq!(server.endpoint().senders_transport(), Transport::Ws);
+        assert_eq!(server.endpoint().sender_addr.port(), 6080);
+        server.stop();
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! - [`Certificate`]: a self-signed certificate for `127.0.0.1` and `localhost`,
 //!   generated once per run into a temporary directory, for the server to present.
 //! - [`Connector`]: opens connections from a chosen loopback address and, for TLS,
-//!   completes the handshake trusting exactly the certificates it was given.
-//! - [`Stream`]: one connection, plain or TLS, so that every reader and writer of the
-//!   bench is written once for both.
+//!   completes the handshake trusting exactly the certificates it was given; for
+//!   WebSocket, the upgrade ([`crate::ws`]).
+//! - [`Stream`]: one connection, plain, TLS or WebSocket, so that every reader and
+//!   writer of the bench is written once for all three.
 //!
 //! The TLS client is the same for every server: TLS 1.3 only, rustls's default
 //! cipher suites and key exchanges (ring), no session resumption, so that every
@@ -14,16 +15,19 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use anyhow::Context as _;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-use tokio_util::either::Either;
+
+use super::ws::{self, Framing, WsStream};
 
 /// How a run's clients speak to the server, as the results record it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -33,6 +37,8 @@ pub enum Transport {
     Tcp,
     /// TLS 1.3 over TCP.
     Tls,
+    /// WebSocket (RFC 6455) over TCP, no extensions.
+    Ws,
 }
 
 /// A directory under the system's temporary directory, removed with everything in
@@ -135,6 +141,14 @@ pub fn read_certificates(path: &Path) -> anyhow::Result<Vec<CertificateDer<'stat
 #[derive(Clone)]
 pub struct Connector {
     tls: Option<TlsConnector>,
+    ws: Option<WebSocket>,
+}
+
+/// Where and how a WebSocket connector upgrades its connections.
+#[derive(Debug, Clone, Copy)]
+struct WebSocket {
+    path: &'static str,
+    framing: Framing,
 }
 
 impl std::fmt::Debug for Connector {
@@ -148,7 +162,19 @@ impl std::fmt::Debug for Connector {
 impl Connector {
     /// Plain TCP.
     pub fn plain() -> Self {
-        Self { tls: None }
+        Self {
+            tls: None,
+            ws: None,
+        }
+    }
+
+    /// WebSocket over plain TCP: every connection upgraded on `path`, then read and
+    /// written in `framing`.
+    pub fn websocket(path: &'static str, framing: Framing) -> Self {
+        Self {
+            tls: None,
+            ws: Some(WebSocket { path, framing }),
+        }
     }
 
     /// TLS 1.3, trusting exactly `roots`.
@@ -173,25 +199,26 @@ impl Connector {
         config.resumption = rustls::client::Resumption::disabled();
         Ok(Self {
             tls: Some(TlsConnector::from(Arc::new(config))),
+            ws: None,
         })
     }
 
     /// Which transport its connections use.
     pub fn transport(&self) -> Transport {
-        if self.tls.is_some() {
-            Transport::Tls
-        } else {
-            Transport::Tcp
+        match (&self.tls, &self.ws) {
+            (Some(_), _) => Transport::Tls,
+            (None, Some(_)) => Transport::Ws,
+            (None, None) => Transport::Tcp,
         }
     }
 
     /// Opens a connection to `addr` from `source` (a loopback address, so that tens
     /// of thousands of connections do not run out of ephemeral ports), with Nagle's
-    /// algorithm off, and completes the TLS handshake if any. The server's name for
-    /// TLS is its IP address, which the certificate names.
+    /// algorithm off, and completes the TLS handshake or the WebSocket upgrade if
+    /// any. The server's name for TLS is its IP address, which the certificate names.
     ///
     /// # Errors
-    /// When the connection or the handshake fails.
+    /// When the connection, the handshake or the upgrade fails.
     pub async fn connect(&self, addr: SocketAddr, source: Option<IpAddr>) -> io::Result<Stream> {
         let socket = match addr {
             SocketAddr::V4(_) => TcpSocket::new_v4()?,
@@ -202,20 +229,75 @@ impl Connector {
         }
         let stream = socket.connect(addr).await?;
         stream.set_nodelay(true)?;
-        match &self.tls {
-            None => Ok(Either::Left(stream)),
-            Some(tls) => {
+        match (&self.tls, self.ws) {
+            (Some(tls), _) => {
                 let name = ServerName::IpAddress(addr.ip().into());
                 let stream = tls.connect(name, stream).await?;
-                Ok(Either::Right(Box::new(stream)))
+                Ok(Stream::Tls(Box::new(stream)))
             }
+            (None, Some(WebSocket { path, framing })) => Ok(Stream::Ws(Box::new(
+                ws::upgrade(stream, addr, path, framing).await?,
+            ))),
+            (None, None) => Ok(Stream::Tcp(stream)),
         }
     }
 }
 
-/// One client connection: plain TCP (left) or TLS (right; boxed, since a TLS session
-/// is far bigger than a socket). tokio-util's `Either` reads and writes whichever it is.
-pub type Stream = Either<TcpStream, Box<TlsStream<TcpStream>>>;
+/// One client connection: plain TCP, TLS or WebSocket (these two boxed: a TLS
+/// session, a WebSocket's buffers are far bigger than a socket).
+#[derive(Debug)]
+pub enum Stream {
+    /// Plain TCP.
+    Tcp(TcpStream),
+    /// TLS over TCP.
+    Tls(Box<TlsStream<TcpStream>>),
+    /// WebSocket over TCP.
+    Ws(Box<WsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(stream) => Pin::new(stream).poll_read(cx, buf),
+            Self::Tls(stream) => Pin::new(stream).poll_read(cx, buf),
+            Self::Ws(stream) => Pin::new(stream).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bytes: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Tcp(stream) => Pin::new(stream).poll_write(cx, bytes),
+            Self::Tls(stream) => Pin::new(stream).poll_write(cx, bytes),
+            Self::Ws(stream) => Pin::new(stream).poll_write(cx, bytes),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(stream) => Pin::new(stream).poll_flush(cx),
+            Self::Tls(stream) => Pin::new(stream).poll_flush(cx),
+            Self::Ws(stream) => Pin::new(stream).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(stream) => Pin::new(stream).poll_shutdown(cx),
+            Self::Tls(stream) => Pin::new(stream).poll_shutdown(cx),
+            Self::Ws(stream) => Pin::new(stream).poll_shutdown(cx),
+        }
+    }
+}
 
 /// What the bench asks of a connection besides reading and writing.
 pub(crate) trait BenchStream {
@@ -234,8 +316,8 @@ pub(crate) trait BenchStream {
 impl BenchStream for Stream {
     fn tls_parameters(&self) -> Option<String> {
         match self {
-            Either::Left(_) => None,
-            Either::Right(stream) => {
+            Stream::Tcp(_) | Stream::Ws(_) => None,
+            Stream::Tls(stream) => {
                 let session = stream.get_ref().1;
                 Some(format!(
                     "{:?} {:?}",

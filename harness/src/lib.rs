@@ -3,7 +3,8 @@
 //! the benchmark).
 //!
 //! - [`Spec::tcpchat`] runs `tcpchat serve` on ephemeral loopback ports and learns its
-//!   addresses from the `listening` lines it logs, so no port is ever guessed.
+//!   addresses from the `listening` lines it logs (plain, TLS, HTTP), so no port is
+//!   ever guessed.
 //! - [`Spec::listening`] runs any other server (the benchmark's peers) on a port chosen
 //!   with [`free_port`] and waits until it accepts connections.
 //!
@@ -219,6 +220,7 @@ impl Spec {
             None => Command::new(&self.program),
         };
         let mut scratch = None;
+        let mut has_http = false;
         if let Ready::TcpchatLog { bind, port, .. } = &self.ready {
             command.args(["serve", "--bind", bind, "--port", port]);
             // Every server gets a log of its own, unless it was given one (or none):
@@ -241,6 +243,7 @@ impl Spec {
             if !http {
                 command.args(["--http-port", "0"]);
             }
+            has_http = !self.args.iter().any(|arg| arg == "--no-http");
         }
         command
             .args(&self.args)
@@ -277,6 +280,7 @@ impl Spec {
             name: self.name,
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             tls_addr: None,
+            has_http,
             log,
         };
         match self.ready {
@@ -367,6 +371,8 @@ pub struct ServerProcess {
     name: String,
     addr: SocketAddr,
     tls_addr: Option<SocketAddr>,
+    /// Whether it is a tcpchat with an HTTP listener (not `--no-http`).
+    has_http: bool,
     log: Arc<Log>,
     /// The data directory the harness made for it, removed with it.
     scratch: Option<PathBuf>,
@@ -396,6 +402,20 @@ impl ServerProcess {
     /// The TLS address, for a tcpchat started with a certificate.
     pub fn tls_addr(&self) -> Option<SocketAddr> {
         self.tls_addr
+    }
+
+    /// The address of tcpchat's HTTP listener (`/ws`, `/metrics`; HTTPS when it has
+    /// a certificate), read from its `listening` line with `transport=http` or
+    /// `transport=https`. That line comes right after the plain one, so this waits
+    /// at most [`START_TIMEOUT`], and only if the line is missing. `None` for other
+    /// servers, and for a tcpchat started with `--no-http` or that never logged it.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        if !self.has_http {
+            return None;
+        }
+        // `transport=https` contains it too.
+        let line = self.wait_for_log("transport=http", START_TIMEOUT)?;
+        listening_address(&line)
     }
 
     /// Its process id (for /proc, or perf).
@@ -577,6 +597,11 @@ mod tests {
             Some("127.0.0.1:41234".parse().unwrap())
         );
         assert_eq!(listening_address("listening"), None);
+        let http = "2026-11-29T08:00:00Z  INFO tcpchat::server: listening address=127.0.0.1:41235 transport=http";
+        assert_eq!(
+            listening_address(http),
+            Some("127.0.0.1:41235".parse().unwrap())
+        );
     }
 
     #[test]
