@@ -471,6 +471,8 @@ pub struct Member {
     heartbeat: Option<Pin<Box<Heartbeat>>>,
     /// Whether the heartbeat sent a ping since the transport last asked.
     pinged: bool,
+    /// Whether the client asked for `heartbeat`.
+    pings_asked: bool,
     /// A transport's own message (a WebSocket pong), written at the next boundary.
     between: Option<Bytes>,
     /// Set when shutdown begins.
@@ -543,13 +545,15 @@ impl Member {
                 left: None,
             })
         });
-        let heartbeat = (request.options.heartbeat && format.has_notices()).then(|| {
-            let interval = shared.heartbeat_interval;
-            Box::pin(Heartbeat {
-                interval,
-                timer: sleep(interval),
-            })
-        });
+        // WebSocket clients are always pinged: their answers tell a live peer.
+        let heartbeat = ((request.options.heartbeat || format.is_framed()) && format.has_notices())
+            .then(|| {
+                let interval = shared.heartbeat_interval;
+                Box::pin(Heartbeat {
+                    interval,
+                    timer: sleep(interval),
+                })
+            });
         Self {
             role: request.role,
             format,
@@ -567,6 +571,7 @@ impl Member {
             frame_rest: 0,
             heartbeat,
             pinged: false,
+            pings_asked: request.options.heartbeat,
             between: None,
             drain_deadline: None,
         }
@@ -791,7 +796,7 @@ impl Member {
         if !heartbeat.as_mut().poll_due(cx) {
             return false;
         }
-        self.out = self.format.ping();
+        self.out = self.format.ping(self.pings_asked);
         self.out_from_feed = false;
         self.pinged = true;
         true

@@ -302,10 +302,11 @@ impl FrameReader {
             return Err(FrameError {
                 close_code: close::TOO_BIG,
                 code: "message-too-long",
-                reason: format!(
-                    "a message may have at most {} bytes",
-                    self.max_message_bytes
-                ),
+                // The same words as line mode's.
+                reason: super::line::LineTooLong {
+                    max_bytes: self.max_message_bytes,
+                }
+                .to_string(),
             });
         }
         Ok(())

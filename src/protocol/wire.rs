@@ -152,13 +152,19 @@ impl Format {
         self.has_notices().then(|| notice.to_line())
     }
 
-    /// What the heartbeat sends on a quiet connection: `*** ping`, or a WebSocket
-    /// ping, which browsers answer by themselves.
-    pub fn ping(self) -> Bytes {
-        if self.is_framed() {
-            Bytes::from_static(&websocket::PING_FRAME)
-        } else {
-            Notice::Ping.to_line()
+    /// What the heartbeat sends on a quiet connection: `*** ping`; over WebSocket a
+    /// WebSocket ping, which browsers answer by themselves, followed by `*** ping`
+    /// (which a page's script, unlike the ping, sees) if the client `asked` for
+    /// heartbeats.
+    pub fn ping(self, asked: bool) -> Bytes {
+        match (self.is_framed(), asked) {
+            (false, _) => Notice::Ping.to_line(),
+            (true, false) => Bytes::from_static(&websocket::PING_FRAME),
+            (true, true) => {
+                let mut both = BytesMut::from(&websocket::PING_FRAME[..]);
+                websocket::put_text(&mut both, b"*** ping");
+                both.freeze()
+            }
         }
     }
 }

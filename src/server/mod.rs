@@ -173,6 +173,7 @@ impl Prepared {
             };
             if let Some(address) = accept::local_address(&listener) {
                 info!(%address, %transport, "listening");
+                info!(url = %page_url(address, transport), "the chat page");
             }
             let web = http::Web {
                 hub: hub.downgrade(),
@@ -230,5 +231,28 @@ impl Prepared {
         }
         info!(slow_viewers, "stopped");
         Ok(())
+    }
+}
+
+/// The address to open the chat page at, for an HTTP listener on `address`: a
+/// wildcard bind is reached as `localhost`.
+fn page_url(address: std::net::SocketAddr, scheme: &str) -> String {
+    let port = address.port();
+    match address.ip() {
+        ip if ip.is_unspecified() => format!("{scheme}://localhost:{port}/"),
+        std::net::IpAddr::V4(ip) => format!("{scheme}://{ip}:{port}/"),
+        std::net::IpAddr::V6(ip) => format!("{scheme}://[{ip}]:{port}/"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn page_urls() {
+        let url = |a: &str| super::page_url(a.parse().expect("address"), "http");
+        assert_eq!(url("0.0.0.0:6080"), "http://localhost:6080/");
+        assert_eq!(url("[::]:6080"), "http://localhost:6080/");
+        assert_eq!(url("192.0.2.7:80"), "http://192.0.2.7:80/");
+        assert_eq!(url("[2001:db8::1]:6080"), "http://[2001:db8::1]:6080/");
     }
 }

@@ -199,16 +199,12 @@ async fn admit<S: ByteStream>(mut stream: S, arrival: Arrival) -> Option<Session
     } else {
         Format::of(hello.mode, hello.options.tags)
     };
-    let mut options = hello.options.clone();
-    // Browsers answer WebSocket pings by themselves: every WebSocket client is
-    // pinged, and the answers tell a live peer from a vanished one.
-    options.heartbeat |= websocket;
     let request = JoinRequest {
         id,
         role: hello.role,
         name: hello.name.clone(),
         format,
-        options,
+        options: hello.options,
         flood_controlled: admission.is_flood_controlled(),
         reservation,
     };

@@ -7,6 +7,7 @@
 
 mod common;
 
+mod browser;
 mod cli;
 mod client_resume;
 mod crash;

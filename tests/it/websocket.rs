@@ -575,3 +575,24 @@ async fn a_silent_handshake_times_out_and_a_client_that_never_answers_pings_is_d
     }
     assert!(pings >= 3, "pinged every 200 ms of silence: {pings}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_asks_for_heartbeat_also_gets_a_ping_line_its_script_can_see() {
+    let server = start_server_without_tls(Config {
+        heartbeat_interval: Duration::from_millis(200),
+        ..config()
+    })
+    .await;
+    let (_, mut raw) = Raw::connect(&server, "").await;
+    raw.text("viewer heartbeat").await;
+    assert_eq!(raw.frame().await, (opcode::TEXT, WELCOME.to_owned()));
+    assert_eq!(raw.frame().await, (opcode::PING, String::new()));
+    assert_eq!(raw.frame().await, (opcode::TEXT, "*** ping".to_owned()));
+    // Without `heartbeat`, only the WebSocket ping.
+    let mut ws = join(&server, "viewer").await;
+    assert_eq!(text(&mut ws).await, WELCOME);
+    let until = tokio::time::Instant::now() + Duration::from_millis(700);
+    while let Ok(message) = tokio::time::timeout_at(until, ws.next()).await {
+        assert!(matches!(message, Some(Ok(Message::Ping(_)))), "{message:?}");
+    }
+}
