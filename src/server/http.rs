@@ -219,9 +219,10 @@ async fn upgrade(
             pre_read: bytes::Bytes::new(),
         },
     };
+    let tracker = web.tracker.clone();
     web.tracker.spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => serve_upgraded(upgraded, arrival).await,
+            Ok(upgraded) => serve_upgraded(upgraded, arrival, &tracker),
             Err(error) => debug!(conn = %id, %error, "the WebSocket upgrade failed"),
         }
     });
@@ -240,22 +241,36 @@ async fn upgrade(
 }
 
 /// Takes the upgraded connection back out of hyper (it is one of our two stream
-/// types) and serves it as a member.
-async fn serve_upgraded(upgraded: hyper::upgrade::Upgraded, arrival: Arrival) {
+/// types) and serves it as a member, in a task of its own: a task that could hold
+/// either stream would be as big as the bigger (TLS) one, several kilobytes per idle
+/// plain WebSocket member.
+fn serve_upgraded(upgraded: hyper::upgrade::Upgraded, arrival: Arrival, tracker: &TaskTracker) {
     match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => serve_member(parts.io.into_inner(), parts.read_buf, arrival).await,
+        Ok(parts) => serve_member(parts.io.into_inner(), parts.read_buf, arrival, tracker),
         Err(upgraded) => {
             match upgraded.downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>() {
-                Ok(parts) => serve_member(parts.io.into_inner(), parts.read_buf, arrival).await,
+                Ok(parts) => {
+                    serve_member(parts.io.into_inner(), parts.read_buf, arrival, tracker);
+                }
                 Err(_) => warn!(conn = %arrival.id, "an upgraded connection of an unknown kind"),
             }
         }
     }
 }
 
-async fn serve_member<S: ByteStream>(stream: S, pre_read: bytes::Bytes, mut arrival: Arrival) {
-    arrival.framing = Framing::WebSocket { pre_read };
-    stream::serve(stream, arrival).await;
+fn serve_member<S: ByteStream>(
+    stream: S,
+    pre_read: bytes::Bytes,
+    mut arrival: Arrival,
+    tracker: &TaskTracker,
+) {
+    // Copied: the bytes hyper read past the request are a view of its whole read
+    // buffer, which would otherwise stay allocated.
+    arrival.framing = Framing::WebSocket {
+        pre_read: bytes::Bytes::copy_from_slice(&pre_read),
+    };
+    drop(pre_read);
+    tracker.spawn(stream::serve(stream, arrival));
 }
 
 /// Whether a comma-separated header holds `token` (case-insensitively).
