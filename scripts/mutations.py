@@ -16,6 +16,24 @@ import sys
 # (name, tests to run, edits). Tests are cargo test filters: "it::MODULE::" runs a
 # module of the integration binary, "lib::PATH" the library's unit tests.
 MUTATIONS = [
+    ("WebSocket Origin not checked", ["it::websocket::"], [
+        ("src/server/http.rs", "    if !origin_allowed(\n", "    if false && !origin_allowed(\n")]),
+    ("WebSocket frame cut short not finished before the closing frames", ["it::websocket::"], [
+        ("src/hub/member.rs", "let unfinished = if self.format.is_framed() && self.cut_short {",
+         "let unfinished = if false && self.cut_short {")]),
+    ("WebSocket clients that never answer pings kept", ["it::websocket::"], [
+        ("src/server/stream.rs", "if self.websocket && self.member.take_pinged() {",
+         "if false && self.member.take_pinged() {")]),
+    ("WebSocket client frames not unmasked", ["it::websocket::", "lib::protocol::websocket"], [
+        ("src/protocol/websocket.rs", "            unmask(&mut payload, header.mask);",
+         "            let _ = header.mask;")]),
+    ("WebSocket message size unchecked", ["it::websocket::", "lib::protocol::websocket"], [
+        ("src/protocol/websocket.rs",
+         "if so_far.saturating_add(header.len) > self.max_message_bytes as u64 {",
+         "if so_far.saturating_add(header.len) > u64::MAX - 1 {")]),
+    ("the chat page builds markup from text", ["it::browser::"], [
+        ("src/server/page/app.js", "if (text !== undefined) node.textContent = text;",
+         "if (text !== undefined) node.innerHTML = text;")]),
     ("connection limit ignored", ["it::limits::"], [
         ("src/server/admission.rs", "let max_connections = max_connections(config);",
          "let max_connections = usize::MAX >> 4;")]),
