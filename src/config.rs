@@ -201,6 +201,49 @@ pub struct Config {
     /// the machine may lose the last moments). Costs throughput: see BENCHMARKS.md.
     #[arg(long)]
     pub fsync: bool,
+
+    /// Serve one room with other tcpchat nodes through NATS JetStream: its servers,
+    /// comma-separated (`nats://HOST:PORT`, `tls://HOST:PORT` for TLS; a
+    /// `user:password@` in the address is used). See docs/CLUSTER.md.
+    #[arg(long, value_name = "URLS")]
+    pub cluster: Option<String>,
+
+    /// The room's name in the cluster: its stream is `TCPCHAT_<ROOM>` (letters,
+    /// digits, `-` and `_`).
+    #[arg(long, value_name = "ROOM", default_value = "tcpchat", value_parser = room_name)]
+    pub cluster_room: String,
+
+    /// A node not heard from for this long is gone: its members are announced as left
+    /// on every other node and their names are free again.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub cluster_node_timeout: Duration,
+
+    /// Copies JetStream keeps of the room's stream and key-value buckets (3 with a
+    /// three-server NATS cluster).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub cluster_replicas: u8,
+
+    /// A NATS credentials file (`.creds`), for a NATS server that asks for one.
+    #[arg(long, value_name = "FILE")]
+    pub cluster_creds: Option<PathBuf>,
+
+    /// The CA certificate (PEM) that NATS's certificate must chain to; implies TLS.
+    #[arg(long, value_name = "FILE")]
+    pub cluster_ca: Option<PathBuf>,
+}
+
+/// `--cluster-room`: a name that is safe in a stream's name and a subject.
+fn room_name(value: &str) -> Result<String, String> {
+    if !value.is_empty()
+        && value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        Ok(value.to_owned())
+    } else {
+        Err("1 to 64 letters, digits, '-' or '_'".to_owned())
+    }
 }
 
 impl Config {

@@ -14,6 +14,9 @@
 //! - [`room`]: the core. Membership, names and their rules, text neutralization, the
 //!   order of events and their sequence numbers. A plain struct; imports nothing else
 //!   of the crate.
+//! - [`cluster`]: several nodes serving one room through NATS JetStream (`serve
+//!   --cluster`): the stream that orders the room, names claimed across nodes,
+//!   nodes that are gone.
 //! - [`tls`]: certificates and keys to rustls configs, reloadable on the server.
 //! - [`client`]: the `viewer`, `messenger`, `chat` and `history` programs, and the
 //!   reconnecting session behind `chat` and `viewer`.
@@ -27,6 +30,7 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod hub;
 pub mod metrics;

@@ -269,7 +269,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(async {
         // The log first: a data directory that cannot be used stops the server
         // before it listens.
-        let prepared = server::prepare(args.config)?;
+        let prepared = if args.config.cluster.is_some() {
+            server::prepare_cluster(args.config).await?
+        } else {
+            server::prepare(args.config)?
+        };
         let address = SocketAddr::new(args.bind, args.port);
         let plain = listen(address).with_context(|| format!("cannot listen on {address}"))?;
         let tls = match certificates {

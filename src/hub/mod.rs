@@ -18,6 +18,7 @@ pub mod flood;
 mod log;
 pub mod member;
 mod replay;
+pub mod replication;
 pub mod ring;
 
 use std::collections::{HashMap, VecDeque};
@@ -37,6 +38,7 @@ use command::{Admitted, Command};
 pub use member::{End, Farewell, JoinRequest, Member, Reservation, Wants};
 use member::{Membership, Shared};
 use prometheus_client::metrics::counter::Counter;
+use replication::{Names, Replication};
 use ring::{Publisher, Ring, Subscriber};
 
 /// Why the hub did not let a connection in.
@@ -56,6 +58,8 @@ pub enum HubError {
 pub struct Hub {
     tx: mpsc::Sender<Command>,
     shared: Arc<Shared>,
+    /// In a cluster, the names every node's joins claim first.
+    names: Option<Arc<dyn Names>>,
 }
 
 impl Hub {
@@ -64,15 +68,18 @@ impl Hub {
     /// # Errors
     /// [`HubError`].
     pub async fn reserve(&self, id: ConnId, name: String) -> Result<Reservation, HubError> {
+        if let Some(names) = &self.names {
+            names.claim(&name, id).await?;
+        }
+        // From here the hub gives the name back when this connection ends.
+        let membership = Membership::new(id, self.tx.clone());
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(Command::Reserve { id, name, reply })
             .await
             .map_err(|_| HubError::Stopped)?;
         answer.await.map_err(|_| HubError::Stopped)??;
-        Ok(Reservation {
-            membership: Membership::new(id, self.tx.clone()),
-        })
+        Ok(Reservation { membership })
     }
 
     /// Lets a connection in as `request` says.
@@ -84,10 +91,16 @@ impl Hub {
         let waker = Arc::new(Subscriber::default());
         // Armed before the question is asked: whatever happens from here on, the
         // room hears of this connection's end.
+        let reserved = request.reservation.is_some();
         let membership = match request.reservation.take() {
             Some(reservation) => reservation.membership,
             None => Membership::new(request.id, self.tx.clone()),
         };
+        // A cluster's name is claimed first (a reservation claimed it already); the
+        // hub gives it back when the member leaves.
+        if let (Some(names), Some(name), false) = (&self.names, &request.name, reserved) {
+            names.claim(name, request.id).await?;
+        }
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(Command::Join {
@@ -146,6 +159,7 @@ impl Hub {
         WeakHub {
             tx: self.tx.downgrade(),
             shared: self.shared.clone(),
+            names: self.names.clone(),
         }
     }
 }
@@ -156,6 +170,7 @@ impl Hub {
 pub struct WeakHub {
     tx: mpsc::WeakSender<Command>,
     shared: Arc<Shared>,
+    names: Option<Arc<dyn Names>>,
 }
 
 impl WeakHub {
@@ -167,6 +182,7 @@ impl WeakHub {
         Some(Hub {
             tx: self.tx.upgrade()?,
             shared: self.shared.clone(),
+            names: self.names.clone(),
         })
     }
 
@@ -225,7 +241,7 @@ const COMMANDS_PER_TURN: usize = 512;
 /// see it; it runs until every [`Hub`] clone is dropped, then publishes what it still
 /// has, closes the ring and wakes every viewer.
 pub fn spawn(config: &Config) -> (Hub, tokio::task::JoinHandle<()>) {
-    start(config, None, &Recovered::default(), Metrics::shared())
+    start(config, None, &Recovered::default(), Metrics::shared(), None)
 }
 
 /// Starts the hub task, on the log `store` if there is one (the room goes on from
@@ -240,7 +256,7 @@ pub fn spawn_with(
     metrics: Arc<Metrics>,
 ) -> Result<(Hub, tokio::task::JoinHandle<()>), StoreError> {
     let Some(store) = store else {
-        return Ok(start(config, None, &Recovered::default(), metrics));
+        return Ok(start(config, None, &Recovered::default(), metrics, None));
     };
     let recovered = store.recover()?;
     if !recovered.present.is_empty() {
@@ -249,7 +265,21 @@ pub fn spawn_with(
             "the log shows members of the previous run in the room; announcing their leave"
         );
     }
-    Ok(start(config, Some(store), &recovered, metrics))
+    Ok(start(config, Some(store), &recovered, metrics, None))
+}
+
+/// Starts the hub task of a cluster node: its room is a replica of the cluster's
+/// stream (see [`replication`]), and its log `store` is this node's copy of the
+/// stream, kept as the stream's events come back. `recovered` is what that copy
+/// held at start.
+pub fn spawn_replica(
+    config: &Config,
+    store: Option<Arc<dyn Store>>,
+    recovered: &Recovered,
+    metrics: Arc<Metrics>,
+    replication: Replication,
+) -> (Hub, tokio::task::JoinHandle<()>) {
+    start(config, store, recovered, metrics, Some(replication))
 }
 
 fn start(
@@ -257,6 +287,7 @@ fn start(
     store: Option<Arc<dyn Store>>,
     recovered: &Recovered,
     metrics: Arc<Metrics>,
+    replication: Option<Replication>,
 ) -> (Hub, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(config.hub_inbox.max(1));
     let ring = Arc::new(Ring::new(crate::config::backlog_batches(
@@ -276,12 +307,29 @@ fn start(
             })
             .clone()
     });
-    let mut room = Room::resume(config.max_name_chars, recovered.last_seq);
+    let mut room = if replication.is_some() {
+        Room::replica(config.max_name_chars, recovered.last_seq)
+    } else {
+        Room::resume(config.max_name_chars, recovered.last_seq)
+    };
     for (name, id) in &recovered.recent_ids {
         room.remember_id(name, id);
     }
+    let (outgoing, applied, unacked, names) = match replication {
+        Some(replication) => (
+            Some(replication.outgoing),
+            Some(replication.applied),
+            Some(replication.unacked),
+            Some(replication.names),
+        ),
+        None => (None, None, None, None),
+    };
     let mut owner = Owner {
         room,
+        outgoing,
+        unacked,
+        origin: ConnId(0),
+        leaving: HashMap::new(),
         publisher: Publisher::new(ring, config.viewer_backlog_bytes),
         receivers: Subscribers::default(),
         senders: Subscribers::default(),
@@ -302,21 +350,42 @@ fn start(
         max_batch_bytes: config.max_batch_bytes.max(1),
         published: 0,
     };
-    // The previous run ended without telling the room who left: the log says so
-    // first, so that nobody is shown as present who is not.
-    for name in &recovered.present {
-        owner.room.farewell(name, &mut owner.events);
+    if owner.outgoing.is_none() {
+        // The previous run ended without telling the room who left: the log says so
+        // first, so that nobody is shown as present who is not. (In a cluster, the
+        // other nodes announce a node's members once it is gone.)
+        for name in &recovered.present {
+            owner.room.farewell(name, &mut owner.events);
+        }
+    } else {
+        for name in &recovered.present {
+            owner.room.apply(&Event::new(
+                recovered.last_seq,
+                crate::room::EventKind::Joined {
+                    name: Arc::from(name.as_str()),
+                },
+            ));
+        }
     }
     owner.take_events();
     owner.hand_over();
-    let task = tokio::spawn(owner.run(rx, shared.clone()));
-    (Hub { tx, shared }, task)
+    let task = tokio::spawn(owner.run(rx, applied, shared.clone()));
+    (Hub { tx, shared, names }, task)
 }
 
 /// The hub task's state: the room, the events on their way to the log, and the
 /// batch being built.
 struct Owner {
     room: Room,
+    /// In a cluster: where the room's proposals go.
+    outgoing: Option<mpsc::UnboundedSender<Vec<replication::Outgoing>>>,
+    /// In a cluster: proposals not yet in the stream.
+    unacked: Option<Arc<std::sync::atomic::AtomicUsize>>,
+    /// The member whose command is being handled (the origin of its proposals).
+    origin: ConnId,
+    /// In a cluster: leaving chatters waiting for their leave to come back from the
+    /// stream (then they wait for it to be published, as in `goodbyes`).
+    leaving: HashMap<ConnId, oneshot::Sender<u64>>,
     publisher: Publisher,
     /// Woken after every publish; counted per format.
     receivers: Subscribers,
@@ -350,7 +419,12 @@ struct Owner {
 }
 
 impl Owner {
-    async fn run(mut self, mut inbox: mpsc::Receiver<Command>, shared: Arc<Shared>) {
+    async fn run(
+        mut self,
+        mut inbox: mpsc::Receiver<Command>,
+        mut applied: Option<mpsc::Receiver<Vec<replication::Applied>>>,
+        shared: Arc<Shared>,
+    ) {
         let stop = shared.stop.clone();
         drop(shared);
         // Taken from the inbox in order, kept reversed so that a turn can stop early.
@@ -369,14 +443,33 @@ impl Owner {
             // themselves megabytes behind when they first run.
             self.take_committed();
             self.publish_committed();
-            // While the log is far behind (a failing disk), the room takes nothing
-            // new: members wait, as they would for a full inbox.
-            let taking = inbox_open && self.in_flight < MAX_UNCOMMITTED_EVENTS;
+            // In a cluster, what the stream has taken meanwhile, without waiting.
+            if let Some(stream) = &mut applied {
+                while let Ok(events) = stream.try_recv() {
+                    self.apply(events);
+                }
+                self.hand_over();
+            }
+            // While the log is far behind (a failing disk), or in a cluster the
+            // stream (NATS is away), the room takes nothing new: members wait, as
+            // they would for a full inbox.
+            let unacked = self
+                .unacked
+                .as_ref()
+                .map_or(0, |n| n.load(std::sync::atomic::Ordering::Acquire));
+            let taking = inbox_open
+                && self.in_flight < MAX_UNCOMMITTED_EVENTS
+                && unacked < MAX_UNCOMMITTED_EVENTS;
             if commands.is_empty() && taking && self.committed.is_empty() {
                 let received = tokio::select! {
                     biased;
                     Some(events) = log::committed(&mut self.log) => {
                         self.committed.extend(events);
+                        continue;
+                    }
+                    Some(events) = from_stream(&mut applied) => {
+                        self.apply(events);
+                        self.hand_over();
                         continue;
                     }
                     received = inbox.recv_many(&mut commands, COMMANDS_PER_TURN) => received,
@@ -408,8 +501,9 @@ impl Owner {
                 commands.reverse();
             } else if commands.is_empty() && self.committed.is_empty() {
                 // Not taking (the inbox is closed, or the log is far behind): wait
-                // for the log, if anything is on its way there.
-                if self.in_flight == 0 {
+                // for the log, if anything is on its way there (in a cluster, for
+                // the stream too).
+                if self.in_flight == 0 && (applied.is_none() || !inbox_open) {
                     continue;
                 }
                 tokio::select! {
@@ -417,6 +511,10 @@ impl Owner {
                         Some(events) => self.committed.extend(events),
                         None => break,
                     },
+                    Some(events) = from_stream(&mut applied) => {
+                        self.apply(events);
+                        self.hand_over();
+                    }
                     () = stop.cancelled(), if !stopping => {
                         stopping = true;
                         self.wake_all();
@@ -456,11 +554,24 @@ impl Owner {
     }
 
     fn handle(&mut self, command: Command) {
+        self.origin = match &command {
+            Command::Reserve { id, .. }
+            | Command::Join { id, .. }
+            | Command::Post { id, .. }
+            | Command::Leave { id, .. }
+            | Command::Release { id } => *id,
+        };
         match command {
             Command::Reserve { id, name, reply } => {
                 let result = self.room.reserve(id, &name);
+                if let Err(error) = &result {
+                    // Claimed in the cluster, refused here: give the claim back.
+                    if !matches!(error, JoinError::NameTaken(_)) {
+                        self.release(name.clone());
+                    }
+                }
                 if reply.send(result).is_err() {
-                    self.room.leave(id, &mut self.events);
+                    self.leave_quietly(id);
                 }
             }
             Command::Join {
@@ -489,6 +600,8 @@ impl Owner {
                     self.room
                         .join_with(id, role, name.as_deref(), credentials, &mut self.events);
                 let joined = result.as_ref().ok().copied();
+                // Refused for a name another member here holds: that claim is theirs.
+                let theirs = matches!(result, Err(JoinError::NameTaken(_)));
                 let present = (members && joined.is_some()).then(|| self.room.present());
                 let answer = result.map(|_| Admitted {
                     cursor: self.publisher.ring().cursor(),
@@ -496,10 +609,18 @@ impl Owner {
                     token: new_token,
                     members: present,
                 });
+                if joined.is_none()
+                    && !theirs
+                    && let Some(name) = &name
+                    && self.room.name_of(id).is_none()
+                {
+                    // Claimed in the cluster, refused here: give the claim back.
+                    self.release(name.clone());
+                }
                 if reply.send(answer).is_err() {
                     // The connection is gone before it heard the answer: undo.
                     if joined.is_some() {
-                        self.room.leave(id, &mut self.events);
+                        self.leave_quietly(id);
                     }
                 } else if let Some(joined) = joined {
                     if let Joined::Reclaimed { from } = joined {
@@ -522,10 +643,13 @@ impl Owner {
                 self.take_events();
             }
             Command::Leave { id, published } => {
-                self.room.leave(id, &mut self.events);
-                self.take_events();
+                self.leave_quietly(id);
                 self.senders.remove(id);
                 match published {
+                    // In a cluster the leave's number comes from the stream.
+                    Some(published) if self.outgoing.is_some() => {
+                        self.leaving.insert(id, published);
+                    }
                     // A chatter saying goodbye still reads the room up to its own
                     // leave: it stays a receiver (its format stays encoded and kept
                     // in the ring) until it releases its place.
@@ -554,10 +678,67 @@ impl Owner {
         }
     }
 
+    /// Takes `id` out of the room, with its leave if it was announced; in a
+    /// cluster, a name it held without announcing is given back.
+    fn leave_quietly(&mut self, id: ConnId) {
+        let name = self.room.name_of(id).map(str::to_owned);
+        let before = self.events.len();
+        self.room.leave(id, &mut self.events);
+        if self.events.len() == before
+            && let Some(name) = name
+        {
+            self.release(name);
+        }
+        self.take_events();
+    }
+
+    /// In a cluster, gives a claimed name back (after whatever was proposed before).
+    fn release(&mut self, name: String) {
+        if let Some(outgoing) = &self.outgoing {
+            let _ = outgoing.send(vec![replication::Outgoing::Release { name }]);
+        }
+    }
+
+    /// Takes the stream's events (a cluster node): the room applies them in the
+    /// stream's order, and they go to the log and then to viewers like a single
+    /// server's own.
+    fn apply(&mut self, applied: Vec<replication::Applied>) {
+        for replication::Applied { event, ours } in applied {
+            self.room.apply(&event);
+            if let (crate::room::EventKind::Left { .. }, Some(conn)) = (&event.kind, ours)
+                && let Some(published) = self.leaving.remove(&conn)
+            {
+                self.goodbyes.push_back((event.seq, published));
+            }
+            debug!(seq = event.seq, event = ?event.kind, "event from the stream");
+            self.staged.push(event);
+        }
+        if self.log.is_none() {
+            let staged = std::mem::take(&mut self.staged);
+            self.encode(&staged);
+            self.staged = staged;
+            self.staged.clear();
+        }
+    }
+
     /// Stamps the events the room just made with the time and stages them for the
-    /// log; with no log, encodes them at once.
+    /// log; with no log, encodes them at once. In a cluster, they are proposals for
+    /// the stream instead.
     fn take_events(&mut self) {
         if self.events.is_empty() {
+            return;
+        }
+        if let Some(outgoing) = &self.outgoing {
+            let conn = self.origin;
+            let proposals: Vec<replication::Outgoing> = self
+                .events
+                .drain(..)
+                .map(|event| replication::Outgoing::Propose { event, conn })
+                .collect();
+            if let Some(unacked) = &self.unacked {
+                unacked.fetch_add(proposals.len(), std::sync::atomic::Ordering::AcqRel);
+            }
+            let _ = outgoing.send(proposals);
             return;
         }
         let now = std::time::SystemTime::now()
@@ -718,5 +899,15 @@ impl Subscribers {
         if let Some((moved, _, _)) = self.list.get(at) {
             self.position.insert(*moved, at);
         }
+    }
+}
+
+/// The next events from the cluster's stream, if this hub has one (never, if not).
+async fn from_stream(
+    applied: &mut Option<mpsc::Receiver<Vec<replication::Applied>>>,
+) -> Option<Vec<replication::Applied>> {
+    match applied {
+        Some(stream) => stream.recv().await,
+        None => std::future::pending().await,
     }
 }

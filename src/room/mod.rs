@@ -13,7 +13,7 @@ pub mod ids;
 pub mod name;
 pub mod text;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use subtle::ConstantTimeEq;
@@ -36,6 +36,9 @@ pub enum JoinError {
     /// The connection is already a member (a transport bug, reported, not panicked on).
     #[error("this connection has already joined")]
     AlreadyMember,
+    /// In a cluster: the name could not be claimed, as NATS is out of reach.
+    #[error("the cluster cannot be reached to claim the name; try again")]
+    Unavailable,
 }
 
 impl JoinError {
@@ -47,6 +50,7 @@ impl JoinError {
             Self::Name(NameError::TooLong { .. }) => "name-too-long",
             Self::Name(NameError::Forbidden(_)) => "name-invalid",
             Self::AlreadyMember => "already-joined",
+            Self::Unavailable => "cluster-unavailable",
         }
     }
 }
@@ -106,6 +110,12 @@ pub struct Room {
     last_seq: u64,
     max_name_chars: usize,
     recent_ids: RecentIds,
+    /// A replica (a cluster node): its events are proposals, numbered by the
+    /// cluster's stream; [`Room::apply`] takes them back in the stream's order.
+    replica: bool,
+    /// In a replica, everyone in the room on every node (name -> times joined and
+    /// not left), from the applied events.
+    everyone: BTreeMap<Arc<str>, usize>,
 }
 
 impl Room {
@@ -117,6 +127,42 @@ impl Room {
             last_seq: 0,
             max_name_chars,
             recent_ids: RecentIds::default(),
+            replica: false,
+            everyone: BTreeMap::new(),
+        }
+    }
+
+    /// A replica of a room kept in a cluster's stream, which has numbered events up
+    /// to `last_seq`. Its joins, posts and leaves are proposals (numbered 0) for the
+    /// stream; the stream's events come back through [`Room::apply`], which numbers
+    /// the room and tells who is in it.
+    pub fn replica(max_name_chars: usize, last_seq: u64) -> Self {
+        Self {
+            replica: true,
+            ..Self::resume(max_name_chars, last_seq)
+        }
+    }
+
+    /// Takes an event of the cluster's stream, in the stream's order (a replica).
+    pub fn apply(&mut self, event: &Event) {
+        self.last_seq = self.last_seq.max(event.seq);
+        match &event.kind {
+            EventKind::Joined { name } => *self.everyone.entry(name.clone()).or_default() += 1,
+            EventKind::Left { name } => {
+                if let Some(count) = self.everyone.get_mut(name) {
+                    *count -= 1;
+                    if *count == 0 {
+                        self.everyone.remove(name);
+                    }
+                }
+            }
+            EventKind::Posted { name, .. } => {
+                if let Some(id) = &event.id {
+                    let everyone = &self.everyone;
+                    self.recent_ids
+                        .insert(name, id.clone(), |n| everyone.contains_key(n));
+                }
+            }
         }
     }
 
@@ -353,6 +399,9 @@ impl Room {
     /// The names of the members in the room now (announced, so not reservations),
     /// sorted.
     pub fn present(&self) -> Vec<Arc<str>> {
+        if self.replica {
+            return self.everyone.keys().cloned().collect();
+        }
         let mut names: Vec<Arc<str>> = self
             .members
             .values()
@@ -384,6 +433,10 @@ impl Room {
     }
 
     fn next_seq(&mut self) -> u64 {
+        if self.replica {
+            // A proposal: the stream numbers it.
+            return 0;
+        }
         self.last_seq += 1;
         self.last_seq
     }

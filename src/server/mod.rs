@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::cluster::Cluster;
 use crate::config::{Config, Switch};
 use crate::hub;
 use crate::metrics::Metrics;
@@ -58,6 +59,8 @@ pub struct Prepared {
     config: Arc<Config>,
     hub: hub::Hub,
     hub_task: tokio::task::JoinHandle<()>,
+    /// In a cluster: cancelled when this node must stop (the others gave it up).
+    expelled: Option<tokio_util::sync::CancellationToken>,
 }
 
 /// Opens the room's log (unless history is off) and starts the hub. Blocks while
@@ -67,14 +70,59 @@ pub struct Prepared {
 /// # Errors
 /// When the log cannot be opened or read, saying why in one line.
 pub fn prepare(config: Config) -> anyhow::Result<Prepared> {
-    let store: Option<Arc<dyn Store>> = match config.history {
+    let store = open_store(&config)?;
+    prepare_with_store(config, store)
+}
+
+fn open_store(config: &Config) -> anyhow::Result<Option<Arc<dyn Store>>> {
+    Ok(match config.history {
         Switch::On => {
             let options = sqlite::Options::new(config.history_max_events, config.fsync);
             Some(SqliteStore::open(&config.data_dir(), &options)?)
         }
         Switch::Off => None,
+    })
+}
+
+/// [`prepare`] for a node of a cluster (`--cluster`): also connects to NATS, opens
+/// the room's stream, and brings this node's log up to it before serving.
+///
+/// # Errors
+/// As [`prepare`]; and when NATS cannot be reached or its stream is not tcpchat's, or
+/// this node's log is ahead of the stream (another room's data directory).
+pub async fn prepare_cluster(config: Config) -> anyhow::Result<Prepared> {
+    let store = open_store(&config)?;
+    let recovered = match &store {
+        Some(store) => store.recover()?,
+        None => crate::store::Recovered::default(),
     };
-    prepare_with_store(config, store)
+    let cluster = Cluster::connect(&config).await?;
+    let (first, last) = cluster.bounds().await?;
+    if recovered.last_seq > last {
+        anyhow::bail!(
+            "this node's log ({}) goes up to event {}, the cluster's stream only to {last}: it is another room's log, or the stream was made anew; start this node on an empty --data-dir",
+            config.data_dir().display(),
+            recovered.last_seq
+        );
+    }
+    let next = (recovered.last_seq + 1).max(first).max(1);
+    if next > recovered.last_seq + 1 && recovered.last_seq > 0 {
+        warn!(
+            from = recovered.last_seq + 1,
+            to = next - 1,
+            "the stream no longer holds events this node's log lacks"
+        );
+    }
+    let replication = cluster.start(next).await?;
+    let config = Arc::new(config);
+    let (hub, hub_task) =
+        hub::spawn_replica(&config, store, &recovered, Metrics::shared(), replication);
+    Ok(Prepared {
+        config,
+        hub,
+        hub_task,
+        expelled: Some(cluster.expelled()),
+    })
 }
 
 /// [`prepare`] with the log `store` (another implementation of [`Store`]), or none.
@@ -91,6 +139,7 @@ pub fn prepare_with_store(
         config,
         hub,
         hub_task,
+        expelled: None,
     })
 }
 
@@ -131,6 +180,7 @@ impl Prepared {
             config,
             hub,
             hub_task,
+            expelled,
         } = self;
         let listeners = listeners.into();
         match config.history {
@@ -200,9 +250,17 @@ impl Prepared {
             }
         };
 
+        let expelled_token = expelled.clone();
+        let given_up = async move {
+            match expelled_token {
+                Some(token) => token.cancelled_owned().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = shutdown => {}
             () = accepting => {}
+            () = given_up => {}
         }
 
         info!(connections = tracker.len(), "shutting down");
@@ -230,6 +288,9 @@ impl Prepared {
             Err(_) => warn!("the hub did not stop in time"),
         }
         info!(slow_viewers, "stopped");
+        if expelled.is_some_and(|token| token.is_cancelled()) {
+            anyhow::bail!("this node stopped: the cluster gave it up, or its stream is gone");
+        }
         Ok(())
     }
 }

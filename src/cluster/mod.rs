@@ -1,0 +1,810 @@
+//! Several nodes, one room, through NATS JetStream (`serve --cluster`).
+//!
+//! The room's order is one JetStream stream's: every join, post and leave of every
+//! node is appended to it as one message, so the stream's sequence number *is* the
+//! room's event number (gap-free: failed publishes take no number, duplicates are
+//! dropped by the server before they get one, and nothing else is written to the
+//! stream). Every node follows the stream in order and hands its events to its hub,
+//! which keeps them in its own log (the node's copy, from which replays are read) and
+//! then fans them out, encoded once per format, as on a single server.
+//!
+//! Names are claimed in a key-value bucket (`create`, atomic across the cluster)
+//! before a join is proposed, and given back after the leave is in the stream. Each
+//! node keeps a key in a second bucket fresh; a node whose key has not changed for
+//! `--cluster-node-timeout` is gone: the first survivor to delete its key (a
+//! compare-and-swap, so exactly one) announces the leave of each name that node held
+//! and frees the names. A node that finds its own key gone was given up by the others:
+//! it stops, so that its clients reconnect and join again.
+//!
+//! See docs/CLUSTER.md for what is guaranteed and what each failure looks like.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use async_nats::jetstream::consumer::{DeliverPolicy, push};
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::kv::{self, CreateErrorKind, Operation};
+use async_nats::jetstream::stream::{self, DiscardPolicy, StorageType};
+use async_nats::jetstream::{self, message::PublishMessage};
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::config::Config;
+use crate::hub::replication::{Applied, Names, Outgoing, Replication};
+use crate::room::{ConnId, Event, EventKind, JoinError};
+
+/// Most of the stream's events handed to the hub at once.
+const APPLIED_PER_BATCH: usize = 512;
+
+/// First wait before publishing again after a failure; doubled up to 2 s.
+const FIRST_RETRY: Duration = Duration::from_millis(50);
+
+/// How long the stream may keep a message id to drop a resend of it.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// A node's connection to the cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    /// This node's id in the cluster: random, new at every start.
+    node: String,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    stream: stream::Stream,
+    subject: String,
+    names: kv::Store,
+    nodes: kv::Store,
+    /// The names this node holds, with their revision in the bucket.
+    claims: Mutex<HashMap<String, u64>>,
+    node_timeout: Duration,
+    /// Cancelled when this node must stop (given up by the others, or its stream
+    /// is gone).
+    expelled: CancellationToken,
+}
+
+/// A room event as the stream carries it.
+#[derive(Debug, Serialize, Deserialize)]
+struct Message {
+    /// `join`, `post` or `leave`.
+    kind: String,
+    name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    /// The node it came from, and its member there.
+    node: String,
+    conn: u64,
+}
+
+impl Message {
+    fn of(event: &Event, node: &str, conn: ConnId) -> Self {
+        let (kind, name, text) = match &event.kind {
+            EventKind::Joined { name } => ("join", name, String::new()),
+            EventKind::Posted { name, text } => ("post", name, text.clone()),
+            EventKind::Left { name } => ("leave", name, String::new()),
+        };
+        Self {
+            kind: kind.to_owned(),
+            name: name.to_string(),
+            text,
+            id: event.id.as_deref().map(str::to_owned),
+            node: node.to_owned(),
+            conn: conn.0,
+        }
+    }
+
+    fn event(self, seq: u64, time_ms: u64) -> Option<Event> {
+        let name: Arc<str> = Arc::from(self.name.as_str());
+        let kind = match self.kind.as_str() {
+            "join" => EventKind::Joined { name },
+            "post" => EventKind::Posted {
+                name,
+                text: self.text,
+            },
+            "leave" => EventKind::Left { name },
+            _ => return None,
+        };
+        Some(Event {
+            seq,
+            time_ms,
+            id: self.id.map(Arc::from),
+            kind,
+        })
+    }
+}
+
+/// The key of `name` in the names bucket (keys allow few characters).
+fn name_key(name: &str) -> String {
+    format!(
+        "n{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(name)
+    )
+}
+
+fn name_of_key(key: &str) -> Option<String> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(key.strip_prefix('n')?)
+        .ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+impl Cluster {
+    /// Connects to NATS and opens (or creates) the room's stream and buckets.
+    ///
+    /// # Errors
+    /// When NATS cannot be reached, refuses us, or holds a stream of that name made
+    /// otherwise than tcpchat makes it.
+    pub async fn connect(config: &Config) -> anyhow::Result<Arc<Self>> {
+        let urls = config.cluster.as_deref().unwrap_or_default();
+        let addresses: Vec<async_nats::ServerAddr> = urls
+            .split(',')
+            .map(|url| url.trim().parse())
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("--cluster {urls}: not a list of NATS addresses"))?;
+        let node = format!("{:016x}", random_u64());
+        let mut options = async_nats::ConnectOptions::new()
+            .name(format!("tcpchat-{node}"))
+            // Finds a dead NATS connection in seconds, not minutes.
+            .ping_interval(Duration::from_secs(2))
+            .connection_timeout(Duration::from_secs(5))
+            .request_timeout(Some(Duration::from_secs(5)))
+            .max_reconnects(None::<usize>);
+        if let Some(creds) = &config.cluster_creds {
+            options = options
+                .credentials_file(creds)
+                .await
+                .with_context(|| format!("--cluster-creds {}: cannot be read", creds.display()))?;
+        }
+        if let Some(ca) = &config.cluster_ca {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        let client = options
+            .connect(addresses)
+            .await
+            .with_context(|| format!("cannot connect to NATS at {urls}"))?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(Duration::from_secs(5))
+            .build(client.clone());
+        let room = &config.cluster_room;
+        let replicas = usize::from(config.cluster_replicas);
+        let subject = format!("tcpchat.{room}.events");
+        let wanted = stream::Config {
+            name: format!("TCPCHAT_{room}"),
+            subjects: vec![subject.clone()],
+            max_messages: i64::try_from(config.history_max_events).unwrap_or(i64::MAX),
+            discard: DiscardPolicy::Old,
+            duplicate_window: DUPLICATE_WINDOW,
+            num_replicas: replicas,
+            storage: StorageType::File,
+            allow_direct: true,
+            // Nothing but the room's own events, and none taken out of the middle:
+            // the stream's numbers are the room's.
+            deny_delete: true,
+            deny_purge: true,
+            ..Default::default()
+        };
+        let mut stream = js
+            .get_or_create_stream(wanted.clone())
+            .await
+            .with_context(|| format!("cannot open the room's stream {} in NATS", wanted.name))?;
+        let info = stream
+            .info()
+            .await
+            .with_context(|| format!("cannot read the stream {}", wanted.name))?;
+        check_stream(&wanted, &info.config)?;
+        let names = bucket(
+            &js,
+            &format!("tcpchat_{room}_names"),
+            Duration::ZERO,
+            replicas,
+        )
+        .await?;
+        let nodes = bucket(
+            &js,
+            &format!("tcpchat_{room}_nodes"),
+            Duration::from_secs(3600),
+            replicas,
+        )
+        .await?;
+        info!(%node, stream = %wanted.name, last_seq = info.state.last_sequence, "joined the cluster");
+        Ok(Arc::new(Self {
+            node,
+            client,
+            js,
+            stream,
+            subject,
+            names,
+            nodes,
+            claims: Mutex::new(HashMap::new()),
+            node_timeout: config.cluster_node_timeout,
+            expelled: CancellationToken::new(),
+        }))
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Cancelled when this node must stop.
+    pub fn expelled(&self) -> CancellationToken {
+        self.expelled.clone()
+    }
+
+    /// The stream's first and last numbers now.
+    ///
+    /// # Errors
+    /// When the stream cannot be read.
+    pub async fn bounds(&self) -> anyhow::Result<(u64, u64)> {
+        let info = self
+            .stream
+            .get_info()
+            .await
+            .context("cannot read the room's stream")?;
+        Ok((info.state.first_sequence, info.state.last_sequence))
+    }
+
+    /// Starts this node's part: its liveness key, the watch over the others, the
+    /// publisher of its proposals and the follower of the stream from `next`. Returns
+    /// the hub's side of it.
+    ///
+    /// # Errors
+    /// When the liveness key cannot be written.
+    pub async fn start(self: &Arc<Self>, next: u64) -> anyhow::Result<Replication> {
+        let revision = self
+            .nodes
+            .create(&self.node, Bytes::from_static(b"up"))
+            .await
+            .context("cannot register this node in the cluster")?;
+        tokio::spawn(self.clone().keep_alive(revision));
+        tokio::spawn(self.clone().watch_nodes());
+        let (outgoing, proposals) = mpsc::unbounded_channel();
+        let unacked = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(self.clone().publish(proposals, unacked.clone()));
+        let (applied_tx, applied) = mpsc::channel(64);
+        tokio::spawn(self.clone().follow(next, applied_tx));
+        let names: Arc<dyn Names> = Arc::new(ClusterNames(self.clone()));
+        Ok(Replication {
+            outgoing,
+            applied,
+            unacked,
+            names,
+        })
+    }
+
+    /// Keeps this node's key fresh; stops the node if the others gave it up.
+    async fn keep_alive(self: Arc<Self>, mut revision: u64) {
+        let every = (self.node_timeout / 5).max(Duration::from_millis(100));
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            if self.expelled.is_cancelled() {
+                return;
+            }
+            match self
+                .nodes
+                .update(&self.node, Bytes::from_static(b"up"), revision)
+                .await
+            {
+                Ok(next) => revision = next,
+                Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    error!(
+                        node = %self.node,
+                        "the cluster gave this node up (it was out of reach for longer than --cluster-node-timeout); stopping, so that its clients reconnect"
+                    );
+                    self.expelled.cancel();
+                    return;
+                }
+                Err(error) => warn!(%error, "cannot reach the cluster to say this node is alive"),
+            }
+        }
+    }
+
+    /// Watches the other nodes' keys; the first to see one gone announces its
+    /// members' leaves and frees their names.
+    async fn watch_nodes(self: Arc<Self>) {
+        loop {
+            let mut watch = match self.nodes.watch_with_history(">").await {
+                Ok(watch) => watch,
+                Err(error) => {
+                    warn!(%error, "cannot watch the cluster's nodes; trying again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            // Node -> (its last revision, when this node last saw it change).
+            let mut seen: HashMap<String, (u64, Instant)> = HashMap::new();
+            let mut check = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tokio::select! {
+                    entry = watch.next() => match entry {
+                        Some(Ok(entry)) => match entry.operation {
+                            Operation::Put => {
+                                seen.insert(entry.key, (entry.revision, Instant::now()));
+                            }
+                            Operation::Delete | Operation::Purge => {
+                                seen.remove(&entry.key);
+                            }
+                        },
+                        Some(Err(error)) => debug!(%error, "the watch of the nodes hiccuped"),
+                        None => break,
+                    },
+                    _ = check.tick() => {
+                        let gone: Vec<(String, u64)> = seen
+                            .iter()
+                            .filter(|(node, (_, at))| **node != self.node && at.elapsed() > self.node_timeout)
+                            .map(|(node, (revision, _))| (node.clone(), *revision))
+                            .collect();
+                        for (node, revision) in gone {
+                            seen.remove(&node);
+                            self.clone().give_up(node, revision).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives up the node `node`, if this node is the first to: announces the leave of
+    /// every name it held and frees them.
+    async fn give_up(self: Arc<Self>, node: String, revision: u64) {
+        if self
+            .nodes
+            .delete_expect_revision(&node, Some(revision))
+            .await
+            .is_err()
+        {
+            // It came back, or another node was first.
+            return;
+        }
+        warn!(%node, "a node was not heard from for --cluster-node-timeout: announcing its members' leave");
+        let keys: Vec<String> = match self.names.keys().await {
+            Ok(keys) => {
+                keys.filter_map(|key| async { key.ok() })
+                    .collect::<Vec<String>>()
+                    .await
+            }
+            Err(error) => {
+                error!(%error, %node, "cannot list the names of a node that is gone");
+                return;
+            }
+        };
+        for key in keys {
+            let Ok(Some(entry)) = self.names.entry(&key).await else {
+                continue;
+            };
+            if entry.operation != Operation::Put || entry.value != node.as_bytes() {
+                continue;
+            }
+            let Some(name) = name_of_key(&key) else {
+                continue;
+            };
+            let event = Event::new(
+                0,
+                EventKind::Left {
+                    name: Arc::from(name.as_str()),
+                },
+            );
+            let message = Message::of(&event, &node, ConnId(0));
+            let id = format!("gone:{node}:{key}:{}", entry.revision);
+            if self.append(&message, &id).await.is_some() {
+                let _ = self
+                    .names
+                    .delete_expect_revision(&key, Some(entry.revision))
+                    .await;
+            }
+        }
+    }
+
+    /// Publishes `message` with the dedup `id` until it is in the stream; its number.
+    /// `None` if this node stopped meanwhile.
+    async fn append(&self, message: &Message, id: &str) -> Option<u64> {
+        let payload = match serde_json::to_vec(message) {
+            Ok(payload) => Bytes::from(payload),
+            Err(error) => {
+                error!(%error, "cannot encode an event for the stream");
+                return None;
+            }
+        };
+        let mut wait = FIRST_RETRY;
+        loop {
+            let publish = PublishMessage::build()
+                .payload(payload.clone())
+                .message_id(id);
+            let result = match self.js.send_publish(self.subject.clone(), publish).await {
+                Ok(ack) => ack.await,
+                Err(error) => Err(error),
+            };
+            match result {
+                Ok(ack) if !(ack.duplicate && ack.sequence == 0) => return Some(ack.sequence),
+                Ok(_) => debug!("a duplicate not yet stored; publishing again"),
+                Err(error) if error.kind() == PublishErrorKind::StreamNotFound => {
+                    warn!(%error, "the room's stream is not answering (NATS electing a leader, or the stream is gone)");
+                }
+                Err(error) => warn!(%error, "cannot append to the room's stream; trying again"),
+            }
+            if self.expelled.is_cancelled() {
+                return None;
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Publishes this node's proposals in order, each until it is in the stream, and
+    /// gives names back once their leave is in.
+    async fn publish(
+        self: Arc<Self>,
+        mut proposals: mpsc::UnboundedReceiver<Vec<Outgoing>>,
+        unacked: Arc<AtomicUsize>,
+    ) {
+        let mut count: u64 = 0;
+        let mut batch = Vec::new();
+        while proposals.recv_many(&mut batch, 64).await > 0 {
+            // Sent all, then awaited in order: one round trip for a burst.
+            let mut acks = Vec::new();
+            for outgoing in batch.drain(..).flatten() {
+                match outgoing {
+                    Outgoing::Propose { event, conn } => {
+                        count += 1;
+                        let id = match (&event.kind, &event.id) {
+                            // A resend through any node is dropped by the stream.
+                            (EventKind::Posted { name, .. }, Some(id)) => {
+                                format!("id:{}:{id}", name_key(name))
+                            }
+                            _ => format!("{}:{count}", self.node),
+                        };
+                        let message = Message::of(&event, &self.node, conn);
+                        let leave = match &event.kind {
+                            EventKind::Left { name } => Some(name.to_string()),
+                            _ => None,
+                        };
+                        let payload = serde_json::to_vec(&message).map(Bytes::from);
+                        let sent = match payload {
+                            Ok(payload) => self
+                                .js
+                                .send_publish(
+                                    self.subject.clone(),
+                                    PublishMessage::build().payload(payload).message_id(&id),
+                                )
+                                .await
+                                .ok(),
+                            Err(_) => None,
+                        };
+                        acks.push((sent, message, id, leave));
+                    }
+                    Outgoing::Release { name } => acks.push((
+                        None,
+                        Message::of(
+                            &Event::new(
+                                0,
+                                EventKind::Left {
+                                    name: Arc::from(name.as_str()),
+                                },
+                            ),
+                            "",
+                            ConnId(0),
+                        ),
+                        String::new(),
+                        Some(name),
+                    )),
+                }
+            }
+            for (sent, message, id, leave) in acks {
+                if !id.is_empty() {
+                    let landed = match sent {
+                        Some(ack) => {
+                            matches!(ack.await, Ok(ack) if !(ack.duplicate && ack.sequence == 0))
+                        }
+                        None => false,
+                    };
+                    // Once failed, published again with the same id: the stream keeps
+                    // one, whatever reached it before.
+                    if !landed && self.append(&message, &id).await.is_none() {
+                        return;
+                    }
+                    unacked.fetch_sub(1, Ordering::AcqRel);
+                }
+                if let Some(name) = leave {
+                    self.free(&name).await;
+                }
+            }
+        }
+    }
+
+    /// Gives back a name this node holds.
+    async fn free(&self, name: &str) {
+        let revision = self
+            .claims
+            .lock()
+            .ok()
+            .and_then(|mut claims| claims.remove(name));
+        let Some(revision) = revision else {
+            return;
+        };
+        if let Err(error) = self
+            .names
+            .delete_expect_revision(name_key(name), Some(revision))
+            .await
+        {
+            debug!(%error, name, "a name was not given back (taken over or already free)");
+        }
+    }
+
+    /// Follows the stream from `next`, handing its events to the hub in order.
+    async fn follow(self: Arc<Self>, mut next: u64, hub: mpsc::Sender<Vec<Applied>>) {
+        loop {
+            let consumer = self
+                .stream
+                .create_consumer(push::OrderedConfig {
+                    deliver_subject: self.client.new_inbox(),
+                    deliver_policy: DeliverPolicy::ByStartSequence {
+                        start_sequence: next,
+                    },
+                    ..Default::default()
+                })
+                .await;
+            let mut messages = match consumer {
+                Ok(consumer) => match consumer.messages().await {
+                    Ok(messages) => messages,
+                    Err(error) => {
+                        warn!(%error, "cannot follow the room's stream; trying again");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                },
+                Err(error) => {
+                    if self.stream_is_gone().await {
+                        return;
+                    }
+                    warn!(%error, "cannot follow the room's stream; trying again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let mut batch = Vec::new();
+            loop {
+                // What is there now, without waiting, goes to the hub together.
+                let message = if batch.is_empty() {
+                    messages.next().await
+                } else {
+                    match futures_util::FutureExt::now_or_never(messages.next()) {
+                        Some(message) => message,
+                        None => {
+                            if hub.send(std::mem::take(&mut batch)).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                    }
+                };
+                let Some(message) = message else { break };
+                let message = match message {
+                    Ok(message) => message,
+                    Err(error) => {
+                        debug!(%error, "the stream's follower hiccuped");
+                        continue;
+                    }
+                };
+                let Ok(info) = message.info() else { continue };
+                let seq = info.stream_sequence;
+                // An ordered consumer that had to start over may begin at the start.
+                if seq < next {
+                    continue;
+                }
+                if seq > next {
+                    warn!(
+                        from = next,
+                        to = seq - 1,
+                        "events no longer in the stream were skipped"
+                    );
+                }
+                next = seq + 1;
+                let time_ms = u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000)
+                    .unwrap_or_default();
+                let parsed: Option<Message> = serde_json::from_slice(&message.payload).ok();
+                let Some(parsed) = parsed else {
+                    error!(
+                        seq,
+                        "an event in the stream that tcpchat did not write; skipped"
+                    );
+                    continue;
+                };
+                let ours = (parsed.node == self.node).then_some(ConnId(parsed.conn));
+                let Some(event) = parsed.event(seq, time_ms) else {
+                    error!(seq, "an event of an unknown kind in the stream; skipped");
+                    continue;
+                };
+                batch.push(Applied { event, ours });
+                if batch.len() >= APPLIED_PER_BATCH
+                    && hub.send(std::mem::take(&mut batch)).await.is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Whether the room's stream is gone (deleted): then this node stops, loudly.
+    async fn stream_is_gone(&self) -> bool {
+        match self.stream.get_info().await {
+            Err(error) if error.to_string().contains("not found") => {
+                error!(%error, "the room's stream is gone from NATS (deleted?); stopping");
+                self.expelled.cancel();
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The cluster's names, as the hub claims them.
+#[derive(Debug)]
+struct ClusterNames(Arc<Cluster>);
+
+impl Names for ClusterNames {
+    fn claim<'a>(
+        &'a self,
+        name: &'a str,
+        _conn: ConnId,
+    ) -> Pin<Box<dyn Future<Output = Result<(), JoinError>> + Send + 'a>> {
+        let cluster = &self.0;
+        Box::pin(async move {
+            let key = name_key(name);
+            let taken = || JoinError::NameTaken(name.to_owned());
+            match cluster
+                .names
+                .create(&key, Bytes::from(cluster.node.clone()))
+                .await
+            {
+                Ok(revision) => {
+                    if let Ok(mut claims) = cluster.claims.lock() {
+                        claims.insert(name.to_owned(), revision);
+                    }
+                    Ok(())
+                }
+                Err(error) if error.kind() == CreateErrorKind::AlreadyExists => {
+                    // Held here already (another member of this node, or this very
+                    // claim, retried): this node's room decides.
+                    match cluster.names.entry(&key).await {
+                        Ok(Some(entry))
+                            if entry.operation == Operation::Put
+                                && entry.value == cluster.node.as_bytes() =>
+                        {
+                            Ok(())
+                        }
+                        _ => Err(taken()),
+                    }
+                }
+                Err(error) => {
+                    warn!(%error, name, "cannot claim a name in the cluster");
+                    Err(JoinError::Unavailable)
+                }
+            }
+        })
+    }
+}
+
+/// Checks that the stream found is the one tcpchat makes.
+fn check_stream(wanted: &stream::Config, found: &stream::Config) -> anyhow::Result<()> {
+    let mut wrong = Vec::new();
+    if found.subjects != wanted.subjects {
+        wrong.push(format!(
+            "subjects {:?} (tcpchat's: {:?})",
+            found.subjects, wanted.subjects
+        ));
+    }
+    if !found.allow_direct {
+        wrong.push("allow_direct is off".to_owned());
+    }
+    if !found.deny_delete || !found.deny_purge {
+        wrong.push("messages may be deleted or purged".to_owned());
+    }
+    if found.discard != DiscardPolicy::Old {
+        wrong.push("it discards new messages when full".to_owned());
+    }
+    if !wrong.is_empty() {
+        bail!(
+            "the stream {} in NATS is not one tcpchat made ({}); delete it or choose another --cluster-room",
+            wanted.name,
+            wrong.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// A key-value bucket (made as its stream, as async-nats's own call to make one
+/// needs a newer NATS than Debian's 2.9).
+async fn bucket(
+    js: &jetstream::Context,
+    name: &str,
+    max_age: Duration,
+    replicas: usize,
+) -> anyhow::Result<kv::Store> {
+    js.get_or_create_stream(stream::Config {
+        name: format!("KV_{name}"),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        discard: DiscardPolicy::New,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        num_replicas: replicas,
+        storage: StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .with_context(|| format!("cannot open the key-value bucket {name} in NATS"))?;
+    js.get_key_value(name)
+        .await
+        .with_context(|| format!("cannot open the key-value bucket {name} in NATS"))
+}
+
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        // Distinct enough: a node id only has to differ from the others'.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        return (now as u64) ^ u64::from(std::process::id());
+    }
+    u64::from_le_bytes(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_keys_round_trip_any_name() {
+        for name in ["alice", "Zoë", "名前", "a-b_c.d", "<img src=x>"] {
+            let key = name_key(name);
+            assert!(
+                key.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+                "{key}"
+            );
+            assert_eq!(name_of_key(&key).as_deref(), Some(name));
+        }
+    }
+
+    #[test]
+    fn events_round_trip_through_the_stream_s_messages() {
+        let event = Event {
+            id: Some(Arc::from("k7")),
+            ..Event::new(
+                0,
+                EventKind::Posted {
+                    name: Arc::from("alice"),
+                    text: "hello".to_owned(),
+                },
+            )
+        };
+        let message = Message::of(&event, "node1", ConnId(9));
+        let json = serde_json::to_vec(&message).expect("encodes");
+        let back: Message = serde_json::from_slice(&json).expect("decodes");
+        assert_eq!((back.node.as_str(), back.conn), ("node1", 9));
+        let applied = back.event(42, 1_000).expect("an event");
+        assert_eq!(
+            applied,
+            Event {
+                seq: 42,
+                time_ms: 1_000,
+                ..event
+            }
+        );
+    }
+}
