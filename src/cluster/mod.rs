@@ -299,6 +299,14 @@ impl Cluster {
             {
                 Ok(next) => revision = next,
                 Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    // An update whose answer was lost (NATS went away) may be in:
+                    // then the key is still ours, at a later revision.
+                    if let Ok(Some(entry)) = self.nodes.entry(&self.node).await
+                        && entry.operation == Operation::Put
+                    {
+                        revision = entry.revision;
+                        continue;
+                    }
                     error!(
                         node = %self.node,
                         "the cluster gave this node up (it was out of reach for longer than --cluster-node-timeout); stopping, so that its clients reconnect"
@@ -341,6 +349,14 @@ impl Cluster {
                         None => break,
                     },
                     _ = check.tick() => {
+                        // Only silence heard while this node itself hears NATS
+                        // counts: after an outage of NATS, every node gets its full
+                        // timeout to speak again.
+                        if self.client.connection_state() != async_nats::connection::State::Connected {
+                            let now = Instant::now();
+                            seen.values_mut().for_each(|(_, at)| *at = now);
+                            continue;
+                        }
                         let gone: Vec<(String, u64)> = seen
                             .iter()
                             .filter(|(node, (_, at))| **node != self.node && at.elapsed() > self.node_timeout)
