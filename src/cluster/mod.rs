@@ -194,8 +194,9 @@ impl Cluster {
             deny_purge: true,
             ..Default::default()
         };
-        let mut stream = js
-            .get_or_create_stream(wanted.clone())
+        // JetStream may still be electing its leaders (a cluster just started), or
+        // be busy making the stream for another node: asked again, for a while.
+        let mut stream = patiently(|| js.get_or_create_stream(wanted.clone()))
             .await
             .with_context(|| format!("cannot open the room's stream {} in NATS", wanted.name))?;
         let info = stream
@@ -748,7 +749,7 @@ async fn bucket(
     max_age: Duration,
     replicas: usize,
 ) -> anyhow::Result<kv::Store> {
-    js.get_or_create_stream(stream::Config {
+    let config = stream::Config {
         name: format!("KV_{name}"),
         subjects: vec![format!("$KV.{name}.>")],
         max_messages_per_subject: 1,
@@ -760,12 +761,36 @@ async fn bucket(
         num_replicas: replicas,
         storage: StorageType::File,
         ..Default::default()
-    })
-    .await
-    .with_context(|| format!("cannot open the key-value bucket {name} in NATS"))?;
-    js.get_key_value(name)
+    };
+    patiently(|| js.get_or_create_stream(config.clone()))
+        .await
+        .with_context(|| format!("cannot open the key-value bucket {name} in NATS"))?;
+    patiently(|| js.get_key_value(name))
         .await
         .with_context(|| format!("cannot open the key-value bucket {name} in NATS"))
+}
+
+/// How long start-up waits for JetStream to answer.
+const JETSTREAM_PATIENCE: Duration = Duration::from_secs(30);
+
+/// `request()` until it succeeds or fails for a reason other than a timeout, for at
+/// most [`JETSTREAM_PATIENCE`].
+async fn patiently<T, E, F, Fut>(mut request: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let deadline = Instant::now() + JETSTREAM_PATIENCE;
+    loop {
+        match request().await {
+            Err(error) if error.to_string().contains("timed out") && Instant::now() < deadline => {
+                info!(%error, "waiting for NATS JetStream");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 fn random_u64() -> u64 {
