@@ -62,14 +62,10 @@ pub struct ServerArgs {
     /// protocol over TCP).
     #[arg(long, requires = "ws")]
     pub ws_senders: bool,
-    /// With --addr and --ws: where senders connect in the target's own protocol
-    /// (without it, --ws-senders is needed).
-    #[arg(
-        long,
-        requires = "addr",
-        requires = "ws",
-        conflicts_with = "ws_senders"
-    )]
+    /// With --addr: where senders connect, in the target's own protocol: another
+    /// node of a tcpchat cluster, or with --ws the server's plain listener (with
+    /// --ws and no --senders-addr, --ws-senders is needed).
+    #[arg(long, requires = "addr", conflicts_with = "ws_senders")]
     pub senders_addr: Option<SocketAddr>,
     /// With --addr: tcpchat's HTTP listener, for `--scrape` (default with --ws:
     /// --addr itself).
