@@ -275,6 +275,7 @@ impl Cluster {
         tokio::spawn(self.clone().publish(proposals, unacked.clone()));
         let (applied_tx, applied) = mpsc::channel(64);
         tokio::spawn(self.clone().follow(next, applied_tx));
+        tokio::spawn(self.clone().watch_stream());
         let names: Arc<dyn Names> = Arc::new(ClusterNames(self.clone()));
         Ok(Replication {
             outgoing,
@@ -649,6 +650,18 @@ impl Cluster {
                 {
                     return;
                 }
+            }
+        }
+    }
+
+    /// Checks every few seconds that the room's stream is still there: a follower
+    /// of a deleted stream would wait silently forever.
+    async fn watch_stream(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        while !self.expelled.is_cancelled() {
+            tick.tick().await;
+            if self.stream_is_gone().await {
+                return;
             }
         }
     }
