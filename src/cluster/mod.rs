@@ -159,7 +159,11 @@ impl Cluster {
             .ping_interval(Duration::from_secs(2))
             .connection_timeout(Duration::from_secs(5))
             .request_timeout(Some(Duration::from_secs(5)))
-            .max_reconnects(None::<usize>);
+            .max_reconnects(None::<usize>)
+            // Back within a second of NATS's return (the default waits up to 4 s).
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis(100 * attempts.min(10) as u64)
+            });
         if let Some(creds) = &config.cluster_creds {
             options = options
                 .credentials_file(creds)
@@ -276,12 +280,17 @@ impl Cluster {
         let (applied_tx, applied) = mpsc::channel(64);
         tokio::spawn(self.clone().follow(next, applied_tx));
         tokio::spawn(self.clone().watch_stream());
-        let names: Arc<dyn Names> = Arc::new(ClusterNames(self.clone()));
+        let present = Arc::new(Mutex::new(std::collections::HashSet::new()));
+        let names: Arc<dyn Names> = Arc::new(ClusterNames {
+            cluster: self.clone(),
+            present: present.clone(),
+        });
         Ok(Replication {
             outgoing,
             applied,
             unacked,
             names,
+            present,
         })
     }
 
@@ -681,7 +690,23 @@ impl Cluster {
 
 /// The cluster's names, as the hub claims them.
 #[derive(Debug)]
-struct ClusterNames(Arc<Cluster>);
+struct ClusterNames {
+    cluster: Arc<Cluster>,
+    /// Who is in the room, as this node's hub has applied it.
+    present: Arc<Mutex<std::collections::HashSet<String>>>,
+}
+
+/// How long a claim waits for a name held by someone this node has not seen in the
+/// room (a leave whose release is on its way, or a join on its way in).
+const CLAIM_PATIENCE: Duration = Duration::from_secs(1);
+
+impl ClusterNames {
+    fn is_present(&self, name: &str) -> bool {
+        self.present
+            .lock()
+            .map_or(true, |present| present.contains(name))
+    }
+}
 
 impl Names for ClusterNames {
     fn claim<'a>(
@@ -689,37 +714,51 @@ impl Names for ClusterNames {
         name: &'a str,
         _conn: ConnId,
     ) -> Pin<Box<dyn Future<Output = Result<(), JoinError>> + Send + 'a>> {
-        let cluster = &self.0;
+        let cluster = &self.cluster;
         Box::pin(async move {
             let key = name_key(name);
             let taken = || JoinError::NameTaken(name.to_owned());
-            match cluster
-                .names
-                .create(&key, Bytes::from(cluster.node.clone()))
-                .await
-            {
-                Ok(revision) => {
-                    if let Ok(mut claims) = cluster.claims.lock() {
-                        claims.insert(name.to_owned(), revision);
-                    }
-                    Ok(())
-                }
-                Err(error) if error.kind() == CreateErrorKind::AlreadyExists => {
-                    // Held here already (another member of this node, or this very
-                    // claim, retried): this node's room decides.
-                    match cluster.names.entry(&key).await {
-                        Ok(Some(entry))
-                            if entry.operation == Operation::Put
-                                && entry.value == cluster.node.as_bytes() =>
-                        {
-                            Ok(())
+            let deadline = Instant::now() + CLAIM_PATIENCE;
+            loop {
+                let outcome = match cluster
+                    .names
+                    .create(&key, Bytes::from(cluster.node.clone()))
+                    .await
+                {
+                    Ok(revision) => {
+                        if let Ok(mut claims) = cluster.claims.lock() {
+                            claims.insert(name.to_owned(), revision);
                         }
-                        _ => Err(taken()),
+                        Ok(())
                     }
-                }
-                Err(error) => {
-                    warn!(%error, name, "cannot claim a name in the cluster");
-                    Err(JoinError::Unavailable)
+                    Err(error) if error.kind() == CreateErrorKind::AlreadyExists => {
+                        // Held here already (another member of this node, or this very
+                        // claim, retried): this node's room decides.
+                        match cluster.names.entry(&key).await {
+                            Ok(Some(entry))
+                                if entry.operation == Operation::Put
+                                    && entry.value == cluster.node.as_bytes() =>
+                            {
+                                Ok(())
+                            }
+                            _ => Err(taken()),
+                        }
+                    }
+                    Err(error) => {
+                        warn!(%error, name, "cannot claim a name in the cluster");
+                        Err(JoinError::Unavailable)
+                    }
+                };
+                // Held by someone who is not in the room as this node sees it: they just
+                // left (the name is on its way back) or are just joining (their join is
+                // on its way in). Asked again until one of the two shows.
+                match outcome {
+                    Err(JoinError::NameTaken(_))
+                        if !self.is_present(name) && Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    other => return other,
                 }
             }
         })

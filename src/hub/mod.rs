@@ -32,7 +32,7 @@ use tracing::{debug, info, warn};
 use crate::config::{Config, MAX_UNCOMMITTED_EVENTS};
 use crate::metrics::{Kind, Metrics};
 use crate::protocol::wire::{Format, PerFormat};
-use crate::room::{ConnId, Credentials, Event, JoinError, Joined, Room};
+use crate::room::{ConnId, Credentials, Event, EventKind, JoinError, Joined, Room};
 use crate::store::{Recovered, Store, StoreError};
 use command::{Admitted, Command};
 pub use member::{End, Farewell, JoinRequest, Member, Reservation, Wants};
@@ -315,19 +315,21 @@ fn start(
     for (name, id) in &recovered.recent_ids {
         room.remember_id(name, id);
     }
-    let (outgoing, applied, unacked, names) = match replication {
+    let (outgoing, applied, unacked, names, present) = match replication {
         Some(replication) => (
             Some(replication.outgoing),
             Some(replication.applied),
             Some(replication.unacked),
             Some(replication.names),
+            Some(replication.present),
         ),
-        None => (None, None, None, None),
+        None => (None, None, None, None, None),
     };
     let mut owner = Owner {
         room,
         outgoing,
         unacked,
+        present,
         origin: ConnId(0),
         leaving: HashMap::new(),
         publisher: Publisher::new(ring, config.viewer_backlog_bytes),
@@ -359,6 +361,11 @@ fn start(
         }
     } else {
         for name in &recovered.present {
+            if let Some(present) = &owner.present
+                && let Ok(mut present) = present.lock()
+            {
+                present.insert(name.clone());
+            }
             owner.room.apply(&Event::new(
                 recovered.last_seq,
                 crate::room::EventKind::Joined {
@@ -381,6 +388,8 @@ struct Owner {
     outgoing: Option<mpsc::UnboundedSender<Vec<replication::Outgoing>>>,
     /// In a cluster: proposals not yet in the stream.
     unacked: Option<Arc<std::sync::atomic::AtomicUsize>>,
+    /// In a cluster: who is in the room, as applied, for the name claims.
+    present: Option<Arc<std::sync::Mutex<std::collections::HashSet<String>>>>,
     /// The member whose command is being handled (the origin of its proposals).
     origin: ConnId,
     /// In a cluster: leaving chatters waiting for their leave to come back from the
@@ -705,6 +714,16 @@ impl Owner {
     fn apply(&mut self, applied: Vec<replication::Applied>) {
         for replication::Applied { event, ours } in applied {
             self.room.apply(&event);
+            if let (Some(present), EventKind::Joined { name } | EventKind::Left { name }) =
+                (&self.present, &event.kind)
+                && let Ok(mut present) = present.lock()
+            {
+                if self.room.is_present(name) {
+                    present.insert(name.to_string());
+                } else {
+                    present.remove(&**name);
+                }
+            }
             if let (crate::room::EventKind::Left { .. }, Some(conn)) = (&event.kind, ours)
                 && let Some(published) = self.leaving.remove(&conn)
             {

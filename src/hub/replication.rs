@@ -71,4 +71,8 @@ pub struct Replication {
     pub unacked: Arc<AtomicUsize>,
     /// The cluster's names.
     pub names: Arc<dyn Names>,
+    /// Who is in the room as this node has applied it (kept by the hub), so that a
+    /// claim can tell a name whose holder left (its release is on its way) from one
+    /// that is held.
+    pub present: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }

@@ -396,6 +396,11 @@ impl Room {
         true
     }
 
+    /// In a replica: whether `name` is in the room on any node, as applied so far.
+    pub fn is_present(&self, name: &str) -> bool {
+        self.everyone.contains_key(name)
+    }
+
     /// The names of the members in the room now (announced, so not reservations),
     /// sorted.
     pub fn present(&self) -> Vec<Arc<str>> {

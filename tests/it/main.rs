@@ -10,6 +10,7 @@ mod common;
 mod browser;
 mod cli;
 mod client_resume;
+mod cluster;
 mod crash;
 mod dead_peers;
 mod departures;

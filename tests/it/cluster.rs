@@ -1,0 +1,1186 @@
+//! Cluster mode, as its users see it: several `tcpchat serve --cluster` processes
+//! serve one room through one NATS JetStream stream. Every node shows the same
+//! events, in the same order, with the same numbers and times; names are unique
+//! across the cluster; history and `since=` work on any node; the members of a node
+//! that dies are announced as gone within `--cluster-node-timeout`.
+//!
+//! Each test runs its own `nats-server` (with JetStream, on an ephemeral loopback
+//! port, its store in a temporary directory) and its own built `tcpchat` processes.
+//! Without `nats-server` (Debian: `apt-get install nats-server`) the tests say they
+//! were skipped, unless `TCPCHAT_REQUIRE_NATS=1` (CI sets it) turns that into a
+//! failure.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use harness::{ServerProcess, Signal, Spec};
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
+use tokio::net::TcpStream as AsyncTcpStream;
+
+/// How long a node may go unheard before the others take it for gone, in every test.
+const NODE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The same, as the flag's value.
+const NODE_TIMEOUT_FLAG: &str = "3s";
+
+/// Longest wait for any one expected line. Generous: events go through NATS, and CI's
+/// two cores may be busy.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// How long `nats-server` may take to answer JetStream requests after it starts.
+const NATS_START: Duration = Duration::from_secs(10);
+
+const WELCOME: &str = "Welcome to the \"Bad IRC\" Chat Server!";
+
+// ---------------------------------------------------------------------------------
+// nats-server
+
+/// The `nats-server` to run: the one on PATH, else Debian's, else `None`.
+fn nats_server_binary() -> Option<PathBuf> {
+    let runs = |program: &Path| {
+        Command::new(program)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    [
+        PathBuf::from("nats-server"),
+        PathBuf::from("/usr/sbin/nats-server"),
+    ]
+    .into_iter()
+    .find(|program| runs(program))
+}
+
+/// A `nats-server` with JetStream on an ephemeral loopback port, its store and log in
+/// a temporary directory of its own. Killed (by its PID) and waited for on drop.
+pub(crate) struct Nats {
+    binary: PathBuf,
+    child: Option<Child>,
+    /// Its client port: the same across [`Nats::restart`].
+    port: u16,
+    url: String,
+    dir: tempfile::TempDir,
+}
+
+impl Nats {
+    /// Starts one and waits until it answers JetStream requests. `None` (after saying
+    /// why) when `nats-server` is not installed, unless `TCPCHAT_REQUIRE_NATS` is set:
+    /// then that is a failure.
+    pub(crate) fn start() -> Option<Self> {
+        let Some(binary) = nats_server_binary() else {
+            assert!(
+                std::env::var_os("TCPCHAT_REQUIRE_NATS").is_none(),
+                "TCPCHAT_REQUIRE_NATS is set but nats-server is not installed (Debian: apt-get install nats-server)"
+            );
+            eprintln!(
+                "skipped: nats-server is not installed (Debian: apt-get install nats-server)"
+            );
+            return None;
+        };
+        let dir = tempfile::tempdir().expect("a temporary directory for nats-server");
+        let mut nats = Self {
+            binary,
+            child: None,
+            port: 0,
+            url: String::new(),
+            dir,
+        };
+        nats.spawn(None);
+        Some(nats)
+    }
+
+    /// Its client URL, `nats://127.0.0.1:PORT`.
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Its client address.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Its process id, while it runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Stops it with SIGTERM (killing it if it has not exited within 10 s) and starts
+    /// it again on the same port and store, waiting until it answers again.
+    pub(crate) fn restart(&mut self) {
+        self.restart_after(Duration::ZERO);
+    }
+
+    /// [`Nats::restart`], leaving it stopped for `pause` first (an outage).
+    pub(crate) fn restart_after(&mut self, pause: Duration) {
+        if let Some(mut child) = self.child.take() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() {
+                if Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        std::thread::sleep(pause);
+        self.spawn(Some(self.port));
+    }
+
+    /// The last `n` lines of its log.
+    pub(crate) fn log_tail(&self, n: usize) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Starts the process (on `port`, or an ephemeral one) and waits until it is ready.
+    fn spawn(&mut self, port: Option<u16>) {
+        let store = self.dir.path().join("store");
+        let ports = self.dir.path().join("ports");
+        std::fs::create_dir_all(&ports).expect("the ports file directory");
+        let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
+        let child = Command::new(&self.binary)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd"])
+            .arg(&store)
+            .arg("--ports_file_dir")
+            .arg(&ports)
+            .arg("-l")
+            .arg(self.dir.path().join("nats.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.binary.display()));
+        let ports_file = ports.join(format!("nats-server_{}.ports", child.id()));
+        self.child = Some(child);
+        let deadline = Instant::now() + NATS_START;
+        // Its ports file says where it listens once every listener is up.
+        let url = loop {
+            if let Some(url) = std::fs::read_to_string(&ports_file)
+                .ok()
+                .as_deref()
+                .and_then(client_url)
+            {
+                break url;
+            }
+            self.check_alive();
+            assert!(
+                Instant::now() < deadline,
+                "nats-server wrote no ports file within {NATS_START:?}; its log:\n{}",
+                self.log_tail(20)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        self.port = url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {url:?}"));
+        self.url = url;
+        // Listening is not enough: the nodes need JetStream.
+        loop {
+            if jetstream_answers(self.addr()) {
+                return;
+            }
+            self.check_alive();
+            assert!(
+                Instant::now() < deadline,
+                "nats-server at {} did not answer JetStream within {NATS_START:?}; its log:\n{}",
+                self.url,
+                self.log_tail(20)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn check_alive(&mut self) {
+        if let Some(child) = &mut self.child
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            self.child = None;
+            panic!(
+                "nats-server exited at start ({status}); its log:\n{}",
+                self.log_tail(20)
+            );
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The client URL in a ports file: `{"nats":["nats://127.0.0.1:PORT"], ...}`.
+fn client_url(ports_file: &str) -> Option<String> {
+    let start = ports_file.find("nats://")?;
+    let rest = &ports_file[start..];
+    let end = rest.find('"')?;
+    Some(rest[..end].to_owned())
+}
+
+/// Whether the NATS server at `addr` answers a JetStream API request (`$JS.API.INFO`),
+/// spoken in the raw client protocol: INFO, CONNECT, SUB, PUB, then a MSG back.
+fn jetstream_answers(addr: SocketAddr) -> bool {
+    let attempt = || -> std::io::Result<bool> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+        stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+        let mut reader = BufReader::new(stream.try_clone()?);
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        if !line.starts_with("INFO ") {
+            return Ok(false);
+        }
+        (&stream).write_all(
+            b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n\
+              SUB _INBOX.tcpchat-ready 1\r\n\
+              PUB $JS.API.INFO _INBOX.tcpchat-ready 0\r\n\r\n",
+        )?;
+        loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                return Ok(false);
+            }
+            if line.starts_with("MSG _INBOX.tcpchat-ready ") {
+                return Ok(true);
+            }
+            if line.starts_with("PING") {
+                (&stream).write_all(b"PONG\r\n")?;
+            }
+        }
+    };
+    attempt().unwrap_or(false)
+}
+
+// ---------------------------------------------------------------------------------
+// tcpchat nodes
+
+/// One NATS server and the tcpchat nodes that use it. On a failing test, drop prints
+/// the end of every node's output and of the NATS log.
+struct Cluster {
+    nodes: Vec<ServerProcess>,
+    nats: Nats,
+}
+
+impl Cluster {
+    /// `n` nodes on a fresh NATS server, started one after the other; `None` when the
+    /// test is skipped for want of `nats-server`.
+    fn start(n: usize) -> Option<Self> {
+        let nats = Nats::start()?;
+        let mut cluster = Self {
+            nodes: Vec::new(),
+            nats,
+        };
+        for _ in 0..n {
+            let node = start_node(cluster.nats.url());
+            cluster.nodes.push(node);
+        }
+        Some(cluster)
+    }
+
+    /// Node `i`'s chat port.
+    fn addr(&self, i: usize) -> SocketAddr {
+        self.nodes[i].addr()
+    }
+
+    /// Kills node `i` with SIGKILL and waits for it to be gone.
+    fn kill(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        node.signal(Signal::SIGKILL).expect("kill -9 a node");
+        node.wait_exit(Duration::from_secs(5))
+            .expect("wait for the node")
+            .expect("the killed node is gone");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for (i, node) in self.nodes.iter().enumerate() {
+            let lines = node.log_lines();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            eprintln!(
+                "--- node {i} (pid {}, {}), last output:\n{}",
+                node.pid(),
+                node.addr(),
+                tail.join("\n")
+            );
+        }
+        eprintln!("--- nats-server log:\n{}", self.nats.log_tail(40));
+    }
+}
+
+/// A `tcpchat serve` on ephemeral loopback ports (the harness gives it its own data
+/// directory and HTTP port) in the cluster at `url`, with the short node timeout.
+fn start_node(url: &str) -> ServerProcess {
+    node_spec(url)
+        .start()
+        .unwrap_or_else(|e| panic!("a cluster node starts: {e}"))
+}
+
+/// As [`start_node`], on the data directory `data`.
+fn start_node_on(url: &str, data: &Path) -> ServerProcess {
+    node_spec(url)
+        .arg("--data-dir")
+        .arg(data)
+        .start()
+        .unwrap_or_else(|e| panic!("a cluster node starts on {}: {e}", data.display()))
+}
+
+fn node_spec(url: &str) -> Spec {
+    Spec::tcpchat(env!("CARGO_BIN_EXE_tcpchat")).args([
+        "--cluster",
+        url,
+        "--cluster-node-timeout",
+        NODE_TIMEOUT_FLAG,
+        "--seed-grace",
+        "50ms",
+    ])
+}
+
+// ---------------------------------------------------------------------------------
+// Line-mode clients
+
+/// A line-mode connection to one node; every read has a bound.
+struct Conn {
+    reader: AsyncBufReader<AsyncTcpStream>,
+    /// For messages: who this is.
+    label: String,
+}
+
+impl Conn {
+    /// Connects to `addr` and sends `handshake` (a `\n` is added).
+    async fn open(addr: SocketAddr, handshake: &str) -> Self {
+        let stream = tokio::time::timeout(WAIT, AsyncTcpStream::connect(addr))
+            .await
+            .unwrap_or_else(|_| panic!("connect to {addr}: timed out"))
+            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        stream.set_nodelay(true).expect("nodelay");
+        let mut conn = Self {
+            reader: AsyncBufReader::new(stream),
+            label: format!("{handshake:?} at {addr}"),
+        };
+        conn.send(&format!("{handshake}\n")).await;
+        conn
+    }
+
+    async fn send(&mut self, text: &str) {
+        tokio::time::timeout(WAIT, self.reader.get_mut().write_all(text.as_bytes()))
+            .await
+            .unwrap_or_else(|_| panic!("{}: write timed out", self.label))
+            .unwrap_or_else(|e| panic!("{}: write: {e}", self.label));
+    }
+
+    /// The next line, or `None` at the end of the stream; panics after `within`.
+    async fn try_line_within(&mut self, within: Duration) -> Option<String> {
+        let mut line = String::new();
+        let n = tokio::time::timeout(within, self.reader.read_line(&mut line))
+            .await
+            .unwrap_or_else(|_| panic!("{}: no line within {within:?}", self.label))
+            .unwrap_or_else(|e| panic!("{}: read: {e}", self.label));
+        if n == 0 {
+            return None;
+        }
+        assert!(line.ends_with('\n'), "{}: cut line {line:?}", self.label);
+        line.pop();
+        Some(line)
+    }
+
+    /// The next line; panics at the end of the stream or after [`WAIT`].
+    async fn line(&mut self) -> String {
+        self.try_line_within(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("{}: closed before a line", self.label))
+    }
+
+    /// Closes our end (FIN), as tcpchat's messenger does, and waits for the server to
+    /// close its own, which says everything sent reached the room.
+    async fn finish(mut self) {
+        tokio::time::timeout(WAIT, self.reader.get_mut().shutdown())
+            .await
+            .unwrap_or_else(|_| panic!("{}: shutdown timed out", self.label))
+            .unwrap_or_else(|e| panic!("{}: shutdown: {e}", self.label));
+        if let Some(line) = self.try_line_within(WAIT).await {
+            panic!("{}: unexpected line after closing: {line:?}", self.label);
+        }
+    }
+}
+
+/// A messenger called `name` at `addr`, accepted.
+async fn messenger(addr: SocketAddr, name: &str) -> Conn {
+    let mut conn = Conn::open(addr, &format!("name:{name}")).await;
+    assert_eq!(conn.line().await, format!("*** ok: joined as {name}"));
+    conn
+}
+
+/// The refusal of a taken name.
+fn name_taken(name: &str) -> String {
+    format!("*** error name-taken: the name \"{name}\" is already taken")
+}
+
+/// A tagged viewer (`viewer tags OPTIONS`) at `addr`, and its welcome's seq.
+async fn tagged_viewer(addr: SocketAddr, options: &str) -> (Viewer, u64) {
+    let mut conn = Conn::open(addr, format!("viewer tags {options}").trim_end()).await;
+    let welcome = conn.line().await;
+    let seq = welcome
+        .strip_prefix("@seq=")
+        .and_then(|rest| rest.split_once(' '))
+        .filter(|(_, text)| *text == WELCOME)
+        .and_then(|(seq, _)| seq.parse().ok())
+        .unwrap_or_else(|| panic!("{}: not a tagged welcome: {welcome:?}", conn.label));
+    (
+        Viewer {
+            conn,
+            seen: Vec::new(),
+        },
+        seq,
+    )
+}
+
+/// A tagged viewer and every event line it has read.
+struct Viewer {
+    conn: Conn,
+    seen: Vec<String>,
+}
+
+impl Viewer {
+    /// The next event line (kept in `seen`), checked to be tagged.
+    async fn event(&mut self) -> Event {
+        self.event_within(WAIT).await
+    }
+
+    async fn event_within(&mut self, within: Duration) -> Event {
+        let line = self
+            .conn
+            .try_line_within(within)
+            .await
+            .unwrap_or_else(|| panic!("{}: closed", self.conn.label));
+        let event = Event::parse(&line)
+            .unwrap_or_else(|| panic!("{}: not a tagged event: {line:?}", self.conn.label));
+        self.seen.push(line);
+        event
+    }
+
+    /// Reads events until one whose text is `text`; returns it.
+    async fn until_text(&mut self, text: &str) -> Event {
+        loop {
+            let event = self.event().await;
+            if event.text == text {
+                return event;
+            }
+        }
+    }
+
+    /// Reads events until it has seen `seq`.
+    async fn until_seq(&mut self, seq: u64) {
+        while self.seen.last().map_or(0, |line| Event::of(line).seq) < seq {
+            self.event().await;
+        }
+    }
+}
+
+/// One tagged event line, taken apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Event {
+    seq: u64,
+    text: String,
+}
+
+impl Event {
+    /// `@seq=N;time=T[;id=X] TEXT`, with a UTC time in milliseconds.
+    fn parse(line: &str) -> Option<Self> {
+        let (tags, text) = line.strip_prefix('@')?.split_once(' ')?;
+        let mut tags = tags.split(';');
+        let seq = tags.next()?.strip_prefix("seq=")?.parse().ok()?;
+        let time = tags.next()?.strip_prefix("time=")?;
+        // 2026-11-29T05:41:07.123Z
+        let shape = time.len() == 24
+            && time.ends_with('Z')
+            && time.as_bytes()[10] == b'T'
+            && time.as_bytes()[19] == b'.';
+        if !shape {
+            return None;
+        }
+        if let Some(id) = tags.next() {
+            id.strip_prefix("id=")?;
+        }
+        if tags.next().is_some() {
+            return None;
+        }
+        Some(Self {
+            seq,
+            text: text.to_owned(),
+        })
+    }
+
+    /// A line already checked by [`Event::parse`].
+    fn of(line: &str) -> Self {
+        Self::parse(line).expect("a line checked before")
+    }
+}
+
+/// The seqs of `lines`.
+fn seqs(lines: &[String]) -> Vec<u64> {
+    lines.iter().map(|line| Event::of(line).seq).collect()
+}
+
+/// The texts of `lines`.
+fn texts(lines: &[String]) -> Vec<String> {
+    lines.iter().map(|line| Event::of(line).text).collect()
+}
+
+/// Asserts that every viewer saw exactly the same lines as the first, saying where
+/// they part if they do not.
+fn assert_identical(what: &str, views: &[&[String]]) {
+    let first = views[0];
+    for (i, other) in views.iter().enumerate().skip(1) {
+        if let Some(at) = (0..first.len().max(other.len())).find(|&k| first.get(k) != other.get(k))
+        {
+            panic!(
+                "{what}: viewer 0 and viewer {i} part at line {at}: {:?} vs {:?} ({} and {} lines)",
+                first.get(at),
+                other.get(at),
+                first.len(),
+                other.len()
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The tests
+
+#[test]
+fn the_nats_helper_starts_restarts_and_stops_a_server() {
+    let Some(mut nats) = Nats::start() else {
+        return;
+    };
+    let addr = nats.addr();
+    assert!(
+        nats.url().starts_with("nats://127.0.0.1:"),
+        "{}",
+        nats.url()
+    );
+    assert!(jetstream_answers(addr), "JetStream answers once started");
+    let first = nats.pid().expect("running");
+    nats.restart();
+    let second = nats.pid().expect("running again");
+    assert_ne!(first, second, "a new process");
+    assert_eq!(nats.addr(), addr, "on the same port");
+    assert!(jetstream_answers(addr), "JetStream answers after a restart");
+    assert!(
+        kill(Pid::from_raw(first as i32), None).is_err(),
+        "the first process is gone"
+    );
+    drop(nats);
+    assert!(
+        kill(Pid::from_raw(second as i32), None).is_err(),
+        "dropping it ends the process"
+    );
+    assert!(
+        TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err(),
+        "nothing listens on {addr} any more"
+    );
+}
+
+/// Three senders on three nodes post at once; three viewers, one per node, see one
+/// room: the same lines, byte for byte (times included), numbered 1, 2, 3, ... with
+/// every line once and each sender's lines in the order sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_show_one_room_in_one_order() {
+    const LINES: usize = 50;
+    let Some(cluster) = Cluster::start(3) else {
+        return;
+    };
+    let mut viewers = Vec::new();
+    for node in 0..3 {
+        let (viewer, seq) = tagged_viewer(cluster.addr(node), "").await;
+        assert_eq!(seq, 0, "node {node}: a fresh room has had no event");
+        viewers.push(viewer);
+    }
+    let names = ["ann", "ben", "cid"];
+    let mut senders = Vec::new();
+    for (node, name) in names.iter().enumerate() {
+        senders.push(messenger(cluster.addr(node), name).await);
+    }
+    for viewer in &mut viewers {
+        viewer.until_seq(3).await;
+    }
+    // Every node knows every member.
+    for node in 0..3 {
+        let (mut members, seq) = tagged_viewer(cluster.addr(node), "members").await;
+        assert_eq!(seq, 3, "node {node}: three joins so far");
+        assert_eq!(
+            members.conn.line().await,
+            "*** members 3: ann ben cid",
+            "node {node}"
+        );
+    }
+
+    let posting: Vec<_> = senders
+        .into_iter()
+        .zip(names)
+        .map(|(mut sender, name)| {
+            tokio::spawn(async move {
+                for k in 0..LINES {
+                    sender.send(&format!("{name} line {k}\n")).await;
+                    tokio::task::yield_now().await;
+                }
+                sender.finish().await;
+            })
+        })
+        .collect();
+    for task in posting {
+        task.await.expect("a sender");
+    }
+    let total = (3 + 3 * LINES + 3) as u64;
+    for viewer in &mut viewers {
+        viewer.until_seq(total).await;
+    }
+
+    let views: Vec<&[String]> = viewers.iter().map(|v| v.seen.as_slice()).collect();
+    assert_identical("the room", &views);
+    let lines = views[0];
+    assert_eq!(
+        seqs(lines),
+        (1..=total).collect::<Vec<_>>(),
+        "numbered from 1 without a gap"
+    );
+    let texts = texts(lines);
+    for name in names {
+        let joined = format!("{name} has joined the chat.");
+        let left = format!("{name} has left the chat");
+        let prefix = format!("{name}: ");
+        let said: Vec<&str> = texts
+            .iter()
+            .filter_map(|t| t.strip_prefix(&prefix))
+            .collect();
+        let sent: Vec<String> = (0..LINES).map(|k| format!("{name} line {k}")).collect();
+        assert_eq!(said, sent, "{name}'s lines, each once, in order");
+        let position = |text: &str| {
+            let at: Vec<usize> = (0..texts.len()).filter(|&i| texts[i] == text).collect();
+            assert_eq!(at.len(), 1, "{text:?} once");
+            at[0]
+        };
+        let first = texts.iter().position(|t| t.starts_with(&prefix)).unwrap();
+        let last = texts.iter().rposition(|t| t.starts_with(&prefix)).unwrap();
+        assert!(position(&joined) < first, "{name} joined before speaking");
+        assert!(position(&left) > last, "{name} left after speaking");
+    }
+    // The senders' lines interleave: the room is one, not three in a row.
+    let runs = texts
+        .windows(2)
+        .filter(|w| w[0].split(':').next() != w[1].split(':').next())
+        .count();
+    eprintln!("{total} events, identical on 3 nodes; {runs} changes of speaker");
+}
+
+/// A name held on one node is refused on every other; once its holder has left, any
+/// node gives it out again. Refusals leave no trace in the room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_is_unique_across_nodes_and_free_after_its_holder_leaves() {
+    let Some(cluster) = Cluster::start(3) else {
+        return;
+    };
+    let (mut watcher, _) = tagged_viewer(cluster.addr(1), "").await;
+    let alice = messenger(cluster.addr(0), "alice").await;
+    watcher.until_text("alice has joined the chat.").await;
+
+    for (node, role) in [(1, "name"), (2, "chat"), (0, "name")] {
+        let mut refused = Conn::open(cluster.addr(node), &format!("{role}:alice")).await;
+        assert_eq!(
+            refused.line().await,
+            name_taken("alice"),
+            "{role}:alice on node {node}"
+        );
+        assert_eq!(
+            refused.try_line_within(WAIT).await,
+            None,
+            "closed after the refusal"
+        );
+    }
+
+    alice.finish().await;
+    assert_eq!(watcher.event().await.text, "alice has left the chat");
+    // Free on a node other than the one that held it, then on that one.
+    let again = messenger(cluster.addr(2), "alice").await;
+    assert_eq!(watcher.event().await.text, "alice has joined the chat.");
+    again.finish().await;
+    assert_eq!(watcher.event().await.text, "alice has left the chat");
+    let mut chatter = Conn::open(cluster.addr(0), "chat:alice").await;
+    assert_eq!(chatter.line().await, WELCOME);
+    assert_eq!(chatter.line().await, "alice has joined the chat.");
+    assert_eq!(watcher.event().await.text, "alice has joined the chat.");
+    assert_eq!(seqs(&watcher.seen), (1..=5).collect::<Vec<_>>());
+}
+
+/// Three nodes are asked for the same free name at the same moment: one gets it, the
+/// others are refused, and the room sees one join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_claimed_on_three_nodes_at_once_goes_to_one() {
+    const ROUNDS: usize = 5;
+    let Some(cluster) = Cluster::start(3) else {
+        return;
+    };
+    let (mut watcher, _) = tagged_viewer(cluster.addr(0), "").await;
+    let mut holders = Vec::new();
+    for round in 0..ROUNDS {
+        let name = format!("racer{round}");
+        let claims: Vec<_> = (0..3)
+            .map(|node| {
+                let addr = cluster.addr(node);
+                let name = name.clone();
+                tokio::spawn(async move {
+                    let mut conn = Conn::open(addr, &format!("name:{name}")).await;
+                    let answer = conn.line().await;
+                    (node, answer, conn)
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for claim in claims {
+            let (node, answer, conn) = claim.await.expect("a claim");
+            if answer == format!("*** ok: joined as {name}") {
+                winners.push(node);
+                holders.push(conn);
+            } else {
+                assert_eq!(answer, name_taken(&name), "node {node}");
+            }
+        }
+        assert_eq!(winners.len(), 1, "{name}: granted on nodes {winners:?}");
+        assert_eq!(
+            watcher.event().await.text,
+            format!("{name} has joined the chat.")
+        );
+    }
+    // No second join came after the first of any name.
+    let last = holders.pop().expect("a holder");
+    last.finish().await;
+    assert_eq!(
+        watcher.event().await.text,
+        format!("racer{} has left the chat", ROUNDS - 1)
+    );
+    assert_eq!(
+        seqs(&watcher.seen),
+        (1..=ROUNDS as u64 + 1).collect::<Vec<_>>()
+    );
+}
+
+/// A viewer that saw up to S on one node and comes back on another with `since=S` gets
+/// exactly the rest; `history=5` gives the same last five lines on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_resumes_on_another_node() {
+    let Some(cluster) = Cluster::start(3) else {
+        return;
+    };
+    let (a, b, c) = (cluster.addr(0), cluster.addr(1), cluster.addr(2));
+    let (mut leaving, _) = tagged_viewer(a, "").await;
+    let (mut staying, _) = tagged_viewer(a, "").await;
+    let (mut reference, _) = tagged_viewer(c, "").await;
+    let mut mia = messenger(a, "mia").await;
+    for k in 0..10 {
+        mia.send(&format!("line {k}\n")).await;
+    }
+    let resume_at = leaving.until_text("mia: line 4").await.seq;
+    drop(leaving);
+    for k in 10..20 {
+        mia.send(&format!("line {k}\n")).await;
+    }
+    let last = reference.until_text("mia: line 19").await.seq;
+    assert_eq!(last, 21, "a join and twenty lines");
+
+    let (mut resumed, _) = tagged_viewer(b, &format!("since={resume_at}")).await;
+    resumed.until_seq(last).await;
+    assert_eq!(
+        resumed.seen,
+        reference.seen[resume_at as usize..],
+        "since={resume_at} on another node: the rest, no gap, no duplicate"
+    );
+    // And live events go on from there.
+    mia.send("line 20\n").await;
+    let next = resumed.event().await;
+    assert_eq!(
+        next,
+        Event {
+            seq: last + 1,
+            text: "mia: line 20".to_owned()
+        }
+    );
+    reference.until_seq(last + 1).await;
+    staying.until_seq(last + 1).await;
+    assert_eq!(resumed.seen.last(), reference.seen.last());
+
+    let mut replays = Vec::new();
+    for (node, addr) in [("A", a), ("C", c), ("B", b)] {
+        let (mut replay, seq) = tagged_viewer(addr, "history=5").await;
+        assert_eq!(seq, last + 1, "node {node}: the welcome's number");
+        for _ in 0..5 {
+            replay.event().await;
+        }
+        replays.push(replay.seen);
+    }
+    let tail = &reference.seen[reference.seen.len() - 5..];
+    for (node, replay) in ["A", "C", "B"].iter().zip(&replays) {
+        assert_eq!(replay, tail, "history=5 on node {node}");
+    }
+    assert_identical("the room", &[&staying.seen, &reference.seen]);
+}
+
+/// A node killed with SIGKILL says nothing; within the node timeout the other nodes
+/// announce each of its members as gone, once, and free their names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_s_members_leave_and_their_names_are_freed_within_the_bound() {
+    /// Room for the detection's own granularity and a busy machine.
+    const BOUND: Duration = Duration::from_secs(10);
+    let Some(mut cluster) = Cluster::start(3) else {
+        return;
+    };
+    let (a, c) = (cluster.addr(0), cluster.addr(2));
+    let (mut on_a, _) = tagged_viewer(a, "").await;
+    let (mut on_c, _) = tagged_viewer(c, "").await;
+    let mut carol = messenger(a, "carol").await;
+    let _alice = messenger(cluster.addr(1), "alice").await;
+    let _bob = messenger(cluster.addr(1), "bob").await;
+    for viewer in [&mut on_a, &mut on_c] {
+        viewer.until_seq(3).await;
+    }
+
+    cluster.kill(1);
+    let killed = Instant::now();
+    let expected = ["alice has left the chat", "bob has left the chat"];
+    let (after_a, after_c) = tokio::join!(
+        leaves_of(&mut on_a, &expected, killed, BOUND),
+        leaves_of(&mut on_c, &expected, killed, BOUND)
+    );
+    eprintln!(
+        "the killed node's members left after {after_a:?} (node A) and {after_c:?} (node C); node timeout {NODE_TIMEOUT:?}"
+    );
+    assert!(after_a.max(after_c) < BOUND);
+
+    // Any second announcement (another node also deciding the dead one is gone) would
+    // come within a node timeout of the first: wait that out, then mark the room.
+    tokio::time::sleep(NODE_TIMEOUT + Duration::from_secs(1)).await;
+    carol.send("after the funeral\n").await;
+    for viewer in [&mut on_a, &mut on_c] {
+        let next = viewer.event().await;
+        assert_eq!(
+            next.text, "carol: after the funeral",
+            "{}: nothing between the leaves and the next line",
+            viewer.conn.label
+        );
+    }
+
+    // Free on another node than the one that died.
+    let _alice = messenger(c, "alice").await;
+    let _bob = messenger(a, "bob").await;
+    for viewer in [&mut on_a, &mut on_c] {
+        viewer.until_seq(8).await;
+    }
+    assert_identical("the room", &[&on_a.seen, &on_c.seen]);
+    assert_eq!(seqs(&on_a.seen), (1..=8).collect::<Vec<_>>());
+    assert_eq!(
+        texts(&on_a.seen[6..]),
+        ["alice has joined the chat.", "bob has joined the chat."]
+    );
+}
+
+/// A node stopped with SIGTERM is gone for the rest of the room as a killed one is:
+/// its members are shown leaving, once, within the node timeout, and their names are
+/// free on the other nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_s_members_leave_and_their_names_are_freed() {
+    const BOUND: Duration = Duration::from_secs(10);
+    let Some(mut cluster) = Cluster::start(2) else {
+        return;
+    };
+    let (mut watcher, _) = tagged_viewer(cluster.addr(0), "").await;
+    let _alice = messenger(cluster.addr(1), "alice").await;
+    watcher.until_seq(1).await;
+    let stopping = Instant::now();
+    let node = &mut cluster.nodes[1];
+    node.signal(Signal::SIGTERM).expect("SIGTERM a node");
+    let status = node
+        .wait_exit(Duration::from_secs(10))
+        .expect("wait for the node")
+        .expect("the node stops on SIGTERM");
+    assert!(status.success(), "a clean stop: {status}");
+    let took = leaves_of(&mut watcher, &["alice has left the chat"], stopping, BOUND).await;
+    eprintln!("the stopped node's member left after {took:?}; node timeout {NODE_TIMEOUT:?}");
+    let _alice = messenger(cluster.addr(0), "alice").await;
+    assert_eq!(watcher.event().await.text, "alice has joined the chat.");
+    assert_eq!(seqs(&watcher.seen), [1, 2, 3]);
+}
+
+/// A node that comes back on its own data directory after a kill -9, and a node that
+/// joins late on an empty one, both catch up with the room: `since=0` and `history=5`
+/// give on them what the first node gives, and the room goes on on all three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_and_a_new_one_catch_up_with_the_room() {
+    let Some(mut cluster) = Cluster::start(1) else {
+        return;
+    };
+    let url = cluster.nats.url().to_owned();
+    let data = tempfile::tempdir().expect("a data directory");
+    cluster.nodes.push(start_node_on(&url, data.path()));
+    let (mut reference, _) = tagged_viewer(cluster.addr(0), "").await;
+    let mut mia = messenger(cluster.addr(0), "mia").await;
+    let _ned = messenger(cluster.addr(1), "ned").await;
+    for k in 0..10 {
+        mia.send(&format!("line {k}\n")).await;
+    }
+    reference.until_text("mia: line 9").await;
+    cluster.kill(1);
+    reference.until_text("ned has left the chat").await;
+    for k in 10..15 {
+        mia.send(&format!("line {k}\n")).await;
+    }
+    let last = reference.until_text("mia: line 14").await.seq;
+    assert_eq!(last, 18, "two joins, fifteen lines and a leave");
+
+    cluster.nodes[1] = start_node_on(&url, data.path());
+    cluster.nodes.push(start_node(&url));
+    let mut followers = Vec::new();
+    for node in [1, 2] {
+        let (mut all, _) = tagged_viewer(cluster.addr(node), "since=0").await;
+        all.until_seq(last).await;
+        assert_eq!(all.seen, reference.seen, "since=0 on node {node}");
+        let (mut tail, seq) = tagged_viewer(cluster.addr(node), "history=5").await;
+        assert_eq!(seq, last, "node {node}: the welcome's number");
+        for _ in 0..5 {
+            tail.event().await;
+        }
+        assert_eq!(
+            tail.seen,
+            reference.seen[last as usize - 5..],
+            "history=5 on node {node}"
+        );
+        followers.push(all);
+    }
+
+    let _ned = messenger(cluster.addr(1), "ned").await;
+    mia.send("line 15\n").await;
+    reference.until_seq(last + 2).await;
+    for follower in &mut followers {
+        follower.until_seq(last + 2).await;
+    }
+    assert_identical(
+        "the room",
+        &[&reference.seen, &followers[0].seen, &followers[1].seen],
+    );
+    assert_eq!(
+        texts(&reference.seen[last as usize..]),
+        ["ned has joined the chat.", "mia: line 15"]
+    );
+}
+
+/// Two nodes, a member on each, and their viewers; then NATS goes away for `outage`
+/// and comes back. Both members post: every viewer sees both lines, numbered on from
+/// before, and nobody leaves. Returns the cluster, for more checks.
+async fn the_room_goes_on_after_a_nats_outage_of(outage: Duration) -> Option<Cluster> {
+    let mut cluster = Cluster::start(2)?;
+    let mut viewers = Vec::new();
+    let mut members = Vec::new();
+    for (node, name) in [(0, "alice"), (1, "bob")] {
+        viewers.push(tagged_viewer(cluster.addr(node), "").await.0);
+        members.push((name, messenger(cluster.addr(node), name).await));
+    }
+    for viewer in &mut viewers {
+        viewer.until_seq(2).await;
+    }
+    let stopped = Instant::now();
+    cluster.nats.restart_after(outage);
+    eprintln!("NATS back after {:?}", stopped.elapsed());
+    for (name, member) in &mut members {
+        member.send(&format!("{name} after the outage\n")).await;
+    }
+    for viewer in &mut viewers {
+        viewer.until_seq(4).await;
+    }
+    eprintln!("both lines in {:?} after NATS went away", stopped.elapsed());
+    assert_identical("the room", &[&viewers[0].seen, &viewers[1].seen]);
+    let mut after = texts(&viewers[0].seen[2..]);
+    after.sort();
+    assert_eq!(
+        after,
+        ["alice: alice after the outage", "bob: bob after the outage"]
+    );
+    Some(cluster)
+}
+
+/// NATS restarted under a running cluster: the nodes reconnect and the room goes on
+/// where it was, on every node, numbered without a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_room_goes_on_after_nats_restarts() {
+    the_room_goes_on_after_a_nats_outage_of(Duration::ZERO).await;
+}
+
+/// NATS out of reach for longer than the node timeout is no node's fault: when it is
+/// back, the room goes on and no node gives another up or stops. (Before 9ae5e9c,
+/// every node gave the others up after such an outage, and stopped.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_outage_longer_than_the_node_timeout_stops_no_node() {
+    let Some(mut cluster) =
+        the_room_goes_on_after_a_nats_outage_of(NODE_TIMEOUT + Duration::from_secs(2)).await
+    else {
+        return;
+    };
+    // Long enough for any node to give another up, and for that one to notice.
+    tokio::time::sleep(NODE_TIMEOUT + Duration::from_secs(2)).await;
+    for (i, node) in cluster.nodes.iter_mut().enumerate() {
+        let exited = node.wait_exit(Duration::ZERO).expect("wait");
+        assert_eq!(exited, None, "node {i} still runs");
+    }
+}
+
+/// Rooms (`--cluster-room`) on one NATS are apart: their own events, numbers and names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_on_one_nats_are_apart() {
+    let Some(mut cluster) = Cluster::start(0) else {
+        return;
+    };
+    let url = cluster.nats.url().to_owned();
+    for room in ["one", "two", "one"] {
+        let node = node_spec(&url)
+            .args(["--cluster-room", room])
+            .start()
+            .unwrap_or_else(|e| panic!("a node of room {room} starts: {e}"));
+        cluster.nodes.push(node);
+    }
+    let (mut one, _) = tagged_viewer(cluster.addr(2), "").await;
+    let (mut two, _) = tagged_viewer(cluster.addr(1), "").await;
+    let mut alice = messenger(cluster.addr(0), "alice").await;
+    alice.send("in room one\n").await;
+    one.until_seq(2).await;
+    let mut other = messenger(cluster.addr(1), "alice").await;
+    other.send("in room two\n").await;
+    two.until_seq(2).await;
+    let expected = |room: &str| {
+        [
+            "alice has joined the chat.".to_owned(),
+            format!("alice: in room {room}"),
+        ]
+    };
+    assert_eq!(texts(&one.seen), expected("one"));
+    assert_eq!(texts(&two.seen), expected("two"));
+    assert_eq!(seqs(&two.seen), [1, 2], "room two numbers its own events");
+}
+
+/// Reads `viewer`'s events until it has seen each of `expected` (leaves, in any order)
+/// and nothing else, by `since + bound`; returns how long after `since` that was.
+async fn leaves_of(
+    viewer: &mut Viewer,
+    expected: &[&str],
+    since: Instant,
+    bound: Duration,
+) -> Duration {
+    let mut leaves = Vec::new();
+    while leaves.len() < expected.len() {
+        let event = viewer
+            .event_within(bound.saturating_sub(since.elapsed()))
+            .await;
+        assert!(
+            expected.contains(&event.text.as_str()),
+            "{}: only the dead node's members leave; got {:?}",
+            viewer.conn.label,
+            event.text
+        );
+        leaves.push(event.text);
+    }
+    leaves.sort();
+    assert_eq!(leaves, expected, "{}: each leaves once", viewer.conn.label);
+    since.elapsed()
+}
+
+/// A `--cluster` address where nothing listens stops the server at start, with a few
+/// words on stderr that name the address, and a non-zero exit; so does one that
+/// accepts connections but never speaks NATS.
+#[test]
+fn no_nats_is_a_clear_start_up_error() {
+    // A port that was just free: nothing listens there.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    refused_at_start(closed);
+    // A listener that is never served: the kernel accepts, nobody answers.
+    let silent = TcpListener::bind("127.0.0.1:0").expect("a listener");
+    refused_at_start(silent.local_addr().expect("its address").port());
+}
+
+/// Runs `tcpchat serve --cluster nats://127.0.0.1:PORT` and checks that it stops at
+/// start, before listening, with a few lines on stderr naming the address.
+fn refused_at_start(port: u16) {
+    let url = format!("nats://127.0.0.1:{port}");
+    let data = tempfile::tempdir().expect("a data directory");
+    let mut child = crate::cli::tcpchat()
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-http",
+            "--cluster",
+            &url,
+        ])
+        .arg("--data-dir")
+        .arg(data.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tcpchat");
+    let started = Instant::now();
+    let mut stderr = child.stderr.take().expect("stderr");
+    let reading = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let bound = Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if started.elapsed() > bound {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("tcpchat serve --cluster {url} still running after {bound:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = started.elapsed();
+    let stderr = reading.join().expect("stderr reader");
+    eprintln!("exit {status} after {took:?}; stderr:\n{stderr}");
+    assert!(!status.success(), "a non-zero exit: {status}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        !stderr.contains("transport=tcp"),
+        "refused before listening: {stderr}"
+    );
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(
+        (1..=5).contains(&lines.len()),
+        "one or a few lines on stderr: {stderr:?}"
+    );
+    let last = lines.last().expect("a line");
+    assert!(
+        last.contains(&format!("127.0.0.1:{port}")),
+        "the last line names the address: {last:?}"
+    );
+}
