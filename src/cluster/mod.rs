@@ -151,7 +151,9 @@ impl Cluster {
             .split(',')
             .map(|url| url.trim().parse())
             .collect::<Result<_, _>>()
-            .with_context(|| format!("--cluster {urls}: not a list of NATS addresses"))?;
+            .with_context(|| {
+                format!("--cluster {}: not a list of NATS addresses", redacted(urls))
+            })?;
         let node = format!("{:016x}", random_u64());
         let mut options = async_nats::ConnectOptions::new()
             .name(format!("tcpchat-{node}"))
@@ -164,6 +166,14 @@ impl Cluster {
             .reconnect_delay_callback(|attempts| {
                 Duration::from_millis(100 * attempts.min(10) as u64)
             });
+        // A user and password in an address (async-nats does not take them from
+        // there by itself).
+        if let Some(address) = addresses.iter().find(|a| a.username().is_some()) {
+            options = options.user_and_password(
+                address.username().unwrap_or_default().to_owned(),
+                address.password().unwrap_or_default().to_owned(),
+            );
+        }
         if let Some(creds) = &config.cluster_creds {
             options = options
                 .credentials_file(creds)
@@ -173,10 +183,11 @@ impl Cluster {
         if let Some(ca) = &config.cluster_ca {
             options = options.add_root_certificates(ca.clone()).require_tls(true);
         }
+        let shown = redacted(urls);
         let client = options
             .connect(addresses)
             .await
-            .with_context(|| format!("cannot connect to NATS at {urls}"))?;
+            .with_context(|| format!("cannot connect to NATS at {shown}"))?;
         let js = jetstream::ContextBuilder::new()
             .timeout(Duration::from_secs(5))
             .build(client.clone());
@@ -845,6 +856,23 @@ where
     }
 }
 
+/// `urls` with any password replaced by `***`, for messages and logs.
+fn redacted(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                let credentials = &url[scheme + 3..at];
+                match credentials.split_once(':') {
+                    Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                    None => url.to_owned(),
+                }
+            }
+            _ => url.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn random_u64() -> u64 {
     let mut bytes = [0u8; 8];
     if getrandom::fill(&mut bytes).is_err() {
@@ -860,6 +888,14 @@ fn random_u64() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_are_not_shown() {
+        assert_eq!(
+            redacted("nats://tc:s3cret@n1:4222, tls://n2:4222,nats://u@n3:1"),
+            "nats://tc:***@n1:4222, tls://n2:4222,nats://u@n3:1"
+        );
+    }
 
     #[test]
     fn name_keys_round_trip_any_name() {
