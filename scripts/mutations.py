@@ -34,6 +34,15 @@ MUTATIONS = [
     ("the chat page builds markup from text", ["it::browser::"], [
         ("src/server/page/app.js", "if (text !== undefined) node.textContent = text;",
          "if (text !== undefined) node.innerHTML = text;")]),
+    ("cluster: names not claimed across nodes", ["it::cluster::"], [
+        ("src/hub/mod.rs", "            names.claim(name, request.id).await?;",
+         "            let _ = names;")]),
+    ("cluster: a gone node's members never announced", ["it::cluster::"], [
+        ("src/cluster/mod.rs", "    async fn give_up(self: Arc<Self>, node: String, revision: u64) {\n",
+         "    async fn give_up(self: Arc<Self>, node: String, revision: u64) {\n        if true { let _ = (node, revision); return; }\n")]),
+    ("cluster: a failed append not published again", ["it::cluster::"], [
+        ("src/cluster/mod.rs", "if !landed && self.append(&message, &id).await.is_none() {",
+         "if !landed && self.expelled.is_cancelled() {")]),
     ("connection limit ignored", ["it::limits::"], [
         ("src/server/admission.rs", "let max_connections = max_connections(config);",
          "let max_connections = usize::MAX >> 4;")]),
