@@ -70,6 +70,10 @@ pub struct Cluster {
     /// Cancelled when this node must stop (given up by the others, or its stream
     /// is gone).
     expelled: CancellationToken,
+    /// The next number the follower waits for.
+    following: std::sync::atomic::AtomicU64,
+    /// Tells the follower to start over (it stalled: the stream went on without it).
+    stalled: tokio::sync::Notify,
 }
 
 /// A room event as the stream carries it.
@@ -245,6 +249,8 @@ impl Cluster {
             claims: Mutex::new(HashMap::new()),
             node_timeout: config.cluster_node_timeout,
             expelled: CancellationToken::new(),
+            following: std::sync::atomic::AtomicU64::new(0),
+            stalled: tokio::sync::Notify::new(),
         }))
     }
 
@@ -279,8 +285,7 @@ impl Cluster {
     /// When the liveness key cannot be written.
     pub async fn start(self: &Arc<Self>, next: u64) -> anyhow::Result<Replication> {
         let revision = self
-            .nodes
-            .create(&self.node, Bytes::from_static(b"up"))
+            .register()
             .await
             .context("cannot register this node in the cluster")?;
         tokio::spawn(self.clone().keep_alive(revision));
@@ -303,6 +308,31 @@ impl Cluster {
             names,
             present,
         })
+    }
+
+    /// Creates this node's liveness key; its revision. A bucket just made in a NATS
+    /// cluster may not answer at once, and a create that timed out may be in.
+    async fn register(&self) -> anyhow::Result<u64> {
+        let deadline = Instant::now() + JETSTREAM_PATIENCE;
+        loop {
+            match self
+                .nodes
+                .create(&self.node, Bytes::from_static(b"up"))
+                .await
+            {
+                Ok(revision) => return Ok(revision),
+                Err(error) if error.kind() == CreateErrorKind::AlreadyExists => {
+                    if let Some(entry) = self.nodes.entry(&self.node).await? {
+                        return Ok(entry.revision);
+                    }
+                }
+                Err(error) if Instant::now() < deadline => {
+                    info!(%error, "waiting for NATS JetStream");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
     }
 
     /// Keeps this node's key fresh; stops the node if the others gave it up.
@@ -613,9 +643,16 @@ impl Cluster {
             };
             let mut batch = Vec::new();
             loop {
+                self.following.store(next, Ordering::Relaxed);
                 // What is there now, without waiting, goes to the hub together.
                 let message = if batch.is_empty() {
-                    messages.next().await
+                    tokio::select! {
+                        message = messages.next() => message,
+                        () = self.stalled.notified() => {
+                            warn!(next, "following the room's stream again (it went on without this node)");
+                            break;
+                        }
+                    }
                 } else {
                     match futures_util::FutureExt::now_or_never(messages.next()) {
                         Some(message) => message,
@@ -676,12 +713,35 @@ impl Cluster {
 
     /// Checks every few seconds that the room's stream is still there: a follower
     /// of a deleted stream would wait silently forever.
+    ///
+    /// Also the follower's watchdog: an ordered consumer whose NATS server died (the
+    /// stream's leader, in a NATS cluster) hears nothing until its heartbeats are
+    /// missed (10 s); if the stream has events the follower has not had for two
+    /// checks in a row, it starts over at once.
     async fn watch_stream(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut checks: u32 = 0;
+        let mut behind_since: Option<u64> = None;
         while !self.expelled.is_cancelled() {
             tick.tick().await;
-            if self.stream_is_gone().await {
+            checks += 1;
+            if checks % 5 == 0 && self.stream_is_gone().await {
                 return;
+            }
+            let Ok(info) = self.stream.get_info().await else {
+                continue;
+            };
+            let next = self.following.load(Ordering::Relaxed);
+            if info.state.last_sequence < next {
+                behind_since = None;
+                continue;
+            }
+            match behind_since {
+                Some(was) if was == next => {
+                    self.stalled.notify_one();
+                    behind_since = None;
+                }
+                _ => behind_since = Some(next),
             }
         }
     }
