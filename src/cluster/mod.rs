@@ -725,7 +725,7 @@ impl Cluster {
         while !self.expelled.is_cancelled() {
             tick.tick().await;
             checks += 1;
-            if checks % 5 == 0 && self.stream_is_gone().await {
+            if checks.is_multiple_of(5) && self.stream_is_gone().await {
                 return;
             }
             let Ok(info) = self.stream.get_info().await else {
