@@ -22,7 +22,7 @@ install_peers() {
   for target in "$@"; do
     case "${target%%+*}" in
       redis) command -v redis-server >/dev/null || missing="$missing redis-server" ;;
-      nats) command -v nats-server >/dev/null || missing="$missing nats-server" ;;
+      nats | jetstream | cluster*) command -v nats-server >/dev/null || missing="$missing nats-server" ;;
       irc) command -v inspircd >/dev/null || missing="$missing inspircd" ;;
     esac
   done
@@ -40,9 +40,18 @@ install_peers() {
 # with the viewers over WebSocket (tcpchat's /ws, NATS's websocket listener) and
 # the senders in the server's own protocol, tcpchat+ws-all or nats+ws-all with the
 # senders over WebSocket too; tcpchat+scrape for tcpchat with its /metrics
-# scraped every second during the load.
+# scraped every second during the load. For the cluster run: jetstream (nats with
+# JetStream, the durable fan-out's clients), and clusterN for a tcpchat cluster of N
+# nodes on one nats-server with JetStream, viewers spread evenly over the nodes,
+# senders on the first node (clusterN+senders-all: spread over every node).
 target_args() {
   case "$1" in
+    jetstream) echo "--target nats --durable" ;;
+    cluster*+senders-all)
+      local nodes=${1#cluster}
+      echo "--target tcpchat --cluster-nodes ${nodes%%+*} --senders-on all"
+      ;;
+    cluster*) echo "--target tcpchat --cluster-nodes ${1#cluster} --senders-on one" ;;
     *+tls) echo "--target ${1%+tls} --tls" ;;
     *+ws) echo "--target ${1%+ws} --ws" ;;
     *+ws-all) echo "--target ${1%+ws-all} --ws --ws-senders" ;;
@@ -68,10 +77,11 @@ workload_args() {
   done
 }
 
-# Every target of a run, in the order each round runs them ("quick" or "web" as $1
-# for those runs').
+# Every target of a run, in the order each round runs them ("quick", "web" or
+# "cluster" as $1 for those runs').
 run_targets() {
   case "${1:-}" in
+    cluster) echo "tcpchat nats jetstream cluster2 cluster2+senders-all cluster3 cluster3+senders-all" ;;
     quick) echo "tcpchat tcpchat-nohistory tcpchat+tls tcpchat+ws tcpchat+ws-all tcpchat+scrape" ;;
     web) echo "tcpchat nats tcpchat+ws nats+ws tcpchat+ws-all nats+ws-all tcpchat+scrape" ;;
     *) echo "tcpchat tcpchat-nohistory tcpchat-fsync redis nats irc tcpchat+tls redis+tls" \
@@ -79,7 +89,9 @@ run_targets() {
   esac
 }
 
-# The targets workload $1 runs on ("quick" or "web" as $2 for those runs').
+# The targets workload $1 runs on ("quick" or "web" as $2 for those runs'; for the
+# cluster run, the entries of cluster_workloads are the workloads, and their
+# fifth field their targets).
 workload_targets() {
   local workload name _full _quick_name _quick full_targets quick_targets web_targets
   for workload in "${workloads[@]}"; do
@@ -122,4 +134,18 @@ workloads=(
   "latency-10x100msgs|fanout --viewers 100 --senders 10 --messages 1000 --rate 100|latency-10x100msgs|fanout --viewers 100 --senders 10 --messages 200 --rate 100|tcpchat tcpchat-nohistory tcpchat-fsync redis nats irc tcpchat+tls redis+tls|tcpchat tcpchat-nohistory tcpchat+tls"
   "catchup-100x10k|catchup --viewers 100 --events 10000|catchup-10x1k|catchup --viewers 10 --events 1000|tcpchat redis nats|tcpchat"
   "idle-19000|conns --viewers 19000|idle-2000|conns --viewers 2000"
+)
+
+# The cluster run's workloads (`run.sh --cluster`, which makes them the workloads),
+# in the same format, the fifth field their targets: the fan-out shapes and the
+# latency one on single-node tcpchat, NATS core pub/sub, JetStream (each viewer a
+# push consumer of a file-stored stream) and tcpchat clusters of 2 and 3 nodes,
+# smaller than the full run's so that JetStream's rounds stay short. The quick run
+# takes the first one's small variant on cluster2+senders-all, if nats-server is
+# installed.
+cluster_targets="tcpchat nats jetstream cluster2 cluster2+senders-all cluster3 cluster3+senders-all"
+cluster_workloads=(
+  "cluster-4x100|fanout --viewers 100 --senders 4 --messages 20000|cluster-4x100|fanout --viewers 100 --senders 4 --messages 2000|$cluster_targets"
+  "cluster-1x1000|fanout --viewers 1000 --senders 1 --messages 8000|cluster-1x1000|fanout --viewers 1000 --senders 1 --messages 800|$cluster_targets"
+  "cluster-latency-10x100msgs|fanout --viewers 100 --senders 10 --messages 500 --rate 100|cluster-latency-10x100msgs|fanout --viewers 100 --senders 10 --messages 100 --rate 100|$cluster_targets"
 )

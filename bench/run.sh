@@ -17,9 +17,18 @@
 #                          and without a /metrics scrape every second, 3 runs each
 #                          (a few minutes; into bench/results/web.jsonl and
 #                          web-tables.md, docs untouched)
+#   bench/run.sh --cluster the cluster figures alone: tcpchat clusters of 2 and 3
+#                          nodes on one nats-server with JetStream (senders on one
+#                          node, and on every node) beside one tcpchat, NATS core
+#                          pub/sub and JetStream, in the fan-outs and the latency
+#                          workload, 3 runs each (a few minutes; into
+#                          bench/results/cluster.jsonl and cluster-tables.md, docs
+#                          untouched). The quick run adds one short cluster run if
+#                          nats-server is installed.
 #
 # Each run is one `tcpchat-bench` pinned to CPU 1, which starts a fresh server pinned
-# to CPU 0, runs the workload and stops the server. Results go to bench/results/ as
+# to CPU 0, runs the workload and stops the server (a cluster's nats-server and
+# nodes all share CPU 0). Results go to bench/results/ as
 # JSON lines; the medians become the tables printed at the end, the chart
 # docs/benchmarks.svg, and the results section of docs/BENCHMARKS.md.
 set -euo pipefail
@@ -31,9 +40,10 @@ report_only=0
 case "${1:-}" in
   --quick) quick=1 variant=quick ;;
   --web) variant=web ;;
+  --cluster) variant=cluster ;;
   --report) report_only=1 ;;
   "") ;;
-  *) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  *) sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac
 
 # A target with +tls is the same server with every client over TLS (tcpchat and
@@ -48,11 +58,16 @@ if [ "$quick" = 1 ]; then
   results=bench/results/quick.jsonl
 elif [ "$variant" = web ]; then
   results=bench/results/web.jsonl
+elif [ "$variant" = cluster ]; then
+  results=bench/results/cluster.jsonl
 fi
 
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 targets=$(run_targets "$variant")
+if [ "$variant" = cluster ]; then
+  workloads=("${cluster_workloads[@]}")
+fi
 cargo build --release --locked -p tcpchat -p tcpchat-bench
 failed=0
 if [ "$report_only" = 0 ]; then
@@ -82,12 +97,26 @@ if [ "$report_only" = 0 ]; then
       done
     done
   done
+  # One short run of a 2-node cluster, senders on both nodes, if NATS is here.
+  if [ "$quick" = 1 ] && command -v nats-server >/dev/null; then
+    workloads=("${cluster_workloads[0]}")
+    args=$(workload_args cluster-4x100 quick)
+    echo "bench: ${args##*--label } on cluster2+senders-all" >&2
+    args="$args $(target_args cluster2+senders-all)"
+    # shellcheck disable=SC2086 # the arguments are meant to split
+    if ! taskset -c "$load_cpu" "$bench_bin" $args --server-cpu "$server_cpu" \
+      >>"$results"; then
+      failed=1
+    fi
+  fi
 fi
 
 if [ "$quick" = 1 ]; then
   "$bench_bin" report "$results"
 elif [ "$variant" = web ]; then
   "$bench_bin" report "$results" | tee bench/results/web-tables.md
+elif [ "$variant" = cluster ]; then
+  "$bench_bin" report --cluster "$results" | tee bench/results/cluster-tables.md
 else
   "$bench_bin" report "$results" --svg docs/benchmarks.svg | tee bench/results/tables.md
   # The figures in docs/BENCHMARKS.md are exactly the ones printed above.

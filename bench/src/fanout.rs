@@ -33,7 +33,7 @@ use super::durable;
 use super::proto::{MIN_PAYLOAD, Payload, Target};
 use super::resp::{Item, Resp, is_stream_id};
 use super::scrape::{ScrapeReport, Scrapes, scrape_every};
-use super::server::{Endpoint, ServerArgs};
+use super::server::{Endpoint, SendersOn, ServerArgs};
 use super::transport::{BenchStream, Stream, Transport};
 use super::ws::{Framing, WsStream};
 use super::{PARALLEL_SETUP, Progress, connect_all, cpu_time, source_address};
@@ -112,8 +112,37 @@ pub struct FanoutReport {
     /// microseconds.
     client_cpu_us_per_delivery: Option<f64>,
     latency_us: Latency,
+    /// The nodes of a tcpchat cluster started for the run (`--cluster-nodes`).
+    cluster_nodes: Option<u16>,
+    /// Where that cluster's senders were: on the first node, or on every one.
+    senders_on: Option<SendersOn>,
+    /// How many addresses the viewers were spread over, and the senders.
+    viewer_addrs: usize,
+    sender_addrs: usize,
+    /// Messages sent per second over the run (all senders): for a cluster, the
+    /// rate of events into its JetStream stream; for JetStream, the publish rate.
+    messages_per_sec: f64,
+    /// The latency of deliveries sent through one address and received through
+    /// another (from a sender on one node to a viewer on another), when the run
+    /// had any.
+    cross_node_latency_us: Option<Latency>,
+    /// Each process of the server's CPU time over the run (from the first send to
+    /// the last delivery), with the share of one core it is; and the load
+    /// generator's share.
+    process_cpu: Vec<ProcessCpu>,
+    client_cpu_percent: Option<f64>,
     /// The scrapes of `/metrics` during the run (with `--scrape`).
     scrape: Option<ScrapeReport>,
+}
+
+/// One process's CPU time over a run.
+#[derive(Debug, serde::Serialize)]
+struct ProcessCpu {
+    name: String,
+    pid: u32,
+    cpu_seconds: f64,
+    /// Of one core, over the run's seconds.
+    percent: f64,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -148,6 +177,15 @@ impl FanoutReport {
         } else {
             String::new()
         };
+        let durable = match (self.cluster_nodes, self.senders_on) {
+            (Some(nodes), Some(SendersOn::All)) => {
+                format!(" (a cluster of {nodes} nodes, senders on every node){durable}")
+            }
+            (Some(nodes), _) => {
+                format!(" (a cluster of {nodes} nodes, senders on node 1){durable}")
+            }
+            (None, _) => durable,
+        };
         // Each one's CPU time as a share of the run's: near 100 %, it set the pace.
         let share = |us_per_delivery: Option<f64>| {
             us_per_delivery.map(|us| {
@@ -172,6 +210,25 @@ impl FanoutReport {
                 "\n  load generator CPU {:.0} ns per delivery ({share:.0} % of the run)",
                 us * 1e3
             );
+        }
+        if let Some(nodes) = self.cluster_nodes {
+            cpu += &format!(
+                "\n  cluster of {nodes} nodes, viewers on {} of them, senders on {}; \
+                 {:.0} events/s into the stream",
+                self.viewer_addrs, self.sender_addrs, self.messages_per_sec
+            );
+        }
+        if let Some(cross) = &self.cross_node_latency_us {
+            cpu += &format!(
+                "\n  cross-node latency us: p50 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}",
+                cross.p50, cross.p99, cross.p999, cross.max
+            );
+        }
+        if self.process_cpu.len() > 1 {
+            cpu += "\n  CPU of a core:";
+            for process in &self.process_cpu {
+                cpu += &format!(" {} {:.0} %", process.name, process.percent);
+            }
         }
         if let Some(scrape) = &self.scrape {
             cpu += &format!(
@@ -216,6 +273,8 @@ struct Shared {
     /// Deliveries per viewer.
     received: Vec<Cell<u64>>,
     histogram: RefCell<Histogram<u64>>,
+    /// Deliveries from a sender on another address than the viewer's.
+    cross_histogram: RefCell<Histogram<u64>>,
     lost: Cell<u64>,
     disordered: Cell<u64>,
     /// Time of the last delivery.
@@ -279,9 +338,10 @@ async fn set_up(args: &FanoutArgs, endpoint: &Endpoint) -> anyhow::Result<Setup>
     let viewers = connect_all(args.viewers, PARALLEL_SETUP, |id| {
         let endpoint = endpoint.clone();
         async move {
+            let addr = endpoint.viewer_addrs[id % endpoint.viewer_addrs.len()];
             let mut stream = endpoint
                 .connector
-                .connect(endpoint.addr, Some(source_address(id)))
+                .connect(addr, Some(source_address(id)))
                 .await?;
             if endpoint.durable {
                 durable::subscribe(endpoint.target, &mut stream, id).await?;
@@ -295,9 +355,10 @@ async fn set_up(args: &FanoutArgs, endpoint: &Endpoint) -> anyhow::Result<Setup>
     .context("a viewer cannot subscribe")?;
     let mut senders = Vec::with_capacity(args.senders);
     for sender in 0..args.senders {
+        let addr = endpoint.sender_addrs[sender % endpoint.sender_addrs.len()];
         let mut stream = endpoint
             .sender_connector
-            .connect(endpoint.sender_addr, None)
+            .connect(addr, None)
             .await
             .with_context(|| format!("sender {sender} cannot connect"))?;
         let id = u16::try_from(sender).context("too many senders")?;
@@ -336,13 +397,14 @@ async fn measure(
         start: Instant::now(),
         received: (0..args.viewers).map(|_| Cell::new(0)).collect(),
         histogram: RefCell::new(Histogram::new_with_bounds(1, 60_000_000_000, 3)?),
+        cross_histogram: RefCell::new(Histogram::new_with_bounds(1, 60_000_000_000, 3)?),
         lost: Cell::new(0),
         disordered: Cell::new(0),
         last: Cell::new(Duration::ZERO),
         sent: Cell::new(0),
         progressed: tokio::sync::Notify::new(),
     });
-    let cpu_before = endpoint.pid.and_then(cpu_time);
+    let cpu_before = processes_cpu(endpoint);
     let client_cpu_before = cpu_time(std::process::id());
     let scrapes = Rc::new(Scrapes::default());
     let scraping = match (args.scrape, endpoint.http_addr) {
@@ -355,7 +417,8 @@ async fn measure(
     let mut watching = Vec::new();
     let read_stream = endpoint.durable && endpoint.target == Target::Redis;
     for (index, stream) in viewers.into_iter().enumerate() {
-        let viewer = Viewer::new(index, &args, shared.clone(), progress.clone());
+        let mut viewer = Viewer::new(index, &args, shared.clone(), progress.clone());
+        viewer.remote = remote_senders(endpoint, index, args.senders);
         watching.push(if read_stream {
             tokio::task::spawn_local(view_stream(stream, viewer))
         } else {
@@ -384,7 +447,7 @@ async fn measure(
     })
     .await
     .is_ok();
-    let cpu_after = endpoint.pid.and_then(cpu_time);
+    let cpu_after = processes_cpu(endpoint);
     let client_cpu_after = cpu_time(std::process::id());
     drop(scraping);
     progress.finish();
@@ -399,7 +462,38 @@ async fn measure(
     let lost = shared.lost.get() + expected.saturating_sub(deliveries + shared.lost.get());
     let seconds = shared.last.get().as_secs_f64();
     let histogram = shared.histogram.borrow();
+    let cross = shared.cross_histogram.borrow();
     let us = |ns: u64| ns as f64 / 1000.0;
+    let latency = |histogram: &Histogram<u64>| Latency {
+        p50: us(histogram.value_at_quantile(0.5)),
+        p99: us(histogram.value_at_quantile(0.99)),
+        p999: us(histogram.value_at_quantile(0.999)),
+        max: us(histogram.max()),
+    };
+    let process_cpu: Vec<ProcessCpu> = endpoint
+        .processes
+        .iter()
+        .zip(cpu_before.iter().zip(&cpu_after))
+        .filter_map(|(process, (before, after))| {
+            let used = after.as_ref()?.saturating_sub((*before)?).as_secs_f64();
+            Some(ProcessCpu {
+                name: process.name.clone(),
+                pid: process.pid,
+                cpu_seconds: used,
+                percent: used / seconds.max(f64::MIN_POSITIVE) * 100.0,
+            })
+        })
+        .collect();
+    // The server's CPU: every process of it (a cluster's NATS and nodes together).
+    let server_cpu = (!process_cpu.is_empty() && process_cpu.len() == endpoint.processes.len())
+        .then(|| Duration::from_secs_f64(process_cpu.iter().map(|p| p.cpu_seconds).sum()));
+    let client_cpu_percent = match (client_cpu_before, client_cpu_after) {
+        (Some(before), Some(after)) => Some(
+            after.saturating_sub(before).as_secs_f64() / seconds.max(f64::MIN_POSITIVE) * 100.0,
+        ),
+        _ => None,
+    };
+    let sent = args.senders as f64 * f64::from(args.messages);
     Ok(FanoutReport {
         workload: args.label,
         target: endpoint.target,
@@ -428,16 +522,42 @@ async fn measure(
         } else {
             0.0
         },
-        server_cpu_us_per_delivery: per_delivery(cpu_before, cpu_after, deliveries),
+        server_cpu_us_per_delivery: per_delivery(Some(Duration::ZERO), server_cpu, deliveries),
         client_cpu_us_per_delivery: per_delivery(client_cpu_before, client_cpu_after, deliveries),
-        latency_us: Latency {
-            p50: us(histogram.value_at_quantile(0.5)),
-            p99: us(histogram.value_at_quantile(0.99)),
-            p999: us(histogram.value_at_quantile(0.999)),
-            max: us(histogram.max()),
-        },
+        latency_us: latency(&histogram),
+        cluster_nodes: endpoint.cluster_nodes,
+        senders_on: endpoint.senders_on,
+        viewer_addrs: endpoint.viewer_addrs.len(),
+        sender_addrs: endpoint.sender_addrs.len(),
+        messages_per_sec: if seconds > 0.0 { sent / seconds } else { 0.0 },
+        cross_node_latency_us: (!cross.is_empty()).then(|| latency(&cross)),
+        process_cpu,
+        client_cpu_percent,
         scrape: args.scrape.map(|interval| scrapes.report(interval)),
     })
+}
+
+/// The CPU time of each of the server's processes so far (`None` for one gone).
+fn processes_cpu(endpoint: &Endpoint) -> Vec<Option<Duration>> {
+    endpoint
+        .processes
+        .iter()
+        .map(|process| cpu_time(process.pid))
+        .collect()
+}
+
+/// Which of the `senders` reach the server at another address than viewer
+/// `viewer` does (on another node of a cluster): their deliveries to it are
+/// cross-node. None over WebSocket, where a node's viewers and senders use two
+/// listeners of it.
+fn remote_senders(endpoint: &Endpoint, viewer: usize, senders: usize) -> Vec<bool> {
+    if endpoint.transport() == Transport::Ws && endpoint.senders_transport() != Transport::Ws {
+        return vec![false; senders];
+    }
+    let viewer_addr = endpoint.viewer_addrs[viewer % endpoint.viewer_addrs.len()];
+    (0..senders)
+        .map(|sender| endpoint.sender_addrs[sender % endpoint.sender_addrs.len()] != viewer_addr)
+        .collect()
 }
 
 /// CPU time from `before` to `after` per delivery, in microseconds.
@@ -458,6 +578,8 @@ struct Viewer {
     expected: u64,
     received: u64,
     next: Vec<u32>,
+    /// Per sender: whether it is on another node than this viewer.
+    remote: Vec<bool>,
     shared: Rc<Shared>,
     progress: Progress,
 }
@@ -470,6 +592,7 @@ impl Viewer {
             expected: args.senders as u64 * u64::from(args.messages),
             received: 0,
             next: vec![0; args.senders],
+            remote: vec![false; args.senders],
             shared,
             progress,
         }
@@ -485,6 +608,11 @@ impl Viewer {
         let Some(payload) = Payload::find(line, self.size) else {
             return false;
         };
+        let remote = self
+            .remote
+            .get(usize::from(payload.sender))
+            .copied()
+            .unwrap_or(false);
         let Some(expected) = self.next.get_mut(usize::from(payload.sender)) else {
             return false;
         };
@@ -500,7 +628,11 @@ impl Viewer {
             shared.disordered.set(shared.disordered.get() + 1);
             return false;
         }
-        let _ = histogram.record(now_ns.saturating_sub(payload.sent_ns).max(1));
+        let latency = now_ns.saturating_sub(payload.sent_ns).max(1);
+        let _ = histogram.record(latency);
+        if remote {
+            let _ = shared.cross_histogram.borrow_mut().record(latency);
+        }
         true
     }
 

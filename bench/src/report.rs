@@ -25,6 +25,8 @@
 //! table checks tcpchat's against the issue's. tcpchat scraped every second
 //! (`tcpchat+scrape`) is compared with tcpchat in a last table.
 
+mod cluster;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -38,8 +40,12 @@ pub struct ReportArgs {
     /// A file of JSON lines from `tcpchat-bench fanout`, `catchup` and `conns`.
     pub results: PathBuf,
     /// Also draw the medians as an SVG chart into this file.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "cluster")]
     pub svg: Option<PathBuf>,
+    /// The tables of `bench/run.sh --cluster` instead: tcpchat clusters against
+    /// one tcpchat, NATS core pub/sub and JetStream, and the cluster's targets.
+    #[arg(long)]
+    pub cluster: bool,
 }
 
 /// The servers in the order of the tables: plaintext, then TLS, then WebSocket. Any
@@ -88,7 +94,14 @@ fn server_of(run: &Value) -> String {
     } else {
         ""
     };
-    format!("{target}{transport}{scrape}")
+    let cluster = match run["cluster_nodes"].as_u64() {
+        Some(nodes) if run["senders_on"].as_str() == Some("all") => {
+            format!("-cluster{nodes}+senders-all")
+        }
+        Some(nodes) => format!("-cluster{nodes}"),
+        None => String::new(),
+    };
+    format!("{target}{cluster}{transport}{scrape}")
 }
 
 /// How a server's clients reach it, as its name says.
@@ -851,6 +864,10 @@ fn compact(value: f64) -> String {
 pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.results)
         .with_context(|| format!("cannot read {}", args.results.display()))?;
+    if args.cluster {
+        print!("{}", cluster::tables(&text)?);
+        return Ok(());
+    }
     let results = Results::parse(&text)?;
     print!("{}", tables(&results));
     if let Some(path) = &args.svg {

@@ -34,12 +34,16 @@ pub struct ServerArgs {
     /// The kind of server.
     #[arg(long, value_enum, default_value_t = Target::Tcpchat)]
     pub target: Target,
-    /// Benchmark the server already running at this address instead of starting one.
-    #[arg(long)]
-    pub addr: Option<SocketAddr>,
-    /// With --addr: that server's process id, to read its CPU time and memory from /proc.
-    #[arg(long, requires = "addr")]
-    pub pid: Option<u32>,
+    /// Benchmark the server already running at this address instead of starting one;
+    /// a comma-separated list (the nodes of a tcpchat cluster) spreads the fan-out's
+    /// viewers evenly over them (viewer i on the i-th modulo their number).
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pub addr: Vec<SocketAddr>,
+    /// With --addr: that server's process id, to read its CPU time and memory from
+    /// /proc; a comma-separated list (a cluster's nodes and its NATS) for the CPU time
+    /// of each (memory and the other workloads' CPU figures are the first one's).
+    #[arg(long, requires = "addr", value_delimiter = ',', num_args = 1..)]
+    pub pid: Vec<u32>,
     /// The tcpchat binary to start (default: `tcpchat` beside this program).
     #[arg(long, conflicts_with = "addr")]
     pub server_bin: Option<PathBuf>,
@@ -63,19 +67,54 @@ pub struct ServerArgs {
     #[arg(long, requires = "ws")]
     pub ws_senders: bool,
     /// With --addr: where senders connect, in the target's own protocol: another
-    /// node of a tcpchat cluster, or with --ws the server's plain listener (with
+    /// node of a tcpchat cluster (a comma-separated list: several, sender j on the
+    /// j-th modulo their number), or with --ws the server's plain listener (with
     /// --ws and no --senders-addr, --ws-senders is needed).
-    #[arg(long, requires = "addr", conflicts_with = "ws_senders")]
-    pub senders_addr: Option<SocketAddr>,
+    #[arg(
+        long,
+        requires = "addr",
+        conflicts_with = "ws_senders",
+        value_delimiter = ',',
+        num_args = 1..
+    )]
+    pub senders_addr: Vec<SocketAddr>,
     /// With --addr: tcpchat's HTTP listener, for `--scrape` (default with --ws:
     /// --addr itself).
     #[arg(long, requires = "addr")]
     pub http_addr: Option<SocketAddr>,
+    /// Start a tcpchat cluster of this many nodes instead of one server: a
+    /// nats-server with JetStream (in the run's directory), then the nodes, each
+    /// `tcpchat serve --cluster nats://...` with its own data directory, all pinned
+    /// to --server-cpu. The fan-out's viewers are spread evenly over the nodes.
+    #[arg(long, conflicts_with = "addr", value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub cluster_nodes: Option<u16>,
+    /// With --cluster-nodes: the fan-out's senders all on the first node (`one`), or
+    /// spread evenly over every node (`all`).
+    #[arg(long, value_enum, default_value_t = SendersOn::One, requires = "cluster_nodes")]
+    pub senders_on: SendersOn,
     /// Set by the workloads of servers that keep what they deliver (`fanout
     /// --durable`, `catchup`): Redis writes its append-only file, NATS runs JetStream,
     /// and their clients speak Redis Streams and JetStream ([`crate::durable`]).
     #[arg(skip)]
     pub durable: bool,
+}
+
+/// Where a cluster's fan-out senders connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SendersOn {
+    /// The first node only.
+    One,
+    /// Every node, evenly.
+    All,
+}
+
+/// A process of the server under test whose CPU time a run reads: its name
+/// (`tcpchat`, `nats-server`, `node2`...) and PID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Process {
+    pub name: String,
+    pub pid: u32,
 }
 
 /// Where and how a run's clients reach the server.
@@ -84,17 +123,28 @@ pub struct Endpoint {
     /// The server's kind.
     pub target: Target,
     /// Where its clients connect (the TLS listener with `--tls`, the WebSocket one
-    /// with `--ws`); the fan-out's senders connect to `sender_addr`.
+    /// with `--ws`); the fan-out's senders connect to `sender_addrs`.
     pub addr: SocketAddr,
     /// tcpchat's HTTP listener (`/metrics`), when known.
     pub http_addr: Option<SocketAddr>,
-    /// Its process id, when known.
+    /// Its process id, when known (a cluster's first node's).
     pub pid: Option<u32>,
+    /// Every process of the server under test whose CPU time counts: the server's,
+    /// or a cluster's NATS and nodes (with --addr: the PIDs given).
+    pub processes: Vec<Process>,
+    /// Where the fan-out's viewers connect, viewer i to the i-th modulo their
+    /// number: `addr` alone, but for a cluster (every node) or a list in --addr.
+    pub viewer_addrs: Vec<SocketAddr>,
+    /// Where the fan-out's senders connect, sender j to the j-th modulo their
+    /// number: `addr`, but for viewers over WebSocket and senders not (the plain
+    /// listener), a cluster with senders on every node, or a list in --senders-addr.
+    pub sender_addrs: Vec<SocketAddr>,
+    /// The nodes of a cluster started here (with --cluster-nodes).
+    pub cluster_nodes: Option<u16>,
+    /// Where a cluster's senders are.
+    pub senders_on: Option<SendersOn>,
     /// Opens connections to it.
     pub connector: Connector,
-    /// Where the fan-out's senders connect: `addr`, but for viewers over WebSocket
-    /// and senders not (the plain listener).
-    pub sender_addr: SocketAddr,
     /// Opens the fan-out's senders' connections.
     pub sender_connector: Connector,
     /// Whether the run is one of servers keeping what they deliver (Redis Streams,
@@ -143,8 +193,9 @@ fn websocket_connector(target: Target) -> Connector {
 #[derive(Debug)]
 pub struct Server {
     endpoint: Endpoint,
-    // Field order is drop order: the process goes before the files it reads.
-    process: Option<ServerProcess>,
+    // Field order is drop order: the processes go before the files they read (and
+    // in the order they are kept: a cluster's nodes before its NATS).
+    processes: Vec<ServerProcess>,
     _certificate: Option<Certificate>,
     _dir: Option<TempDir>,
 }
@@ -184,7 +235,10 @@ impl Server {
                 args.target
             );
         }
-        if let Some(addr) = args.addr {
+        if args.cluster_nodes.is_some() {
+            return Self::start_cluster(args);
+        }
+        if let Some(&addr) = args.addr.first() {
             let connector = match (&args.tls_ca, args.tls) {
                 (Some(ca), true) => Connector::tls(read_certificates(ca)?)?,
                 (None, true) => {
@@ -196,25 +250,41 @@ impl Server {
             let http_addr = args
                 .http_addr
                 .or((args.ws && args.target.is_tcpchat()).then_some(addr));
-            let (sender_addr, sender_connector) = match args.senders_addr {
-                Some(senders) => (senders, Connector::plain()),
+            let (sender_addr, sender_connector) = match args.senders_addr.first() {
+                Some(&senders) => (senders, Connector::plain()),
                 None if args.ws && !args.ws_senders => {
                     bail!("--ws with --addr needs --senders-addr (or --ws-senders)")
                 }
                 None => (addr, connector.clone()),
+            };
+            let sender_addrs = if args.senders_addr.is_empty() {
+                vec![sender_addr]
+            } else {
+                args.senders_addr.clone()
             };
             return Ok(Self {
                 endpoint: Endpoint {
                     target: args.target,
                     addr,
                     http_addr,
-                    pid: args.pid,
+                    pid: args.pid.first().copied(),
+                    processes: args
+                        .pid
+                        .iter()
+                        .map(|&pid| Process {
+                            name: format!("pid {pid}"),
+                            pid,
+                        })
+                        .collect(),
                     connector,
-                    sender_addr,
+                    viewer_addrs: args.addr.clone(),
+                    sender_addrs,
                     sender_connector,
                     durable: args.durable,
+                    cluster_nodes: None,
+                    senders_on: None,
                 },
-                process: None,
+                processes: Vec::new(),
                 _certificate: None,
                 _dir: None,
             });
@@ -281,12 +351,19 @@ impl Server {
                 addr,
                 http_addr,
                 pid: Some(process.pid()),
+                processes: vec![Process {
+                    name: args.target.to_string(),
+                    pid: process.pid(),
+                }],
                 connector,
-                sender_addr,
+                viewer_addrs: vec![addr],
+                sender_addrs: vec![sender_addr],
                 sender_connector,
                 durable: args.durable,
+                cluster_nodes: None,
+                senders_on: None,
             },
-            process: Some(process),
+            processes: vec![process],
             _certificate: certificate,
             _dir: Some(dir),
         })
@@ -301,15 +378,102 @@ impl Server {
     /// the harness's stop timeout); a server that was already running is left alone.
     /// A server that had to be killed is reported on stderr, not as a failed run:
     /// the run's figures were taken before.
+    /// A cluster's nodes go first, then its NATS.
     pub fn stop(mut self) {
-        let Some(process) = self.process.take() else {
-            return;
-        };
-        let pid = process.pid();
-        eprintln!("bench: stopping server pid {pid}");
-        if let Err(error) = process.stop(Signal::SIGTERM) {
-            eprintln!("bench: server pid {pid}: {error}");
+        for process in std::mem::take(&mut self.processes) {
+            let pid = process.pid();
+            eprintln!("bench: stopping server pid {pid}");
+            if let Err(error) = process.stop(Signal::SIGTERM) {
+                eprintln!("bench: server pid {pid}: {error}");
+            }
         }
+    }
+
+    /// Starts a tcpchat cluster (`--cluster-nodes`): nats-server with JetStream, then
+    /// the nodes, one after the other (each logs its listening address once it has
+    /// joined the room's stream), all pinned to `--server-cpu`.
+    fn start_cluster(args: &ServerArgs) -> anyhow::Result<Self> {
+        let nodes = args.cluster_nodes.unwrap_or(1);
+        if args.target != Target::Tcpchat {
+            bail!("--cluster-nodes is for --target tcpchat only");
+        }
+        if args.tls || args.ws {
+            bail!("--cluster-nodes is for plain TCP clients only");
+        }
+        let dir =
+            TempDir::new("tcpchat-bench-cluster").context("cannot create a temporary directory")?;
+        let port = harness::free_port().context("no free port")?;
+        let nats_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let nats = Spec::listening("nats-server", nats_addr)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(data_dir(&dir, "jetstream")?)
+            .pinned_to(args.server_cpu)
+            .start()?;
+        let mut processes = vec![Process {
+            name: "nats-server".to_owned(),
+            pid: nats.pid(),
+        }];
+        // Nodes are stopped before NATS: they come first.
+        let mut started = Vec::new();
+        let binary = tcpchat_binary(args)?;
+        let url = format!("nats://{nats_addr}");
+        for node in 1..=nodes {
+            let data = data_dir(&dir, &format!("node{node}"))?;
+            let process = Spec::tcpchat(&binary)
+                .arg("--data-dir")
+                .arg(data)
+                .args(["--cluster", &url])
+                .pinned_to(args.server_cpu)
+                .start()
+                .with_context(|| format!("cluster node {node} did not start"))?;
+            processes.push(Process {
+                name: format!("node{node}"),
+                pid: process.pid(),
+            });
+            started.push(process);
+        }
+        let viewer_addrs: Vec<SocketAddr> = started.iter().map(ServerProcess::addr).collect();
+        let sender_addrs = match args.senders_on {
+            SendersOn::One => viewer_addrs[..1].to_vec(),
+            SendersOn::All => viewer_addrs.clone(),
+        };
+        let first = &started[0];
+        eprintln!(
+            "bench: cluster of {nodes} nodes (pids {}) on nats-server pid {} at {nats_addr}, \
+             listening on {}",
+            started
+                .iter()
+                .map(|p| p.pid().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            nats.pid(),
+            viewer_addrs
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let endpoint = Endpoint {
+            target: args.target,
+            addr: first.addr(),
+            http_addr: first.http_addr(),
+            pid: Some(first.pid()),
+            processes,
+            connector: Connector::plain(),
+            viewer_addrs,
+            sender_addrs,
+            sender_connector: Connector::plain(),
+            durable: args.durable,
+            cluster_nodes: Some(nodes),
+            senders_on: Some(args.senders_on),
+        };
+        started.push(nats);
+        Ok(Self {
+            endpoint,
+            processes: started,
+            _certificate: None,
+            _dir: Some(dir),
+        })
     }
 }
 
@@ -381,18 +545,7 @@ fn spec(
     }
     Ok(Launch::from(match args.target {
         Target::Tcpchat | Target::TcpchatNohistory | Target::TcpchatFsync => {
-            let binary = match &args.server_bin {
-                Some(binary) => binary.clone(),
-                None => std::env::current_exe()
-                    .context("cannot find this program's path")?
-                    .with_file_name("tcpchat"),
-            };
-            if !binary.is_file() {
-                bail!(
-                    "no tcpchat at {} (build it, or give --server-bin)",
-                    binary.display()
-                );
-            }
+            let binary = tcpchat_binary(args)?;
             // A fresh history for every run; with `--history off`, nothing should be
             // written, but whatever is goes there too. With `--fsync`, the log's
             // commits wait for that directory's disk.
@@ -481,6 +634,23 @@ fn spec(
     }))
 }
 
+/// The tcpchat to start: `--server-bin`, or the one beside this program.
+fn tcpchat_binary(args: &ServerArgs) -> anyhow::Result<PathBuf> {
+    let binary = match &args.server_bin {
+        Some(binary) => binary.clone(),
+        None => std::env::current_exe()
+            .context("cannot find this program's path")?
+            .with_file_name("tcpchat"),
+    };
+    if !binary.is_file() {
+        bail!(
+            "no tcpchat at {} (build it, or give --server-bin)",
+            binary.display()
+        );
+    }
+    Ok(binary)
+}
+
 /// A new directory `name` in `dir`, for a server's data.
 fn data_dir(dir: &TempDir, name: &str) -> anyhow::Result<PathBuf> {
     let path = dir.path().join(name);
@@ -495,16 +665,18 @@ mod tests {
     fn args(target: Target) -> ServerArgs {
         ServerArgs {
             target,
-            addr: None,
-            pid: None,
+            addr: Vec::new(),
+            pid: Vec::new(),
             server_bin: None,
             server_cpu: None,
             tls: false,
             tls_ca: None,
             ws: false,
             ws_senders: false,
-            senders_addr: None,
+            senders_addr: Vec::new(),
             http_addr: None,
+            cluster_nodes: None,
+            senders_on: SendersOn::One,
             durable: false,
         }
     }
@@ -522,7 +694,7 @@ mod tests {
         }
         let error = Server::start(&ServerArgs {
             tls: true,
-            addr: Some("127.0.0.1:1".parse().unwrap()),
+            addr: vec!["127.0.0.1:1".parse().unwrap()],
             ..args(Target::Redis)
         })
         .unwrap_err()
@@ -533,8 +705,8 @@ mod tests {
     #[test]
     fn a_running_server_is_used_as_it_is() {
         let server = Server::start(&ServerArgs {
-            addr: Some("127.0.0.1:6000".parse().unwrap()),
-            pid: Some(42),
+            addr: vec!["127.0.0.1:6000".parse().unwrap()],
+            pid: vec![42],
             ..args(Target::Redis)
         })
         .unwrap();
@@ -626,24 +798,60 @@ mod tests {
         // senders speak line mode to the plain one, or WebSocket if so asked.
         let running = |senders_addr, ws_senders| {
             Server::start(&ServerArgs {
-                addr: Some("127.0.0.1:6080".parse().unwrap()),
+                addr: vec!["127.0.0.1:6080".parse().unwrap()],
                 senders_addr,
                 ws_senders,
                 ..ws(Target::Tcpchat)
             })
         };
-        let error = running(None, false).unwrap_err().to_string();
+        let error = running(Vec::new(), false).unwrap_err().to_string();
         assert!(error.contains("--senders-addr"), "{error}");
-        let server = running(Some("127.0.0.1:6000".parse().unwrap()), false).unwrap();
+        let server = running(vec!["127.0.0.1:6000".parse().unwrap()], false).unwrap();
         let endpoint = server.endpoint();
         assert_eq!(endpoint.transport(), Transport::Ws);
         assert_eq!(endpoint.senders_transport(), Transport::Tcp);
-        assert_eq!(endpoint.sender_addr.port(), 6000);
+        assert_eq!(endpoint.sender_addrs[0].port(), 6000);
         assert_eq!(endpoint.http_addr, Some(endpoint.addr));
         server.stop();
-        let server = running(None, true).unwrap();
+        let server = running(Vec::new(), true).unwrap();
         assert_eq!(server.endpoint().senders_transport(), Transport::Ws);
-        assert_eq!(server.endpoint().sender_addr.port(), 6080);
+        assert_eq!(server.endpoint().sender_addrs[0].port(), 6080);
+        server.stop();
+    }
+
+    #[test]
+    fn a_cluster_is_of_plain_tcpchat_nodes_and_a_list_of_addresses_spreads_clients() {
+        let cluster = |target, tls| ServerArgs {
+            cluster_nodes: Some(2),
+            tls,
+            ..args(target)
+        };
+        let error = Server::start(&cluster(Target::Nats, false))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("tcpchat only"), "{error}");
+        let error = Server::start(&cluster(Target::Tcpchat, true))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("plain TCP"), "{error}");
+        // Nodes already running: viewers over every one, senders over those given.
+        let nodes: Vec<SocketAddr> = vec![
+            "127.0.0.1:6000".parse().unwrap(),
+            "127.0.0.1:6010".parse().unwrap(),
+        ];
+        let server = Server::start(&ServerArgs {
+            addr: nodes.clone(),
+            senders_addr: nodes[1..].to_vec(),
+            pid: vec![7, 8, 9],
+            ..args(Target::Tcpchat)
+        })
+        .unwrap();
+        let endpoint = server.endpoint();
+        assert_eq!(endpoint.addr, nodes[0]);
+        assert_eq!(endpoint.viewer_addrs, nodes);
+        assert_eq!(endpoint.sender_addrs, nodes[1..]);
+        assert_eq!(endpoint.pid, Some(7));
+        assert_eq!(endpoint.processes.len(), 3);
         server.stop();
     }
 
