@@ -1430,16 +1430,44 @@ fn no_nats_is_a_clear_start_up_error() {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
-    refused_at_start(closed);
+    let url = |port| format!("nats://127.0.0.1:{port}");
+    refused_at_start(&url(closed), &format!("127.0.0.1:{closed}"));
     // A listener that is never served: the kernel accepts, nobody answers.
     let silent = TcpListener::bind("127.0.0.1:0").expect("a listener");
-    refused_at_start(silent.local_addr().expect("its address").port());
+    let port = silent.local_addr().expect("its address").port();
+    refused_at_start(&url(port), &format!("127.0.0.1:{port}"));
 }
 
-/// Runs `tcpchat serve --cluster nats://127.0.0.1:PORT` and checks that it stops at
-/// start, before listening, with a few lines on stderr naming the address.
-fn refused_at_start(port: u16) {
-    let url = format!("nats://127.0.0.1:{port}");
+/// A stream of the room's name that tcpchat did not make (other subjects) stops a
+/// node at start with one line saying what differs, rather than serving an empty or
+/// foreign room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_is_not_tcpchat_s_is_a_start_up_error() {
+    let Some(nats) = Nats::start() else {
+        return;
+    };
+    let client = async_nats::connect(nats.url())
+        .await
+        .expect("connect to NATS");
+    async_nats::jetstream::new(client)
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "TCPCHAT_tcpchat".to_owned(),
+            subjects: vec!["someone.else".to_owned()],
+            ..Default::default()
+        })
+        .await
+        .expect("a stream of the room's name");
+    let url = nats.url().to_owned();
+    tokio::task::spawn_blocking(move || {
+        refused_at_start(&url, "TCPCHAT_tcpchat in NATS is not one tcpchat made");
+    })
+    .await
+    .expect("the check");
+}
+
+/// Runs `tcpchat serve --cluster URL` and checks that it stops at start, before
+/// listening, with a few lines on stderr, the last holding `says`.
+fn refused_at_start(url: &str, says: &str) {
     let data = tempfile::tempdir().expect("a data directory");
     let mut child = crate::cli::tcpchat()
         .args([
@@ -1450,7 +1478,7 @@ fn refused_at_start(port: u16) {
             "0",
             "--no-http",
             "--cluster",
-            &url,
+            url,
         ])
         .arg("--data-dir")
         .arg(data.path())
@@ -1493,10 +1521,7 @@ fn refused_at_start(port: u16) {
         "one or a few lines on stderr: {stderr:?}"
     );
     let last = lines.last().expect("a line");
-    assert!(
-        last.contains(&format!("127.0.0.1:{port}")),
-        "the last line names the address: {last:?}"
-    );
+    assert!(last.contains(says), "the last line says {says:?}: {last:?}");
 }
 
 // ---------------------------------------------------------------------------------
