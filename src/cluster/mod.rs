@@ -128,6 +128,25 @@ impl Message {
     }
 }
 
+/// The node that holds a name, from its entry's value (`NODE` or `NODE\nHASH`).
+fn holder_of(value: &[u8]) -> &[u8] {
+    value.split(|&b| b == b'\n').next().unwrap_or_default()
+}
+
+/// The hash of a name's secret, from its entry's value.
+fn hash_in(value: &[u8]) -> Option<&[u8]> {
+    value.split(|&b| b == b'\n').nth(1)
+}
+
+/// A secret as the names bucket keeps it: its SHA-256, in hex.
+fn secret_hash(secret: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// The key of `name` in the names bucket (keys allow few characters).
 fn name_key(name: &str) -> String {
     format!(
@@ -294,6 +313,7 @@ impl Cluster {
         let unacked = Arc::new(AtomicUsize::new(0));
         tokio::spawn(self.clone().publish(proposals, unacked.clone()));
         let (applied_tx, applied) = mpsc::channel(64);
+        tokio::spawn(self.clone().watch_names(applied_tx.clone()));
         tokio::spawn(self.clone().follow(next, applied_tx));
         tokio::spawn(self.clone().watch_stream());
         let present = Arc::new(Mutex::new(std::collections::HashSet::new()));
@@ -367,6 +387,39 @@ impl Cluster {
                     return;
                 }
                 Err(error) => warn!(%error, "cannot reach the cluster to say this node is alive"),
+            }
+        }
+    }
+
+    /// Watches the names bucket for names of this node's members that a member of
+    /// another node took over with their secret, and tells the hub.
+    async fn watch_names(self: Arc<Self>, hub: mpsc::Sender<Vec<Applied>>) {
+        while !self.expelled.is_cancelled() {
+            let mut watch = match self.names.watch_all().await {
+                Ok(watch) => watch,
+                Err(error) => {
+                    warn!(%error, "cannot watch the cluster's names; trying again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            while let Some(entry) = watch.next().await {
+                let Ok(entry) = entry else { continue };
+                if entry.operation != Operation::Put
+                    || holder_of(&entry.value) == self.node.as_bytes()
+                {
+                    continue;
+                }
+                let Some(name) = name_of_key(&entry.key) else {
+                    continue;
+                };
+                let ours = self
+                    .claims
+                    .lock()
+                    .is_ok_and(|mut claims| claims.remove(&name).is_some());
+                if ours && hub.send(vec![Applied::HandedOver { name }]).await.is_err() {
+                    return;
+                }
             }
         }
     }
@@ -452,7 +505,7 @@ impl Cluster {
             let Ok(Some(entry)) = self.names.entry(&key).await else {
                 continue;
             };
-            if entry.operation != Operation::Put || entry.value != node.as_bytes() {
+            if entry.operation != Operation::Put || holder_of(&entry.value) != node.as_bytes() {
                 continue;
             }
             let Some(name) = name_of_key(&key) else {
@@ -552,6 +605,7 @@ impl Cluster {
                         };
                         acks.push((sent, message, id, leave));
                     }
+                    Outgoing::Secret { name, secret } => self.share_secret(&name, &secret).await,
                     Outgoing::Release { name } => acks.push((
                         None,
                         Message::of(
@@ -587,6 +641,34 @@ impl Cluster {
                 if let Some(name) = leave {
                     self.free(&name).await;
                 }
+            }
+        }
+    }
+
+    /// Puts the hash of the secret of a name this node holds in the name's entry, so
+    /// that a connection on any node can take the name over with it.
+    async fn share_secret(&self, name: &str, secret: &str) {
+        let revision = self
+            .claims
+            .lock()
+            .ok()
+            .and_then(|claims| claims.get(name).copied());
+        let Some(revision) = revision else {
+            return;
+        };
+        let value = format!("{}\n{}", self.node, secret_hash(secret));
+        match self
+            .names
+            .update(name_key(name), Bytes::from(value), revision)
+            .await
+        {
+            Ok(next) => {
+                if let Ok(mut claims) = self.claims.lock() {
+                    claims.insert(name.to_owned(), next);
+                }
+            }
+            Err(error) => {
+                debug!(%error, name, "the name's secret was not shared (taken over meanwhile?)")
             }
         }
     }
@@ -701,7 +783,7 @@ impl Cluster {
                     error!(seq, "an event of an unknown kind in the stream; skipped");
                     continue;
                 };
-                batch.push(Applied { event, ours });
+                batch.push(Applied::Event { event, ours });
                 if batch.len() >= APPLIED_PER_BATCH
                     && hub.send(std::mem::take(&mut batch)).await.is_err()
                 {
@@ -784,7 +866,8 @@ impl Names for ClusterNames {
         &'a self,
         name: &'a str,
         _conn: ConnId,
-    ) -> Pin<Box<dyn Future<Output = Result<(), JoinError>> + Send + 'a>> {
+        token: Option<&'a str>,
+    ) -> Pin<Box<dyn Future<Output = Result<bool, JoinError>> + Send + 'a>> {
         let cluster = &self.cluster;
         Box::pin(async move {
             let key = name_key(name);
@@ -800,17 +883,44 @@ impl Names for ClusterNames {
                         if let Ok(mut claims) = cluster.claims.lock() {
                             claims.insert(name.to_owned(), revision);
                         }
-                        Ok(())
+                        Ok(false)
                     }
                     Err(error) if error.kind() == CreateErrorKind::AlreadyExists => {
-                        // Held here already (another member of this node, or this very
-                        // claim, retried): this node's room decides.
                         match cluster.names.entry(&key).await {
+                            // Held here already (another member of this node, or this
+                            // very claim, retried): this node's room decides.
                             Ok(Some(entry))
                                 if entry.operation == Operation::Put
-                                    && entry.value == cluster.node.as_bytes() =>
+                                    && holder_of(&entry.value) == cluster.node.as_bytes() =>
                             {
-                                Ok(())
+                                Ok(false)
+                            }
+                            // Held on another node, and this is its secret: handed
+                            // over here (compare-and-swap, so once).
+                            Ok(Some(entry))
+                                if entry.operation == Operation::Put
+                                    && token.is_some_and(|token| {
+                                        hash_in(&entry.value).is_some_and(|hash| {
+                                            bool::from(subtle::ConstantTimeEq::ct_eq(
+                                                secret_hash(token).as_bytes(),
+                                                hash,
+                                            ))
+                                        })
+                                    }) =>
+                            {
+                                match cluster
+                                    .names
+                                    .update(&key, Bytes::from(cluster.node.clone()), entry.revision)
+                                    .await
+                                {
+                                    Ok(revision) => {
+                                        if let Ok(mut claims) = cluster.claims.lock() {
+                                            claims.insert(name.to_owned(), revision);
+                                        }
+                                        return Ok(true);
+                                    }
+                                    Err(_) => Err(taken()),
+                                }
                             }
                             _ => Err(taken()),
                         }

@@ -35,6 +35,8 @@ pub(crate) enum Command {
         token: Option<String>,
         /// It asked for the names in the room.
         members: bool,
+        /// In a cluster: its name was handed over from another node's member.
+        adopted: bool,
         /// The member's waker: called after each publish for roles that receive,
         /// and for everyone when shutdown begins.
         waker: Arc<Subscriber>,

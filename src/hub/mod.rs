@@ -69,7 +69,7 @@ impl Hub {
     /// [`HubError`].
     pub async fn reserve(&self, id: ConnId, name: String) -> Result<Reservation, HubError> {
         if let Some(names) = &self.names {
-            names.claim(&name, id).await?;
+            names.claim(&name, id, None).await?;
         }
         // From here the hub gives the name back when this connection ends.
         let membership = Membership::new(id, self.tx.clone());
@@ -98,8 +98,11 @@ impl Hub {
         };
         // A cluster's name is claimed first (a reservation claimed it already); the
         // hub gives it back when the member leaves.
+        let mut adopted = false;
         if let (Some(names), Some(name), false) = (&self.names, &request.name, reserved) {
-            names.claim(name, request.id).await?;
+            adopted = names
+                .claim(name, request.id, request.options.token.as_deref())
+                .await?;
         }
         let (reply, answer) = oneshot::channel();
         self.tx
@@ -111,6 +114,7 @@ impl Hub {
                 tagged: request.options.tags,
                 token: request.options.token.clone(),
                 members: request.options.members,
+                adopted,
                 waker: waker.clone(),
                 reply,
             })
@@ -591,6 +595,7 @@ impl Owner {
                 tagged,
                 token,
                 members,
+                adopted,
                 waker,
                 reply,
             } => {
@@ -604,6 +609,7 @@ impl Owner {
                     tagged,
                     token: token.as_deref(),
                     new_token: new_token.clone(),
+                    adopted,
                 };
                 let result =
                     self.room
@@ -612,6 +618,7 @@ impl Owner {
                 // Refused for a name another member here holds: that claim is theirs.
                 let theirs = matches!(result, Err(JoinError::NameTaken(_)));
                 let present = (members && joined.is_some()).then(|| self.room.present());
+                let secret = new_token.clone();
                 let answer = result.map(|_| Admitted {
                     cursor: self.publisher.ring().cursor(),
                     last_seq: self.published_seq,
@@ -632,6 +639,16 @@ impl Owner {
                         self.leave_quietly(id);
                     }
                 } else if let Some(joined) = joined {
+                    // In a cluster, the secret is what lets any node hand the name
+                    // over.
+                    if let (Some(outgoing), Some(secret), Some(name)) =
+                        (&self.outgoing, &secret, &name)
+                    {
+                        let _ = outgoing.send(vec![replication::Outgoing::Secret {
+                            name: name.clone(),
+                            secret: secret.clone(),
+                        }]);
+                    }
                     if let Joined::Reclaimed { from } = joined {
                         self.replace(from);
                     }
@@ -712,7 +729,18 @@ impl Owner {
     /// stream's order, and they go to the log and then to viewers like a single
     /// server's own.
     fn apply(&mut self, applied: Vec<replication::Applied>) {
-        for replication::Applied { event, ours } in applied {
+        for incoming in applied {
+            let (event, ours) = match incoming {
+                replication::Applied::Event { event, ours } => (event, ours),
+                replication::Applied::HandedOver { name } => {
+                    if let Some(id) = self.room.holder(&name) {
+                        info!(conn = %id, name, "its name was taken over on another node");
+                        self.room.forget(id);
+                        self.replace(id);
+                    }
+                    continue;
+                }
+            };
             self.room.apply(&event);
             if let (Some(present), EventKind::Joined { name } | EventKind::Left { name }) =
                 (&self.present, &event.kind)

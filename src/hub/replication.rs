@@ -35,28 +35,49 @@ pub enum Outgoing {
         /// The name.
         name: String,
     },
+    /// The secret that now lets a connection on any node take `name` over.
+    Secret {
+        /// The name.
+        name: String,
+        /// Its holder's secret (kept in the cluster only as a hash).
+        secret: String,
+    },
 }
 
-/// An event of the cluster's stream, numbered and timed by it, for the hub to apply.
+/// What the cluster tells the hub, in order.
 #[derive(Debug)]
-pub struct Applied {
-    /// The event.
-    pub event: Event,
-    /// The member of this node it came from, if it came from this node.
-    pub ours: Option<ConnId>,
+pub enum Applied {
+    /// An event of the cluster's stream, numbered and timed by it.
+    Event {
+        /// The event.
+        event: Event,
+        /// The member of this node it came from, if it came from this node.
+        ours: Option<ConnId>,
+    },
+    /// A member of another node took over `name`, which a member of this node held,
+    /// with its secret: that member is done, and the room (which still has the
+    /// name) hears nothing of it.
+    HandedOver {
+        /// The name.
+        name: String,
+    },
 }
 
 /// Names held across the cluster: a join must claim its name first.
 pub trait Names: Send + Sync + Debug {
-    /// Claims `name` for the member `conn` of this node.
+    /// Claims `name` for the member `conn` of this node; with the holder's `token`,
+    /// from a member of another node. `Ok(true)` when it was handed over so (the
+    /// room already has the member: no join is announced).
     ///
     /// # Errors
-    /// [`JoinError::NameTaken`] when another node holds it.
+    /// [`JoinError::NameTaken`] when another node holds it (and `token` is not its
+    /// secret).
     fn claim<'a>(
         &'a self,
         name: &'a str,
         conn: ConnId,
-    ) -> Pin<Box<dyn Future<Output = Result<(), JoinError>> + Send + 'a>>;
+        token: Option<&'a str>,
+    ) -> Pin<Box<dyn Future<Output = Result<bool, JoinError>> + Send + 'a>>;
 }
 
 /// A hub's link to its cluster.

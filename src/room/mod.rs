@@ -87,6 +87,9 @@ pub struct Credentials<'a> {
     pub token: Option<&'a str>,
     /// The secret it will hold (drawn by the caller: the room has no randomness).
     pub new_token: Option<String>,
+    /// In a cluster: the name was handed over from a member of another node (with
+    /// its secret), so the room already has this member: no join is announced.
+    pub adopted: bool,
 }
 
 /// How a join went.
@@ -290,7 +293,9 @@ impl Room {
             self.release(id);
             None
         };
-        if let Some(name) = &name {
+        if let Some(name) = &name
+            && !credentials.adopted
+        {
             let seq = self.next_seq();
             out.push(Event::new(seq, EventKind::Joined { name: name.clone() }));
         }
@@ -415,6 +420,21 @@ impl Room {
             .collect();
         names.sort();
         names
+    }
+
+    /// The member here that holds (or has reserved) `name`, if any.
+    pub fn holder(&self, name: &str) -> Option<ConnId> {
+        self.names.get(name).copied()
+    }
+
+    /// Takes `id` out without announcing anything (in a cluster: its name was handed
+    /// over to a member of another node, and the room still has that member).
+    pub fn forget(&mut self, id: ConnId) {
+        if let Some(member) = self.members.remove(&id)
+            && let Some(name) = member.name
+        {
+            self.names.remove(&name);
+        }
     }
 
     /// The name `id` holds or has reserved, if any.
@@ -652,6 +672,7 @@ mod tests {
             tagged: true,
             token: None,
             new_token: Some(token.to_owned()),
+            adopted: false,
         }
     }
 

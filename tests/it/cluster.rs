@@ -1001,6 +1001,60 @@ async fn a_name_claimed_on_three_nodes_at_once_goes_to_one() {
     );
 }
 
+/// A chatter's secret takes its name over on another node (as `tcpchat chat` does
+/// when it reconnects elsewhere): a wrong secret is refused, the old connection is
+/// told `replaced`, the room hears no leave and no join, and the name goes on from
+/// the new node until it leaves there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_is_taken_over_on_another_node_with_its_secret() {
+    let Some(cluster) = Cluster::start(2) else {
+        return;
+    };
+    let (mut watcher, _) = tagged_viewer(cluster.addr(0), "").await;
+    let mut first = Conn::open(cluster.addr(0), "chat:alice tags").await;
+    assert!(first.line().await.ends_with(WELCOME));
+    let secret = first
+        .line()
+        .await
+        .strip_prefix("*** token: ")
+        .expect("a token line")
+        .to_owned();
+    watcher.until_text("alice has joined the chat.").await;
+    first.send("@id=a1 from the first node\n").await;
+    let landed = watcher.until_text("alice: from the first node").await;
+
+    let mut wrong = Conn::open(
+        cluster.addr(1),
+        "chat:alice tags token=00000000000000000000000000000000",
+    )
+    .await;
+    assert_eq!(wrong.line().await, name_taken("alice"));
+
+    let mut second = Conn::open(
+        cluster.addr(1),
+        &format!("chat:alice tags token={secret} since={}", landed.seq),
+    )
+    .await;
+    assert!(second.line().await.ends_with(WELCOME));
+    assert!(second.line().await.starts_with("*** token: "));
+    loop {
+        match first.try_line_within(WAIT).await {
+            Some(line) if line.starts_with("*** error replaced: ") => break,
+            Some(_) => {}
+            None => panic!("the first connection closed without *** error replaced"),
+        }
+    }
+    second.send("@id=a2 from the second node\n").await;
+    assert_eq!(
+        watcher.event().await.text,
+        "alice: from the second node",
+        "no leave and no join in between"
+    );
+    drop(second);
+    assert_eq!(watcher.event().await.text, "alice has left the chat");
+    let _again = messenger(cluster.addr(0), "alice").await;
+}
+
 /// A viewer that saw up to S on one node and comes back on another with `since=S` gets
 /// exactly the rest; `history=5` gives the same last five lines on every node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
