@@ -331,10 +331,18 @@ impl Ledger {
     }
 
     /// The name of some one-off session that holds its name right now.
+    /// A name some session holds now, for a client that must be refused it. Not a
+    /// rejoiner's (`r...`): between two of its sessions the name is free, a collision
+    /// that came just then would take it (as it may), and the rejoiner, which checks
+    /// that its name is free at once, would count that as a fault of the server.
     fn some_held_name(&self, rng: &mut fastrand::Rng) -> Option<String> {
         let held = self.held.lock().ok()?;
-        let skip = rng.usize(..held.len().max(1));
-        held.values().nth(skip).cloned()
+        let names: Vec<&String> = held
+            .values()
+            .filter(|name| !name.starts_with('r'))
+            .collect();
+        let skip = rng.usize(..names.len().max(1));
+        names.get(skip).map(|name| (*name).clone())
     }
 }
 
