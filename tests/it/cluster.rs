@@ -17,6 +17,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use harness::{ServerProcess, Signal, Spec};
+
+use crate::common::ip;
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
@@ -1589,15 +1591,6 @@ struct CutNamespaces {
     cut: String,
     /// The veth end in `cut`: down, `cut` hears nobody in `hub`.
     cut_link: String,
-}
-
-fn ip(args: &[&str]) -> bool {
-    Command::new("ip")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 impl CutNamespaces {

@@ -14,21 +14,14 @@ use std::time::{Duration, Instant};
 
 use harness::Spec;
 
+use crate::common::ip;
+
 const DEAD_PEER_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Two namespaces, `server` at 10.77.0.1 and `client` at 10.77.0.2, removed on drop.
 struct Namespaces {
     server: String,
     client: String,
-}
-
-fn ip(args: &[&str]) -> bool {
-    Command::new("ip")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 impl Namespaces {

@@ -418,3 +418,14 @@ impl Breakable {
         }
     }
 }
+
+/// Runs `ip ARGS` (iproute2, for the tests that build network namespaces); whether
+/// it succeeded.
+pub fn ip(args: &[&str]) -> bool {
+    std::process::Command::new("ip")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
