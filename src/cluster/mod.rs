@@ -43,9 +43,41 @@ use tracing::{debug, error, info, warn};
 use crate::config::Config;
 use crate::hub::replication::{Applied, Names, Outgoing, Replication};
 use crate::room::{ConnId, Event, EventKind, JoinError};
+use crate::store::{Recovered, StreamMark};
+
+mod numbering;
+
+use numbering::{Anchor, Numbering};
 
 /// Most of the stream's events handed to the hub at once.
 const APPLIED_PER_BATCH: usize = 512;
+
+/// Most proposals in one stream message, and about most bytes (NATS refuses
+/// messages over its `max_payload`, 1 MiB by default).
+const EVENTS_PER_MESSAGE: usize = 512;
+const BYTES_PER_MESSAGE: usize = 256 * 1024;
+
+/// Proposals gathered for the next stream message.
+#[derive(Debug, Default)]
+struct Open {
+    records: Vec<Record>,
+    /// The names whose leave is among them.
+    leaves: Vec<String>,
+    bytes: usize,
+}
+
+/// A stream message on its way.
+struct Sending {
+    /// Its acknowledgement to come; `None` if it could not even be sent.
+    ack: Option<jetstream::context::PublishAckFuture>,
+    payload: Bytes,
+    /// Its dedup id; empty for nothing to publish (only names to give back).
+    id: String,
+    /// The proposals it carries.
+    events: usize,
+    /// Names to give back once it is in the stream (their leave is in it).
+    leaves: Vec<String>,
+}
 
 /// First wait before publishing again after a failure; doubled up to 2 s.
 const FIRST_RETRY: Duration = Duration::from_millis(50);
@@ -70,15 +102,34 @@ pub struct Cluster {
     /// Cancelled when this node must stop (given up by the others, or its stream
     /// is gone).
     expelled: CancellationToken,
-    /// The next number the follower waits for.
+    /// The next stream message the follower waits for.
     following: std::sync::atomic::AtomicU64,
+    /// Where the follower stands (the last message it numbered, and the room's count
+    /// after it), once it knows: the anchor of this node's messages.
+    position: Mutex<Option<Anchor>>,
     /// Tells the follower to start over (it stalled: the stream went on without it).
     stalled: tokio::sync::Notify,
+    /// Set once the follower has handed the hub what the stream held when this node
+    /// started: the room's count then.
+    caught_up: tokio::sync::watch::Sender<Option<u64>>,
 }
 
-/// A room event as the stream carries it.
+/// A stream message: one event or a batch of them, from one node.
 #[derive(Debug, Serialize, Deserialize)]
-struct Message {
+struct Batch {
+    /// The node it came from.
+    node: String,
+    /// Its publisher's count when it was sent, as `[message, count]`
+    /// ([`numbering::Anchor`]): how a node that starts on a trimmed stream finds the
+    /// room's numbers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    after: Option<(u64, u64)>,
+    events: Vec<Record>,
+}
+
+/// A room event as a stream message carries it.
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
     /// `join`, `post` or `leave`.
     kind: String,
     name: String,
@@ -86,13 +137,22 @@ struct Message {
     text: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     id: Option<String>,
-    /// The node it came from, and its member there.
-    node: String,
+    /// Its member on the node it came from.
+    #[serde(default)]
     conn: u64,
 }
 
-impl Message {
-    fn of(event: &Event, node: &str, conn: ConnId) -> Self {
+/// A message as tcpchat wrote them before it batched: one event, so the stream's
+/// sequence number was the room's.
+#[derive(Debug, Deserialize)]
+struct Single {
+    #[serde(flatten)]
+    record: Record,
+    node: String,
+}
+
+impl Record {
+    fn of(event: &Event, conn: ConnId) -> Self {
         let (kind, name, text) = match &event.kind {
             EventKind::Joined { name } => ("join", name, String::new()),
             EventKind::Posted { name, text } => ("post", name, text.clone()),
@@ -103,12 +163,13 @@ impl Message {
             name: name.to_string(),
             text,
             id: event.id.as_deref().map(str::to_owned),
-            node: node.to_owned(),
             conn: conn.0,
         }
     }
 
-    fn event(self, seq: u64, time_ms: u64) -> Option<Event> {
+    /// The event (numbered 0 until [`Numbering`] numbers it); `None` for a kind
+    /// tcpchat does not know.
+    fn event(self, time_ms: u64) -> Option<Event> {
         let name: Arc<str> = Arc::from(self.name.as_str());
         let kind = match self.kind.as_str() {
             "join" => EventKind::Joined { name },
@@ -120,12 +181,64 @@ impl Message {
             _ => return None,
         };
         Some(Event {
-            seq,
+            seq: 0,
             time_ms,
             id: self.id.map(Arc::from),
             kind,
         })
     }
+
+    fn size(&self) -> usize {
+        self.name.len() + self.text.len() + self.id.as_ref().map_or(0, String::len) + 48
+    }
+}
+
+/// What a stream message says.
+#[derive(Debug)]
+struct Read {
+    /// The node it came from.
+    node: String,
+    /// Its events, each with its member on that node.
+    events: Vec<(Event, u64)>,
+    anchor: Option<Anchor>,
+}
+
+/// What the stream's message `seq` says; `None` if tcpchat did not write it.
+fn read_message(seq: u64, payload: &[u8], time_ms: u64) -> Option<Read> {
+    let (node, records, anchor) = match serde_json::from_slice::<Batch>(payload) {
+        Ok(batch) => (
+            batch.node,
+            batch.events,
+            batch
+                .after
+                .map(|(message, count)| Anchor { message, count }),
+        ),
+        Err(_) => {
+            let single: Single = serde_json::from_slice(payload).ok()?;
+            // Written when every message was one event: numbered as the stream is.
+            let before = seq.saturating_sub(1);
+            (
+                single.node,
+                vec![single.record],
+                Some(Anchor {
+                    message: before,
+                    count: before,
+                }),
+            )
+        }
+    };
+    let events = records
+        .into_iter()
+        .filter_map(|record| {
+            let conn = record.conn;
+            record.event(time_ms).map(|event| (event, conn))
+        })
+        .collect();
+    Some(Read {
+        node,
+        events,
+        anchor,
+    })
 }
 
 /// The node that holds a name, from its entry's value (`NODE` or `NODE\nHASH`).
@@ -269,13 +382,27 @@ impl Cluster {
             node_timeout: config.cluster_node_timeout,
             expelled: CancellationToken::new(),
             following: std::sync::atomic::AtomicU64::new(0),
+            position: Mutex::new(None),
             stalled: tokio::sync::Notify::new(),
+            caught_up: tokio::sync::watch::Sender::new(None),
         }))
     }
 
     /// This node's id.
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// Once this node has taken in what the stream held when it started: the
+    /// number of the room's last event then. Waits at most `within`; `None` if it
+    /// could not (a stream trimmed past every message that tells the numbers).
+    pub async fn caught_up(&self, within: Duration) -> Option<u64> {
+        let mut watch = self.caught_up.subscribe();
+        tokio::time::timeout(within, watch.wait_for(Option::is_some))
+            .await
+            .ok()?
+            .ok()
+            .and_then(|count| *count)
     }
 
     /// Cancelled when this node must stop.
@@ -296,13 +423,53 @@ impl Cluster {
         Ok((info.state.first_sequence, info.state.last_sequence))
     }
 
-    /// Starts this node's part: its liveness key, the watch over the others, the
-    /// publisher of its proposals and the follower of the stream from `next`. Returns
-    /// the hub's side of it.
+    /// Where this node follows the stream from, with the log `recovered`: after
+    /// the message its log's mark names; from the start of the stream for an empty
+    /// log.
     ///
     /// # Errors
-    /// When the liveness key cannot be written.
-    pub async fn start(self: &Arc<Self>, next: u64) -> anyhow::Result<Replication> {
+    /// When the stream cannot be read, or the log is ahead of it (another room's
+    /// log, or a stream made anew).
+    async fn resume_from(
+        &self,
+        recovered: &Recovered,
+    ) -> anyhow::Result<(u64, Numbering<(Event, Option<ConnId>)>, u64)> {
+        let (first, last) = self.bounds().await?;
+        let logged = recovered.last_seq;
+        let (after, count) = match recovered.mark {
+            Some(mark) => (mark.message, mark.last_seq),
+            // A log kept before messages were batched: the stream's numbers were
+            // the room's.
+            None => (logged, logged),
+        };
+        if after > last {
+            bail!(
+                "this node's log goes up to the stream's message {after}, the cluster's stream only to {last}: it is another room's log, or the stream was made anew; start this node on an empty --data-dir"
+            );
+        }
+        let next = after + 1;
+        if next >= first {
+            return Ok((next, Numbering::known(after, count), last));
+        }
+        if logged > 0 {
+            warn!(
+                from = next,
+                to = first - 1,
+                "the stream no longer holds messages this node's log lacks"
+            );
+        }
+        Ok((first, Numbering::unknown(), last))
+    }
+
+    /// Starts this node's part: its liveness key, the watch over the others, the
+    /// publisher of its proposals and the follower of the stream, from where the
+    /// log `recovered` ends. Returns the hub's side of it.
+    ///
+    /// # Errors
+    /// When the stream cannot be read, the log is ahead of it, or the liveness key
+    /// cannot be written.
+    pub async fn start(self: &Arc<Self>, recovered: &Recovered) -> anyhow::Result<Replication> {
+        let (next, numbering, last) = self.resume_from(recovered).await?;
         let revision = self
             .register()
             .await
@@ -314,7 +481,10 @@ impl Cluster {
         tokio::spawn(self.clone().publish(proposals, unacked.clone()));
         let (applied_tx, applied) = mpsc::channel(64);
         tokio::spawn(self.clone().watch_names(applied_tx.clone()));
-        tokio::spawn(self.clone().follow(next, applied_tx));
+        tokio::spawn(
+            self.clone()
+                .follow(next, numbering, (recovered.last_seq, last), applied_tx),
+        );
         tokio::spawn(self.clone().watch_stream());
         let present = Arc::new(Mutex::new(std::collections::HashSet::new()));
         let names: Arc<dyn Names> = Arc::new(ClusterNames {
@@ -517,9 +687,11 @@ impl Cluster {
                     name: Arc::from(name.as_str()),
                 },
             );
-            let message = Message::of(&event, &node, ConnId(0));
+            let Some(payload) = self.encode(&node, vec![Record::of(&event, ConnId(0))]) else {
+                return;
+            };
             let id = format!("gone:{node}:{key}:{}", entry.revision);
-            if self.append(&message, &id).await.is_some() {
+            if self.append(payload, &id).await.is_some() {
                 let _ = self
                     .names
                     .delete_expect_revision(&key, Some(entry.revision))
@@ -528,16 +700,32 @@ impl Cluster {
         }
     }
 
-    /// Publishes `message` with the dedup `id` until it is in the stream; its number.
-    /// `None` if this node stopped meanwhile.
-    async fn append(&self, message: &Message, id: &str) -> Option<u64> {
-        let payload = match serde_json::to_vec(message) {
-            Ok(payload) => Bytes::from(payload),
-            Err(error) => {
-                error!(%error, "cannot encode an event for the stream");
-                return None;
-            }
+    /// A stream message of `records` from `node`, anchored where this node's
+    /// follower stands.
+    fn encode(&self, node: &str, records: Vec<Record>) -> Option<Bytes> {
+        let after = self
+            .position
+            .lock()
+            .ok()
+            .and_then(|position| *position)
+            .map(|anchor| (anchor.message, anchor.count));
+        let batch = Batch {
+            node: node.to_owned(),
+            after,
+            events: records,
         };
+        match serde_json::to_vec(&batch) {
+            Ok(payload) => Some(Bytes::from(payload)),
+            Err(error) => {
+                error!(%error, "cannot encode events for the stream");
+                None
+            }
+        }
+    }
+
+    /// Publishes `payload` with the dedup `id` until it is in the stream; its number.
+    /// `None` if this node stopped meanwhile.
+    async fn append(&self, payload: Bytes, id: &str) -> Option<u64> {
         let mut wait = FIRST_RETRY;
         loop {
             let publish = PublishMessage::build()
@@ -563,69 +751,102 @@ impl Cluster {
         }
     }
 
+    /// Sends a stream message of `records` (the proposals of `open`, or one post)
+    /// with the dedup `id`, without waiting for its acknowledgement.
+    async fn send(&self, records: Vec<Record>, id: String, leaves: Vec<String>) -> Sending {
+        let events = records.len();
+        let Some(payload) = self.encode(&self.node, records) else {
+            return Sending {
+                ack: None,
+                payload: Bytes::new(),
+                id: String::new(),
+                events,
+                leaves,
+            };
+        };
+        let ack = self
+            .js
+            .send_publish(
+                self.subject.clone(),
+                PublishMessage::build()
+                    .payload(payload.clone())
+                    .message_id(&id),
+            )
+            .await
+            .ok();
+        Sending {
+            ack,
+            payload,
+            id,
+            events,
+            leaves,
+        }
+    }
+
     /// Publishes this node's proposals in order, each until it is in the stream, and
     /// gives names back once their leave is in.
+    ///
+    /// What queued up while the previous messages were on their way goes into the
+    /// stream as one message (JetStream's cost is per message, not per event), except
+    /// posts with a client's id: each goes alone, with an id made of the name and
+    /// the client's id, so that a resend through any node is dropped by the stream.
     async fn publish(
         self: Arc<Self>,
         mut proposals: mpsc::UnboundedReceiver<Vec<Outgoing>>,
         unacked: Arc<AtomicUsize>,
     ) {
         let mut count: u64 = 0;
-        let mut batch = Vec::new();
-        while proposals.recv_many(&mut batch, 64).await > 0 {
+        let mut chunks = Vec::new();
+        let mut open = Open::default();
+        while proposals.recv_many(&mut chunks, 1024).await > 0 {
             // Sent all, then awaited in order: one round trip for a burst.
-            let mut acks = Vec::new();
-            for outgoing in batch.drain(..).flatten() {
+            let mut sending: Vec<Sending> = Vec::new();
+            for outgoing in chunks.drain(..).flatten() {
                 match outgoing {
                     Outgoing::Propose { event, conn } => {
-                        count += 1;
-                        let id = match (&event.kind, &event.id) {
-                            // A resend through any node is dropped by the stream.
-                            (EventKind::Posted { name, .. }, Some(id)) => {
-                                format!("id:{}:{id}", name_key(name))
+                        let record = Record::of(&event, conn);
+                        if let (EventKind::Posted { name, .. }, Some(id)) = (&event.kind, &event.id)
+                        {
+                            let id = format!("id:{}:{id}", name_key(name));
+                            if let Some(sent) = self.seal(&mut open, &mut count).await {
+                                sending.push(sent);
                             }
-                            _ => format!("{}:{count}", self.node),
-                        };
-                        let message = Message::of(&event, &self.node, conn);
-                        let leave = match &event.kind {
-                            EventKind::Left { name } => Some(name.to_string()),
-                            _ => None,
-                        };
-                        let payload = serde_json::to_vec(&message).map(Bytes::from);
-                        let sent = match payload {
-                            Ok(payload) => self
-                                .js
-                                .send_publish(
-                                    self.subject.clone(),
-                                    PublishMessage::build().payload(payload).message_id(&id),
-                                )
-                                .await
-                                .ok(),
-                            Err(_) => None,
-                        };
-                        acks.push((sent, message, id, leave));
+                            sending.push(self.send(vec![record], id, Vec::new()).await);
+                            continue;
+                        }
+                        if let EventKind::Left { name } = &event.kind {
+                            open.leaves.push(name.to_string());
+                        }
+                        open.bytes += record.size();
+                        open.records.push(record);
+                        if (open.records.len() >= EVENTS_PER_MESSAGE
+                            || open.bytes >= BYTES_PER_MESSAGE)
+                            && let Some(sent) = self.seal(&mut open, &mut count).await
+                        {
+                            sending.push(sent);
+                        }
                     }
                     Outgoing::Secret { name, secret } => self.share_secret(&name, &secret).await,
-                    Outgoing::Release { name } => acks.push((
-                        None,
-                        Message::of(
-                            &Event::new(
-                                0,
-                                EventKind::Left {
-                                    name: Arc::from(name.as_str()),
-                                },
-                            ),
-                            "",
-                            ConnId(0),
-                        ),
-                        String::new(),
-                        Some(name),
-                    )),
+                    Outgoing::Release { name } => {
+                        if let Some(sent) = self.seal(&mut open, &mut count).await {
+                            sending.push(sent);
+                        }
+                        sending.push(Sending {
+                            ack: None,
+                            payload: Bytes::new(),
+                            id: String::new(),
+                            events: 0,
+                            leaves: vec![name],
+                        });
+                    }
                 }
             }
-            for (sent, message, id, leave) in acks {
-                if !id.is_empty() {
-                    let landed = match sent {
+            if let Some(sent) = self.seal(&mut open, &mut count).await {
+                sending.push(sent);
+            }
+            for sent in sending {
+                if !sent.id.is_empty() {
+                    let landed = match sent.ack {
                         Some(ack) => {
                             matches!(ack.await, Ok(ack) if !(ack.duplicate && ack.sequence == 0))
                         }
@@ -633,16 +854,34 @@ impl Cluster {
                     };
                     // Once failed, published again with the same id: the stream keeps
                     // one, whatever reached it before.
-                    if !landed && self.append(&message, &id).await.is_none() {
+                    if !landed && self.append(sent.payload, &sent.id).await.is_none() {
                         return;
                     }
-                    unacked.fetch_sub(1, Ordering::AcqRel);
                 }
-                if let Some(name) = leave {
+                unacked.fetch_sub(sent.events, Ordering::AcqRel);
+                for name in sent.leaves {
                     self.free(&name).await;
                 }
             }
         }
+    }
+
+    /// Sends the proposals gathered in `open` as one message, if there are any.
+    async fn seal(&self, open: &mut Open, count: &mut u64) -> Option<Sending> {
+        if open.records.is_empty() {
+            return None;
+        }
+        *count += 1;
+        let id = format!("{}:{count}", self.node);
+        open.bytes = 0;
+        Some(
+            self.send(
+                std::mem::take(&mut open.records),
+                id,
+                std::mem::take(&mut open.leaves),
+            )
+            .await,
+        )
     }
 
     /// Puts the hash of the secret of a name this node holds in the name's entry, so
@@ -692,8 +931,19 @@ impl Cluster {
         }
     }
 
-    /// Follows the stream from `next`, handing its events to the hub in order.
-    async fn follow(self: Arc<Self>, mut next: u64, hub: mpsc::Sender<Vec<Applied>>) {
+    /// Follows the stream from its message `next`, numbering its events with
+    /// `numbering` and handing them to the hub in order, except those numbered up to
+    /// `logged` (already in this node's log). Says when it has handed over the
+    /// stream up to its message `target` (the last when the node started).
+    async fn follow(
+        self: Arc<Self>,
+        mut next: u64,
+        mut numbering: Numbering<(Event, Option<ConnId>)>,
+        (logged, target): (u64, u64),
+        hub: mpsc::Sender<Vec<Applied>>,
+    ) {
+        let mut waiting_said = false;
+        let mut caught_up = false;
         loop {
             let consumer = self
                 .stream
@@ -726,6 +976,14 @@ impl Cluster {
             let mut batch = Vec::new();
             loop {
                 self.following.store(next, Ordering::Relaxed);
+                if !caught_up
+                    && batch.is_empty()
+                    && next > target
+                    && let Some(position) = numbering.position()
+                {
+                    caught_up = true;
+                    self.caught_up.send_replace(Some(position.count));
+                }
                 // What is there now, without waiting, goes to the hub together.
                 let message = if batch.is_empty() {
                     tokio::select! {
@@ -764,26 +1022,61 @@ impl Cluster {
                     warn!(
                         from = next,
                         to = seq - 1,
-                        "events no longer in the stream were skipped"
+                        "messages no longer in the stream were skipped"
                     );
                 }
                 next = seq + 1;
                 let time_ms = u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000)
                     .unwrap_or_default();
-                let parsed: Option<Message> = serde_json::from_slice(&message.payload).ok();
-                let Some(parsed) = parsed else {
-                    error!(
+                let (events, anchor) = match read_message(seq, &message.payload, time_ms) {
+                    Some(Read {
+                        node,
+                        events,
+                        anchor,
+                    }) => {
+                        let ours = node == self.node;
+                        let events = events
+                            .into_iter()
+                            .map(|(event, conn)| (event, ours.then_some(ConnId(conn))))
+                            .collect();
+                        (events, anchor)
+                    }
+                    None => {
+                        error!(
+                            seq,
+                            "a message in the stream that tcpchat did not write; skipped"
+                        );
+                        (Vec::new(), None)
+                    }
+                };
+                for numbered in numbering.take(seq, events, anchor) {
+                    let last = numbered.first_seq + numbered.events.len() as u64;
+                    for ((mut event, ours), number) in
+                        numbered.events.into_iter().zip(numbered.first_seq..)
+                    {
+                        if number <= logged {
+                            continue;
+                        }
+                        event.seq = number;
+                        let mark = (number + 1 == last).then_some(StreamMark {
+                            message: numbered.message,
+                            last_seq: number,
+                        });
+                        batch.push(Applied::Event { event, ours, mark });
+                    }
+                }
+                let position = numbering.position();
+                if position.is_none() && !waiting_said {
+                    warn!(
                         seq,
-                        "an event in the stream that tcpchat did not write; skipped"
+                        held = numbering.held(),
+                        "the stream was trimmed before this node came: waiting for a message that tells the room's numbers"
                     );
-                    continue;
-                };
-                let ours = (parsed.node == self.node).then_some(ConnId(parsed.conn));
-                let Some(event) = parsed.event(seq, time_ms) else {
-                    error!(seq, "an event of an unknown kind in the stream; skipped");
-                    continue;
-                };
-                batch.push(Applied::Event { event, ours });
+                }
+                waiting_said = position.is_none();
+                if let Ok(mut shared) = self.position.lock() {
+                    *shared = position;
+                }
                 if batch.len() >= APPLIED_PER_BATCH
                     && hub.send(std::mem::take(&mut batch)).await.is_err()
                 {
@@ -1080,30 +1373,95 @@ mod tests {
         }
     }
 
-    #[test]
-    fn events_round_trip_through_the_stream_s_messages() {
-        let event = Event {
-            id: Some(Arc::from("k7")),
+    fn post(name: &str, text: &str, id: Option<&str>) -> Event {
+        Event {
+            id: id.map(Arc::from),
             ..Event::new(
                 0,
                 EventKind::Posted {
-                    name: Arc::from("alice"),
-                    text: "hello".to_owned(),
+                    name: Arc::from(name),
+                    text: text.to_owned(),
                 },
             )
+        }
+    }
+
+    #[test]
+    fn events_round_trip_through_the_stream_s_messages() {
+        let events = [
+            post("alice", "hello", Some("k7")),
+            Event::new(
+                0,
+                EventKind::Left {
+                    name: Arc::from("bob"),
+                },
+            ),
+        ];
+        let batch = Batch {
+            node: "node1".to_owned(),
+            after: Some((41, 77)),
+            events: vec![
+                Record::of(&events[0], ConnId(9)),
+                Record::of(&events[1], ConnId(3)),
+            ],
         };
-        let message = Message::of(&event, "node1", ConnId(9));
-        let json = serde_json::to_vec(&message).expect("encodes");
-        let back: Message = serde_json::from_slice(&json).expect("decodes");
-        assert_eq!((back.node.as_str(), back.conn), ("node1", 9));
-        let applied = back.event(42, 1_000).expect("an event");
+        let json = serde_json::to_vec(&batch).expect("encodes");
+        let read = read_message(42, &json, 1_000).expect("tcpchat's");
+        assert_eq!(read.node, "node1");
         assert_eq!(
-            applied,
-            Event {
-                seq: 42,
-                time_ms: 1_000,
-                ..event
-            }
+            read.anchor,
+            Some(Anchor {
+                message: 41,
+                count: 77
+            })
         );
+        let expected: Vec<(Event, u64)> = events
+            .into_iter()
+            .zip([9, 3])
+            .map(|(event, conn)| {
+                (
+                    Event {
+                        time_ms: 1_000,
+                        ..event
+                    },
+                    conn,
+                )
+            })
+            .collect();
+        assert_eq!(read.events, expected);
+    }
+
+    #[test]
+    fn messages_of_one_event_from_before_batching_are_numbered_as_the_stream() {
+        let old = br#"{"kind":"post","name":"alice","text":"hi","node":"n0","conn":4}"#;
+        let read = read_message(42, old, 5).expect("tcpchat's");
+        assert_eq!(read.node, "n0");
+        assert_eq!(
+            read.events,
+            vec![(post("alice", "hi", None), 4)]
+                .into_iter()
+                .map(|(e, c)| (Event { time_ms: 5, ..e }, c))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            read.anchor,
+            Some(Anchor {
+                message: 41,
+                count: 41
+            })
+        );
+    }
+
+    #[test]
+    fn what_tcpchat_did_not_write_is_not_read_and_unknown_kinds_count_nothing() {
+        assert!(read_message(1, b"hello", 0).is_none());
+        assert!(read_message(1, br#"{"node":"n","events":7}"#, 0).is_none());
+        let read = read_message(
+            1,
+            br#"{"node":"n","events":[{"kind":"dance","name":"a"},{"kind":"join","name":"b"}]}"#,
+            0,
+        )
+        .expect("tcpchat's");
+        assert_eq!(read.events.len(), 1);
     }
 }

@@ -26,7 +26,7 @@ use prometheus_client::metrics::histogram::Histogram;
 
 use super::member::Shared;
 use crate::room::Event;
-use crate::store::Store;
+use crate::store::{Store, StreamMark};
 
 /// First wait before trying a failed append again; doubled up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
@@ -42,7 +42,7 @@ const EVENTS_PER_COMMIT: usize = 8 * 1024;
 /// The hub's handle on the writer thread.
 #[derive(Debug)]
 pub(super) struct Writer {
-    jobs: std_mpsc::Sender<Vec<Event>>,
+    jobs: std_mpsc::Sender<(Vec<Event>, Option<StreamMark>)>,
     committed: mpsc::UnboundedReceiver<Vec<Event>>,
     /// Set when the hub has stopped: a failing log is then retried only so long.
     stopped: Arc<AtomicBool>,
@@ -80,9 +80,10 @@ impl Writer {
         }
     }
 
-    /// Queues `events` for the log. Never blocks.
-    pub(super) fn append(&self, events: Vec<Event>) {
-        if self.jobs.send(events).is_err() {
+    /// Queues `events` for the log, with where they leave a cluster node's copy of
+    /// the stream. Never blocks.
+    pub(super) fn append(&self, events: Vec<Event>, mark: Option<StreamMark>) {
+        if self.jobs.send((events, mark)).is_err() {
             error!("the log writer is gone; events wait for it in vain");
         }
     }
@@ -116,21 +117,24 @@ struct Report {
 
 fn write_loop(
     store: &dyn Store,
-    queue: &std_mpsc::Receiver<Vec<Event>>,
+    queue: &std_mpsc::Receiver<(Vec<Event>, Option<StreamMark>)>,
     done: &mpsc::UnboundedSender<Vec<Event>>,
     hub_stopped: &AtomicBool,
     report: &Report,
 ) {
-    while let Ok(mut events) = queue.recv() {
+    while let Ok((mut events, mut mark)) = queue.recv() {
         // Everything that queued up meanwhile goes into the same transaction.
         while events.len() < EVENTS_PER_COMMIT {
             match queue.try_recv() {
-                Ok(more) => events.extend(more),
+                Ok((more, later)) => {
+                    events.extend(more);
+                    mark = later.or(mark);
+                }
                 Err(_) => break,
             }
         }
-        if !append_until_done(store, &events, hub_stopped, report) {
-            let lost = events.len() + queue.try_iter().map(|e| e.len()).sum::<usize>();
+        if !append_until_done(store, &events, mark, hub_stopped, report) {
+            let lost = events.len() + queue.try_iter().map(|(e, _)| e.len()).sum::<usize>();
             error!(
                 lost,
                 first_seq = events.first().map(|e| e.seq),
@@ -150,6 +154,7 @@ fn write_loop(
 fn append_until_done(
     store: &dyn Store,
     events: &[Event],
+    mark: Option<StreamMark>,
     hub_stopped: &AtomicBool,
     report: &Report,
 ) -> bool {
@@ -158,7 +163,7 @@ fn append_until_done(
     let mut hub_gone_at: Option<Instant> = None;
     loop {
         let started = Instant::now();
-        let appended = store.append(events);
+        let appended = store.append(events, mark);
         report
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());

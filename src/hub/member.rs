@@ -79,6 +79,8 @@ pub(crate) struct Shared {
     pub(super) metrics: Arc<crate::metrics::Metrics>,
     /// Set by the log writer while an append fails.
     pub(super) log_failing: AtomicBool,
+    /// The last event published: what a member joining now is welcomed at.
+    pub(super) published_seq: Arc<AtomicU64>,
 }
 
 impl Shared {
@@ -104,6 +106,7 @@ impl Shared {
             slow_viewers: AtomicU64::new(0),
             metrics,
             log_failing: AtomicBool::new(false),
+            published_seq: Arc::new(AtomicU64::new(0)),
         }
     }
 

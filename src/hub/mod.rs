@@ -206,6 +206,13 @@ impl HubStats {
         &self.0.metrics
     }
 
+    /// The number of the last event published to members.
+    pub fn published_seq(&self) -> u64 {
+        self.0
+            .published_seq
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Whether the room's log is being written (or there is none).
     pub fn log_is_healthy(&self) -> bool {
         !self
@@ -303,6 +310,9 @@ fn start(
         store.clone(),
         metrics.clone(),
     ));
+    shared
+        .published_seq
+        .store(recovered.last_seq, std::sync::atomic::Ordering::Release);
     let event_counters = ["join", "message", "leave"].map(|kind| {
         metrics
             .events
@@ -341,6 +351,7 @@ fn start(
         senders: Subscribers::default(),
         events: Vec::new(),
         staged: Vec::new(),
+        mark: None,
         log: store.map(|store| {
             log::Writer::start(store, metrics.log_commit_seconds.clone(), shared.clone())
         }),
@@ -349,6 +360,7 @@ fn start(
         committed: VecDeque::new(),
         in_flight: 0,
         published_seq: recovered.last_seq,
+        published_shared: shared.published_seq.clone(),
         goodbyes: VecDeque::new(),
         batch: PerFormat::default(),
         batch_events: 0,
@@ -408,6 +420,8 @@ struct Owner {
     events: Vec<Event>,
     /// Events taken into the room this turn, stamped, not yet handed to the log.
     staged: Vec<Event>,
+    /// In a cluster: where the staged events leave this node's copy of the stream.
+    mark: Option<crate::store::StreamMark>,
     /// The log writer; `None` with history off.
     log: Option<log::Writer>,
     /// Events back from the log, to publish.
@@ -419,6 +433,8 @@ struct Owner {
     in_flight: usize,
     /// The last event published to the ring: what every viewer may see.
     published_seq: u64,
+    /// The same, for [`HubStats::published_seq`].
+    published_shared: Arc<std::sync::atomic::AtomicU64>,
     /// Leaving chatters waiting for their leave (by seq) to be published.
     goodbyes: VecDeque<(u64, oneshot::Sender<u64>)>,
     /// The batch being built, in every format in use.
@@ -731,7 +747,12 @@ impl Owner {
     fn apply(&mut self, applied: Vec<replication::Applied>) {
         for incoming in applied {
             let (event, ours) = match incoming {
-                replication::Applied::Event { event, ours } => (event, ours),
+                replication::Applied::Event { event, ours, mark } => {
+                    if mark.is_some() {
+                        self.mark = mark;
+                    }
+                    (event, ours)
+                }
                 replication::Applied::HandedOver { name } => {
                     if let Some(id) = self.room.holder(&name) {
                         info!(conn = %id, name, "its name was taken over on another node");
@@ -812,7 +833,7 @@ impl Owner {
         if let Some(log) = &self.log {
             let events = std::mem::take(&mut self.staged);
             self.in_flight += events.len();
-            log.append(events);
+            log.append(events, self.mark.take());
         }
     }
 
@@ -875,6 +896,8 @@ impl Owner {
         self.publisher
             .publish(self.batch_last_seq, events, bytes, &in_use);
         self.published_seq = self.batch_last_seq;
+        self.published_shared
+            .store(self.published_seq, std::sync::atomic::Ordering::Release);
         self.batch_events = 0;
         self.published += 1;
         let head = self.publisher.ring().cursor().index;

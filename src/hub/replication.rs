@@ -17,6 +17,7 @@ use std::sync::atomic::AtomicUsize;
 use tokio::sync::mpsc;
 
 use crate::room::{ConnId, Event, JoinError};
+use crate::store::StreamMark;
 
 /// What the hub hands to the cluster's publisher, in order.
 #[derive(Debug)]
@@ -53,6 +54,9 @@ pub enum Applied {
         event: Event,
         /// The member of this node it came from, if it came from this node.
         ours: Option<ConnId>,
+        /// Set on the last event of each stream message: where the node's log stands
+        /// once it holds this event (kept with it, for a restart).
+        mark: Option<StreamMark>,
     },
     /// A member of another node took over `name`, which a member of this node held,
     /// with its secret: that member is done, and the room (which still has the

@@ -84,6 +84,10 @@ fn open_store(config: &Config) -> anyhow::Result<Option<Arc<dyn Store>>> {
     })
 }
 
+/// How long a node starting in a cluster waits to catch up with the stream before
+/// it serves anyway.
+const CATCH_UP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// [`prepare`] for a node of a cluster (`--cluster`): also connects to NATS, opens
 /// the room's stream, and brings this node's log up to it before serving.
 ///
@@ -97,26 +101,26 @@ pub async fn prepare_cluster(config: Config) -> anyhow::Result<Prepared> {
         None => crate::store::Recovered::default(),
     };
     let cluster = Cluster::connect(&config).await?;
-    let (first, last) = cluster.bounds().await?;
-    if recovered.last_seq > last {
-        anyhow::bail!(
-            "this node's log ({}) goes up to event {}, the cluster's stream only to {last}: it is another room's log, or the stream was made anew; start this node on an empty --data-dir",
-            config.data_dir().display(),
-            recovered.last_seq
-        );
-    }
-    let next = (recovered.last_seq + 1).max(first).max(1);
-    if next > recovered.last_seq + 1 && recovered.last_seq > 0 {
-        warn!(
-            from = recovered.last_seq + 1,
-            to = next - 1,
-            "the stream no longer holds events this node's log lacks"
-        );
-    }
-    let replication = cluster.start(next).await?;
+    let replication = cluster.start(&recovered).await?;
     let config = Arc::new(config);
     let (hub, hub_task) =
         hub::spawn_replica(&config, store, &recovered, Metrics::shared(), replication);
+    // Members are let in once the room is what the stream says: a viewer welcomed
+    // earlier would be told an old number, and its history would be short.
+    let stats = hub.stats();
+    let caught_up = async {
+        let seq = cluster.caught_up(CATCH_UP_PATIENCE).await?;
+        while stats.published_seq() < seq {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        Some(seq)
+    };
+    match tokio::time::timeout(CATCH_UP_PATIENCE, caught_up).await {
+        Ok(Some(seq)) => info!(seq, "caught up with the cluster's stream"),
+        _ => warn!(
+            "not caught up with the cluster's stream after {CATCH_UP_PATIENCE:?}; serving anyway, the room will follow"
+        ),
+    }
     Ok(Prepared {
         config,
         hub,

@@ -28,6 +28,20 @@ pub struct Recovered {
     /// Recent message ids per name, oldest first, so resends stay harmless across a
     /// restart.
     pub recent_ids: Vec<(String, String)>,
+    /// In a cluster node's log: where it stands in the cluster's stream.
+    pub mark: Option<StreamMark>,
+}
+
+/// Where a cluster node's log stands in the cluster's stream (`crate::cluster`):
+/// every event of the stream's message `message` is in the log, and the room had
+/// `last_seq` events after it. A node restarted on its log follows the stream on from
+/// there. Kept in the same transaction as the events it covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamMark {
+    /// The stream's message number.
+    pub message: u64,
+    /// The number of the last event in it.
+    pub last_seq: u64,
 }
 
 /// The log. See the module documentation.
@@ -42,13 +56,14 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn recover(&self) -> Result<Recovered, StoreError>;
 
     /// Appends `events` (numbered, in order, following the last one appended) in one
-    /// transaction: all of them are kept, or none. Returns once they are as durable
-    /// as the store promises (a process crash loses none; with `fsync`, a power cut
-    /// neither).
+    /// transaction: all of them are kept, or none, and with them the cluster's
+    /// `mark` if there is one (returned by [`Store::recover`]). Returns once they are
+    /// as durable as the store promises (a process crash loses none; with `fsync`, a
+    /// power cut neither).
     ///
     /// # Errors
     /// [`StoreError`]; then nothing was appended.
-    fn append(&self, events: &[Event]) -> Result<(), StoreError>;
+    fn append(&self, events: &[Event], mark: Option<StreamMark>) -> Result<(), StoreError>;
 
     /// Up to `max` events numbered after `after`, in order.
     ///

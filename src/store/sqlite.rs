@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use nix::fcntl::{Flock, FlockArg};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use super::{Recovered, Store, StoreError};
+use super::{Recovered, Store, StoreError, StreamMark};
 use crate::room::{Event, EventKind};
 
 /// Marks a database as tcpchat's (`PRAGMA application_id`): "tcch".
@@ -358,14 +358,27 @@ impl Store for SqliteStore {
             recent_ids.push(pair?);
         }
         recent_ids.reverse();
+        let meta = |key: &str| -> Result<Option<u64>, StoreError> {
+            let value: Option<i64> = conn
+                .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+                    row.get(0)
+                })
+                .optional()?;
+            Ok(value.map(|v| v.max(0) as u64))
+        };
+        let mark = match (meta("stream_message")?, meta("stream_last_seq")?) {
+            (Some(message), Some(last_seq)) => Some(StreamMark { message, last_seq }),
+            _ => None,
+        };
         Ok(Recovered {
             last_seq: last.max(0) as u64,
             present,
             recent_ids,
+            mark,
         })
     }
 
-    fn append(&self, events: &[Event]) -> Result<(), StoreError> {
+    fn append(&self, events: &[Event], mark: Option<StreamMark>) -> Result<(), StoreError> {
         let Some(last) = events.last() else {
             return Ok(());
         };
@@ -398,6 +411,12 @@ impl Store for SqliteStore {
             }
             tx.prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'last_seq'")?
                 .execute([to_i64(last.seq)])?;
+            if let Some(mark) = mark {
+                let mut put =
+                    tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?;
+                put.execute(params!["stream_message", to_i64(mark.message)])?;
+                put.execute(params!["stream_last_seq", to_i64(mark.last_seq)])?;
+            }
         }
         // Retention, amortized: trim once the log holds an eighth more than it keeps.
         let first = *first_kept.get_or_insert(events[0].seq);
@@ -492,6 +511,32 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_mark_is_kept_with_its_events_and_comes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SqliteStore::open(dir.path(), &options(100)).unwrap();
+            assert_eq!(store.recover().unwrap().mark, None);
+            let mark = StreamMark {
+                message: 7,
+                last_seq: 3,
+            };
+            store.append(&conversation(1, 3), Some(mark)).unwrap();
+            // Events without a mark (the first part of a message) leave it as it was.
+            store.append(&conversation(4, 4), None).unwrap();
+        }
+        let store = SqliteStore::open(dir.path(), &options(100)).unwrap();
+        let recovered = store.recover().unwrap();
+        assert_eq!(recovered.last_seq, 4);
+        assert_eq!(
+            recovered.mark,
+            Some(StreamMark {
+                message: 7,
+                last_seq: 3
+            })
+        );
+    }
+
+    #[test]
     fn events_come_back_as_they_went_in_and_after_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let events = vec![
@@ -518,8 +563,8 @@ mod tests {
         ];
         {
             let store = SqliteStore::open(dir.path(), &options(100)).unwrap();
-            store.append(&events[..2]).unwrap();
-            store.append(&events[2..]).unwrap();
+            store.append(&events[..2], None).unwrap();
+            store.append(&events[2..], None).unwrap();
             assert_eq!(store.read(0, 100).unwrap(), events);
             assert_eq!(store.read(2, 1).unwrap(), events[2..3]);
             assert_eq!(store.read(4, 10).unwrap(), vec![]);
@@ -544,7 +589,7 @@ mod tests {
         {
             let store = SqliteStore::open(dir.path(), &options(100)).unwrap();
             for chunk in conversation(1, 1000).chunks(7) {
-                store.append(chunk).unwrap();
+                store.append(chunk, None).unwrap();
                 // At least the last 100 are kept, and at most an eighth more.
                 let last = chunk[chunk.len() - 1].seq;
                 let first = store.first_kept().unwrap().unwrap();
@@ -562,7 +607,7 @@ mod tests {
         }
         let store = SqliteStore::open(dir.path(), &options(1)).unwrap();
         assert_eq!(store.recover().unwrap().last_seq, 1000);
-        store.append(&conversation(1001, 1003)).unwrap();
+        store.append(&conversation(1001, 1003), None).unwrap();
         // Even with nothing of the old log left, the numbers are not reused.
         assert_eq!(store.recover().unwrap().last_seq, 1003);
     }
@@ -584,8 +629,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let wal = dir.path().join(format!("{FILE_NAME}-wal"));
         let store = SqliteStore::open(dir.path(), &options(1000)).unwrap();
-        store.append(&long(1, 10)).unwrap();
-        store.append(&long(11, 200)).unwrap();
+        store.append(&long(1, 10), None).unwrap();
+        store.append(&long(11, 200), None).unwrap();
         let full = fs::read(&wal).unwrap();
         // A crash in the middle of writing the second transaction: its last frames,
         // the commit among them, never reached the disk. Copy the files as they
@@ -605,7 +650,7 @@ mod tests {
         let reopened = SqliteStore::open(copy.path(), &options(1000)).unwrap();
         assert_eq!(reopened.read(0, 1000).unwrap(), long(1, 10));
         assert_eq!(reopened.recover().unwrap().last_seq, 10);
-        reopened.append(&long(11, 11)).unwrap();
+        reopened.append(&long(11, 11), None).unwrap();
         assert_eq!(reopened.recover().unwrap().last_seq, 11);
         drop(reopened);
 
@@ -617,7 +662,7 @@ mod tests {
         fs::write(garbled.path().join(format!("{FILE_NAME}-wal")), tail).unwrap();
         let reopened = SqliteStore::open(garbled.path(), &options(1000)).unwrap();
         assert_eq!(reopened.read(0, 1000).unwrap(), long(1, 200));
-        reopened.append(&long(201, 201)).unwrap();
+        reopened.append(&long(201, 201), None).unwrap();
         assert_eq!(reopened.recover().unwrap().last_seq, 201);
     }
 

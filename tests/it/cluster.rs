@@ -1216,9 +1216,11 @@ async fn a_restarted_node_and_a_new_one_catch_up_with_the_room() {
     let (mut reference, _) = tagged_viewer(cluster.addr(0), "").await;
     let mut mia = messenger(cluster.addr(0), "mia").await;
     let _ned = messenger(cluster.addr(1), "ned").await;
-    for k in 0..10 {
-        mia.send(&format!("line {k}\n")).await;
-    }
+    // In one write: the node puts them in the stream as one message, so the stream's
+    // numbers are not the room's, and the restarted node must go on from the mark its
+    // log kept.
+    mia.send(&(0..10).map(|k| format!("line {k}\n")).collect::<String>())
+        .await;
     reference.until_text("mia: line 9").await;
     cluster.kill(1);
     reference.until_text("ned has left the chat").await;
@@ -1264,6 +1266,74 @@ async fn a_restarted_node_and_a_new_one_catch_up_with_the_room() {
     assert_eq!(
         texts(&reference.seen[last as usize..]),
         ["ned has joined the chat.", "mia: line 15"]
+    );
+}
+
+/// The room's messages in the stream `TCPCHAT_tcpchat` of the NATS at `url`: its
+/// first and last message numbers.
+async fn stream_bounds(url: &str) -> (u64, u64) {
+    let client = async_nats::connect(url).await.expect("connect to NATS");
+    let mut stream = async_nats::jetstream::new(client)
+        .get_stream("TCPCHAT_tcpchat")
+        .await
+        .expect("the room's stream");
+    let info = stream.info().await.expect("the stream's state");
+    (info.state.first_sequence, info.state.last_sequence)
+}
+
+/// A node batches what its members said meanwhile into one stream message, and a
+/// node that starts after the stream let its first messages go (the stream keeps
+/// `--history-max-events` messages) numbers every event as the others do: it learns
+/// the count from the first message whose publisher had counted up to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_starts_on_a_trimmed_stream_numbers_as_the_others() {
+    let Some(nats) = Nats::start() else {
+        return;
+    };
+    let url = nats.url().to_owned();
+    let keep = ["--history-max-events", "6"];
+    let mut cluster = Cluster {
+        nodes: vec![node_spec(&url).args(keep).start().expect("node 0 starts")],
+        nats,
+    };
+    let (mut reference, _) = tagged_viewer(cluster.addr(0), "").await;
+    let mut mia = messenger(cluster.addr(0), "mia").await;
+    for burst in 0..10 {
+        let lines: String = (0..5).map(|k| format!("line {burst}.{k}\n")).collect();
+        mia.send(&lines).await;
+        reference.until_text(&format!("mia: line {burst}.4")).await;
+    }
+    let last = reference.seen.len() as u64;
+    assert_eq!(last, 51, "a join and fifty lines");
+    let (first, messages) = stream_bounds(&url).await;
+    assert!(
+        messages < last,
+        "bursts go into the stream as fewer messages than events ({messages} for {last})"
+    );
+    assert!(
+        first > 1,
+        "the stream let its first messages go (first: {first})"
+    );
+
+    cluster
+        .nodes
+        .push(node_spec(&url).args(keep).start().expect("node 1 starts"));
+    let (mut tail, seq) = tagged_viewer(cluster.addr(1), "history=5").await;
+    assert_eq!(seq, last, "the new node's welcome number");
+    for _ in 0..5 {
+        tail.event().await;
+    }
+    assert_eq!(
+        tail.seen,
+        reference.seen[last as usize - 5..],
+        "history=5 on the new node"
+    );
+    mia.send("after\n").await;
+    assert_eq!(reference.until_text("mia: after").await.seq, last + 1);
+    assert_eq!(tail.until_text("mia: after").await.seq, last + 1);
+    assert_identical(
+        "the room's end",
+        &[&reference.seen[last as usize - 5..], &tail.seen],
     );
 }
 

@@ -377,13 +377,17 @@ impl tcpchat::store::Store for Breakable {
         self.inner.recover()
     }
 
-    fn append(&self, events: &[tcpchat::room::Event]) -> Result<(), tcpchat::store::StoreError> {
+    fn append(
+        &self,
+        events: &[tcpchat::room::Event],
+        mark: Option<tcpchat::store::StreamMark>,
+    ) -> Result<(), tcpchat::store::StoreError> {
         if let Err(error) = self.check() {
             self.refused
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             return Err(error);
         }
-        self.inner.append(events)
+        self.inner.append(events, mark)
     }
 
     fn read(
