@@ -41,8 +41,14 @@ MUTATIONS = [
         ("src/cluster/mod.rs", "    async fn give_up(self: Arc<Self>, node: String, revision: u64) {\n",
          "    async fn give_up(self: Arc<Self>, node: String, revision: u64) {\n        if true { let _ = (node, revision); return; }\n")]),
     ("cluster: a failed append not published again", ["it::cluster::"], [
-        ("src/cluster/mod.rs", "if !landed && self.append(&message, &id).await.is_none() {",
+        ("src/cluster/mod.rs", "if !landed && self.append(sent.payload, &sent.id).await.is_none() {",
          "if !landed && self.expelled.is_cancelled() {")]),
+    ("cluster: a restarted node ignores its log's mark", ["it::cluster::"], [
+        ("src/cluster/mod.rs", "Some(mark) => (mark.message, mark.last_seq),",
+         "Some(_) => (logged, logged),")]),
+    ("cluster: a node on a trimmed stream ignores the anchors", ["it::cluster::", "lib::cluster::numbering"], [
+        ("src/cluster/numbering.rs", "let Some(base) = anchor.and_then(|anchor| self.base(anchor)) else {",
+         "let Some(base) = anchor.map(|_| 0) else {")]),
     ("connection limit ignored", ["it::limits::"], [
         ("src/server/admission.rs", "let max_connections = max_connections(config);",
          "let max_connections = usize::MAX >> 4;")]),

@@ -1594,6 +1594,11 @@ async fn a_stream_that_is_not_tcpchat_s_is_a_start_up_error() {
 /// Runs `tcpchat serve --cluster URL` and checks that it stops at start, before
 /// listening, with a few lines on stderr, the last holding `says`.
 fn refused_at_start(url: &str, says: &str) {
+    refused_at_start_with(url, &[], says);
+}
+
+/// [`refused_at_start`] with more flags; returns what it said on stderr.
+fn refused_at_start_with(url: &str, flags: &[&str], says: &str) -> String {
     let data = tempfile::tempdir().expect("a data directory");
     let mut child = crate::cli::tcpchat()
         .args([
@@ -1606,6 +1611,7 @@ fn refused_at_start(url: &str, says: &str) {
             "--cluster",
             url,
         ])
+        .args(flags)
         .arg("--data-dir")
         .arg(data.path())
         .stdin(Stdio::null())
@@ -1648,6 +1654,160 @@ fn refused_at_start(url: &str, says: &str) {
     );
     let last = lines.last().expect("a line");
     assert!(last.contains(says), "the last line says {says:?}: {last:?}");
+    stderr
+}
+
+/// A `nats-server` (JetStream) that speaks TLS only, with `cert`, and asks for the
+/// user `tc` with the password `s3cret`. Killed on drop.
+struct GuardedNats {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl GuardedNats {
+    fn start(cert: &crate::common::certs::TestCert) -> Option<Self> {
+        let binary = nats_server_or_skip()?;
+        let dir = tempfile::tempdir().expect("a directory for nats-server");
+        let port = harness::free_port().expect("a free port");
+        let log = dir.path().join("nats.log");
+        let child = Command::new(binary)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir.path().join("store"))
+            .args(["--user", "tc", "--pass", "s3cret", "--tls", "--tlscert"])
+            .arg(&cert.cert)
+            .arg("--tlskey")
+            .arg(&cert.key)
+            .arg("-l")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        let nats = Self { child, port, dir };
+        let deadline = Instant::now() + NATS_START;
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("Server is ready")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server was not ready within {NATS_START:?}: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(nats)
+    }
+
+    /// Its address as a URL, with `credentials` (`user:password@`) if any.
+    fn url(&self, credentials: &str) -> String {
+        format!("tls://{credentials}127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for GuardedNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default();
+            eprintln!("--- nats-server log:\n{log}");
+        }
+    }
+}
+
+/// Where NATS asks for TLS and a password, a node given both (the CA with
+/// `--cluster-ca`, the user and password in the address) serves the room, and says
+/// nothing of the password; a wrong password, or a certificate it was not told to
+/// trust, stops it at start with a line that says so, the password hidden.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reaches_nats_over_tls_with_a_password() {
+    let dir = crate::common::certs::scratch_dir("cluster-tls");
+    let cert = crate::common::certs::TestCert::generate(&dir, "nats");
+    let Some(nats) = GuardedNats::start(&cert) else {
+        return;
+    };
+    let ca = cert.cert.to_str().expect("a UTF-8 path").to_owned();
+    let url = nats.url("tc:s3cret@");
+    let node = Spec::tcpchat(env!("CARGO_BIN_EXE_tcpchat"))
+        .args(["--cluster", &url, "--cluster-ca", &ca])
+        .start()
+        .expect("a node over TLS, with the password, starts");
+    let (mut viewer, _) = tagged_viewer(node.addr(), "").await;
+    let mut mia = messenger(node.addr(), "mia").await;
+    mia.send("over tls\n").await;
+    assert_eq!(viewer.until_text("mia: over tls").await.seq, 2);
+    let said = node.log_lines().join("\n");
+    assert!(
+        !said.contains("s3cret"),
+        "the password is not logged: {said}"
+    );
+
+    let wrong = nats.url("tc:wrong@");
+    let stderr = tokio::task::spawn_blocking({
+        let ca = ca.clone();
+        move || refused_at_start_with(&wrong, &["--cluster-ca", &ca], "tc:***@127.0.0.1")
+    })
+    .await
+    .expect("the wrong password's check");
+    assert!(
+        !stderr.contains("wrong"),
+        "the password is hidden: {stderr}"
+    );
+    let untrusted = url.clone();
+    tokio::task::spawn_blocking(move || {
+        refused_at_start_with(
+            &untrusted,
+            &[],
+            "cannot connect to NATS at tls://tc:***@127.0.0.1",
+        )
+    })
+    .await
+    .expect("the untrusted certificate's check");
+}
+
+/// The room's stream deleted while nodes run stops every node, with a line that
+/// says why, rather than leaving them serving a room that no longer exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_deleted_while_nodes_run_stops_them() {
+    let Some(mut cluster) = Cluster::start(2) else {
+        return;
+    };
+    let (mut viewer, _) = tagged_viewer(cluster.addr(1), "").await;
+    let mut mia = messenger(cluster.addr(0), "mia").await;
+    mia.send("before\n").await;
+    viewer.until_text("mia: before").await;
+    let client = async_nats::connect(cluster.nats.url())
+        .await
+        .expect("connect to NATS");
+    async_nats::jetstream::new(client)
+        .delete_stream("TCPCHAT_tcpchat")
+        .await
+        .expect("delete the room's stream");
+    tokio::task::block_in_place(|| {
+        for (i, node) in cluster.nodes.iter_mut().enumerate() {
+            let status = node
+                .wait_exit(Duration::from_secs(15))
+                .expect("wait for the node")
+                .unwrap_or_else(|| panic!("node {i} still runs 15 s after its stream was deleted"));
+            assert!(!status.success(), "node {i} exits with an error: {status}");
+            assert!(
+                node.wait_for_log(
+                    "the room's stream is gone from NATS",
+                    Duration::from_secs(1)
+                )
+                .is_some(),
+                "node {i} says why"
+            );
+        }
+    });
+    assert_eq!(
+        viewer.conn.try_line_within(WAIT).await,
+        None,
+        "the viewer's connection ends"
+    );
 }
 
 // ---------------------------------------------------------------------------------
