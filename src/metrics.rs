@@ -77,6 +77,9 @@ pub struct Metrics {
     pub flood_pauses: Counter,
     /// Commands waiting in the hub's inbox, at the hub's last turn.
     pub hub_inbox_depth: Gauge,
+    /// In a cluster: this node's events not yet in the cluster's stream, at the hub's
+    /// last turn.
+    pub cluster_unpublished: Gauge,
     /// How long each commit of the room's log took.
     pub log_commit_seconds: Histogram,
     /// Replays of the log served (`history=N`, `since=SEQ`).
@@ -99,6 +102,7 @@ impl Default for Metrics {
             slow_viewers_dropped: Counter::default(),
             flood_pauses: Counter::default(),
             hub_inbox_depth: Gauge::default(),
+            cluster_unpublished: Gauge::default(),
             // 50 us to about 1.6 s.
             log_commit_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             replays: Counter::default(),
@@ -154,6 +158,11 @@ impl Default for Metrics {
             "hub_inbox_depth",
             "Commands waiting for the room at its last turn",
             metrics.hub_inbox_depth.clone(),
+        );
+        registry.register(
+            "cluster_unpublished",
+            "In a cluster: this node's joins, posts and leaves not yet in the stream, at the room's last turn",
+            metrics.cluster_unpublished.clone(),
         );
         registry.register(
             "log_commit_seconds",

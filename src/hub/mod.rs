@@ -357,6 +357,7 @@ fn start(
         }),
         event_counters,
         inbox_depth: metrics.hub_inbox_depth.clone(),
+        unpublished: metrics.cluster_unpublished.clone(),
         committed: VecDeque::new(),
         in_flight: 0,
         published_seq: recovered.last_seq,
@@ -429,6 +430,7 @@ struct Owner {
     /// Events published, by kind (join, message, leave).
     event_counters: [Counter; 3],
     inbox_depth: prometheus_client::metrics::gauge::Gauge,
+    unpublished: prometheus_client::metrics::gauge::Gauge,
     /// Events handed to the log writer and not yet published.
     in_flight: usize,
     /// The last event published to the ring: what every viewer may see.
@@ -486,6 +488,10 @@ impl Owner {
                 .unacked
                 .as_ref()
                 .map_or(0, |n| n.load(std::sync::atomic::Ordering::Acquire));
+            if self.unacked.is_some() {
+                self.unpublished
+                    .set(i64::try_from(unacked).unwrap_or(i64::MAX));
+            }
             let taking = inbox_open
                 && self.in_flight < MAX_UNCOMMITTED_EVENTS
                 && unacked < MAX_UNCOMMITTED_EVENTS;

@@ -20,7 +20,7 @@ use std::sync::atomic::AtomicU64;
 
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::cluster::Cluster;
 use crate::config::{Config, Switch};
@@ -61,6 +61,8 @@ pub struct Prepared {
     hub_task: tokio::task::JoinHandle<()>,
     /// In a cluster: cancelled when this node must stop (the others gave it up).
     expelled: Option<tokio_util::sync::CancellationToken>,
+    /// In a cluster: this node's events not yet in the stream.
+    unpublished: Option<Arc<std::sync::atomic::AtomicUsize>>,
 }
 
 /// Opens the room's log (unless history is off) and starts the hub. Blocks while
@@ -102,6 +104,7 @@ pub async fn prepare_cluster(config: Config) -> anyhow::Result<Prepared> {
     };
     let cluster = Cluster::connect(&config).await?;
     let replication = cluster.start(&recovered).await?;
+    let unpublished = replication.unacked.clone();
     let config = Arc::new(config);
     let (hub, hub_task) =
         hub::spawn_replica(&config, store, &recovered, Metrics::shared(), replication);
@@ -126,6 +129,7 @@ pub async fn prepare_cluster(config: Config) -> anyhow::Result<Prepared> {
         hub,
         hub_task,
         expelled: Some(cluster.expelled()),
+        unpublished: Some(unpublished),
     })
 }
 
@@ -144,6 +148,7 @@ pub fn prepare_with_store(
         hub,
         hub_task,
         expelled: None,
+        unpublished: None,
     })
 }
 
@@ -185,6 +190,7 @@ impl Prepared {
             hub,
             hub_task,
             expelled,
+            unpublished,
         } = self;
         let listeners = listeners.into();
         match config.history {
@@ -291,11 +297,38 @@ impl Prepared {
             Ok(Err(e)) => warn!(error = %e, "the hub task failed"),
             Err(_) => warn!("the hub did not stop in time"),
         }
+        if let Some(unpublished) = unpublished {
+            settle(&unpublished, timeout).await;
+        }
         info!(slow_viewers, "stopped");
         if expelled.is_some_and(|token| token.is_cancelled()) {
             anyhow::bail!("this node stopped: the cluster gave it up, or its stream is gone");
         }
         Ok(())
+    }
+}
+
+/// In a cluster, at shutdown: waits (at most `timeout`) for what this node's members
+/// said to be in the cluster's stream, so that stopping a node loses nothing it took
+/// (NATS may be away: then its publisher is still trying).
+async fn settle(unpublished: &std::sync::atomic::AtomicUsize, timeout: std::time::Duration) {
+    let pending = || unpublished.load(std::sync::atomic::Ordering::Acquire);
+    if pending() == 0 {
+        return;
+    }
+    info!(
+        events = pending(),
+        "waiting for this node's last events to be in the cluster's stream"
+    );
+    let deadline = tokio::time::Instant::now() + timeout;
+    while pending() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    if pending() > 0 {
+        error!(
+            lost = pending(),
+            "stopping with events this node took that never reached the cluster's stream (NATS away for all of --shutdown-timeout): they are lost"
+        );
     }
 }
 

@@ -126,6 +126,19 @@ impl Nats {
 
     /// [`Nats::restart`], leaving it stopped for `pause` first (an outage).
     pub(crate) fn restart_after(&mut self, pause: Duration) {
+        self.stop();
+        std::thread::sleep(pause);
+        self.start_again();
+    }
+
+    /// Starts it again after [`Nats::stop`], on the same port and store, and waits
+    /// until it answers.
+    pub(crate) fn start_again(&mut self) {
+        self.spawn(Some(self.port));
+    }
+
+    /// Stops it with SIGTERM (killing it if it has not exited within 10 s).
+    pub(crate) fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -138,8 +151,6 @@ impl Nats {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
-        std::thread::sleep(pause);
-        self.spawn(Some(self.port));
     }
 
     /// The last `n` lines of its log.
@@ -1766,6 +1777,64 @@ async fn a_node_reaches_nats_over_tls_with_a_password() {
     })
     .await
     .expect("the untrusted certificate's check");
+}
+
+/// A node stopped (SIGTERM) while NATS is away loses nothing it took: it waits for
+/// NATS (within `--shutdown-timeout`), puts its members' last lines in the stream,
+/// and only then exits; another node's viewer gets every line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_while_nats_is_away_puts_what_it_took_in_the_stream_first() {
+    let Some(mut cluster) = Cluster::start(2) else {
+        return;
+    };
+    let (mut viewer, _) = tagged_viewer(cluster.addr(1), "").await;
+    let mut mia = messenger(cluster.addr(0), "mia").await;
+    mia.send("before\n").await;
+    viewer.until_text("mia: before").await;
+    let metrics = cluster.nodes[0]
+        .http_addr()
+        .expect("node 0's HTTP listener");
+
+    tokio::task::block_in_place(|| cluster.nats.stop());
+    let lines: String = (0..50).map(|k| format!("line {k}\n")).collect();
+    mia.send(&lines).await;
+    // The node has taken all fifty, and holds them for the stream.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, body) = crate::http::get(metrics, "/metrics").await;
+        if body
+            .lines()
+            .any(|line| line == "tcpchat_cluster_unpublished 50")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 0 never held the fifty lines: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.nodes[0]
+        .signal(Signal::SIGTERM)
+        .expect("SIGTERM node 0");
+    assert!(
+        cluster.nodes[0]
+            .wait_for_log(
+                "waiting for this node's last events to be in the cluster's stream",
+                WAIT
+            )
+            .is_some(),
+        "node 0 waits for the stream before it exits"
+    );
+    tokio::task::block_in_place(|| cluster.nats.start_again());
+    let status = tokio::task::block_in_place(|| cluster.nodes[0].wait_exit(WAIT))
+        .expect("wait for node 0")
+        .expect("node 0 exits once its lines are in the stream");
+    assert!(status.success(), "a clean stop: {status}");
+    for k in 0..50 {
+        let event = viewer.event().await;
+        assert_eq!(event.text, format!("mia: line {k}"), "every line, in order");
+    }
 }
 
 /// The room's stream deleted while nodes run stops every node, with a line that

@@ -39,7 +39,7 @@ async fn get_over(transport: Transport, addr: SocketAddr, path: &str) -> (u16, S
 }
 
 /// `GET path` over plain HTTP.
-async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+pub(crate) async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     get_over(Transport::Tcp, addr, path).await
 }
 
