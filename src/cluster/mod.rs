@@ -617,7 +617,11 @@ impl Cluster {
                                 seen.insert(entry.key, (entry.revision, Instant::now()));
                             }
                             Operation::Delete | Operation::Purge => {
-                                seen.remove(&entry.key);
+                                // Given up (by this node or another): checked again
+                                // later, should the one giving it up die midway.
+                                if seen.remove(&entry.key).is_some() && entry.key != self.node {
+                                    tokio::spawn(self.clone().finish_give_up(entry.key));
+                                }
                             }
                         },
                         Some(Err(error)) => debug!(%error, "the watch of the nodes hiccuped"),
@@ -660,6 +664,32 @@ impl Cluster {
             return;
         }
         warn!(%node, "a node was not heard from for --cluster-node-timeout: announcing its members' leave");
+        let names = self.announce_gone(&node).await;
+        info!(%node, names, "announced the leave of a gone node's members");
+    }
+
+    /// After another node gave `node` up: once more, a while later, announces the
+    /// leave of any name `node` still holds, in case the node that gave it up died
+    /// before it was done. Its announcements have the same ids as the first node's,
+    /// so the stream keeps one of each.
+    async fn finish_give_up(self: Arc<Self>, node: String) {
+        tokio::time::sleep(self.node_timeout).await;
+        if self.expelled.is_cancelled() {
+            return;
+        }
+        let names = self.announce_gone(&node).await;
+        if names > 0 {
+            warn!(
+                %node,
+                names,
+                "finished giving up a node: the node that gave it up stopped before it was done"
+            );
+        }
+    }
+
+    /// Announces the leave of every name the gone node `node` holds, and frees them;
+    /// how many it found.
+    async fn announce_gone(&self, node: &str) -> usize {
         let keys: Vec<String> = match self.names.keys().await {
             Ok(keys) => {
                 keys.filter_map(|key| async { key.ok() })
@@ -668,9 +698,10 @@ impl Cluster {
             }
             Err(error) => {
                 error!(%error, %node, "cannot list the names of a node that is gone");
-                return;
+                return 0;
             }
         };
+        let mut found = 0;
         for key in keys {
             let Ok(Some(entry)) = self.names.entry(&key).await else {
                 continue;
@@ -687,9 +718,10 @@ impl Cluster {
                     name: Arc::from(name.as_str()),
                 },
             );
-            let Some(payload) = self.encode(&node, vec![Record::of(&event, ConnId(0))]) else {
-                return;
+            let Some(payload) = self.encode(node, vec![Record::of(&event, ConnId(0))]) else {
+                return found;
             };
+            found += 1;
             let id = format!("gone:{node}:{key}:{}", entry.revision);
             if self.append(payload, &id).await.is_some() {
                 let _ = self
@@ -698,6 +730,7 @@ impl Cluster {
                     .await;
             }
         }
+        found
     }
 
     /// A stream message of `records` from `node`, anchored where this node's

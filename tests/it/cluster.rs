@@ -1348,6 +1348,69 @@ async fn a_node_that_starts_on_a_trimmed_stream_numbers_as_the_others() {
     );
 }
 
+/// The node giving a dead node up is itself killed while it announces the dead
+/// node's members' leaves: the last node finishes the job a timeout later, so every
+/// member leaves once and every name is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_give_up_cut_short_by_another_death_is_finished_by_a_survivor() {
+    const MEMBERS: usize = 600;
+    let Some(mut cluster) = Cluster::start(3) else {
+        return;
+    };
+    let mut members = Vec::with_capacity(MEMBERS);
+    for k in 0..MEMBERS {
+        members.push(messenger(cluster.addr(0), &format!("u{k:03}")).await);
+    }
+    let mut viewers = Vec::new();
+    for node in [1, 2] {
+        let (mut viewer, seq) = tagged_viewer(cluster.addr(node), "").await;
+        if seq < MEMBERS as u64 {
+            viewer.until_seq(MEMBERS as u64).await;
+        }
+        viewer.seen.clear();
+        viewers.push(viewer);
+    }
+    cluster.kill(0);
+    // Killed as soon as it says it gives node 0 up, before or while it announces.
+    let deadline = Instant::now() + NODE_TIMEOUT + WAIT;
+    let giver = loop {
+        if let Some(node) = [1, 2].into_iter().find(|&node| {
+            cluster.nodes[node]
+                .wait_for_log("announcing its members' leave", Duration::from_millis(5))
+                .is_some()
+        }) {
+            break node;
+        }
+        assert!(Instant::now() < deadline, "nobody gave node 0 up");
+    };
+    cluster.kill(giver);
+    let survivor = 3 - giver;
+    let viewer = &mut viewers[survivor - 1];
+    let mut left = std::collections::BTreeSet::new();
+    let mut seen = 0;
+    for line in &viewer.seen {
+        left.insert(Event::of(line).text);
+        seen += 1;
+    }
+    while left.len() < MEMBERS {
+        let event = viewer.event_within(2 * NODE_TIMEOUT + WAIT).await;
+        assert!(event.text.ends_with(" has left the chat"), "{event:?}");
+        left.insert(event.text);
+        seen += 1;
+    }
+    assert_eq!(seen, MEMBERS, "each member leaves once");
+    assert!(
+        cluster.nodes[survivor]
+            .wait_for_log("finished giving up a node", WAIT)
+            .is_some(),
+        "the survivor finished what the giver began"
+    );
+    for name in ["u000", "u599"] {
+        messenger(cluster.addr(survivor), name).await;
+    }
+    drop(members);
+}
+
 /// Two nodes, a member on each, and their viewers; then NATS goes away for `outage`
 /// and comes back. Both members post: every viewer sees both lines, numbered on from
 /// before, and nobody leaves. Returns the cluster, for more checks.
