@@ -32,6 +32,7 @@
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod config_file;
 pub mod hub;
 pub mod metrics;
 pub mod protocol;

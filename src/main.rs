@@ -17,7 +17,7 @@ use tracing_subscriber::EnvFilter;
 
 use tcpchat::server::Listeners;
 use tcpchat::tls::Certificates;
-use tcpchat::{Config, client, server};
+use tcpchat::{Config, client, config_file, server};
 
 /// A chat server that speaks the original tutorial's protocol byte for byte, and a
 /// newline-framed line mode for `nc`, telnet and its own clients.
@@ -115,6 +115,18 @@ struct ServeArgs {
     no_http: bool,
     #[command(flatten)]
     config: Config,
+    /// Read the settings from this TOML file too: each of these flags, without its
+    /// dashes, is a key (`max-message-bytes = 4096`); flags and TCPCHAT_* variables
+    /// win over it. `contrib/tcpchat.toml` lists every key. [env: TCPCHAT_CONFIG]
+    #[arg(long = "config", value_name = "FILE")]
+    config_file: Option<PathBuf>,
+    /// Check the settings (flags, TCPCHAT_* variables, --config file), print the ones
+    /// in effect and where each came from, and exit.
+    #[arg(long)]
+    check_config: bool,
+    /// Print an example config file with every key and its default, and exit.
+    #[arg(long, hide = true)]
+    example_config: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -167,6 +179,15 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => return usage_error(&error),
     };
+    let cli = match cli.command {
+        Command::Serve(args) => match with_settings(args) {
+            Settled::Serve(args) => Cli {
+                command: Command::Serve(args),
+            },
+            Settled::Exit(code) => return code,
+        },
+        command => Cli { command },
+    };
     let logging = match &cli.command {
         Command::Serve(_) => init_logging("info"),
         _ => init_logging("warn"),
@@ -217,6 +238,75 @@ fn main() -> ExitCode {
     }
 }
 
+/// What [`with_settings`] leaves to do.
+enum Settled {
+    /// Serve with these settings.
+    Serve(Box<ServeArgs>),
+    /// Nothing: exit with this code (`--check-config`, `--example-config`, or a
+    /// mistake, said on stderr).
+    Exit(ExitCode),
+}
+
+/// For `serve`: reads the settings of the --config file (or `TCPCHAT_CONFIG`) and
+/// of the `TCPCHAT_*` variables, checks them all, and parses the command line again
+/// with them as its defaults, so that flags still win.
+fn with_settings(args: Box<ServeArgs>) -> Settled {
+    use clap::{CommandFactory, FromArgMatches};
+    let command = Cli::command();
+    let Some(serve) = command.find_subcommand("serve") else {
+        return Settled::Serve(args);
+    };
+    if args.example_config {
+        let _ = write!(std::io::stdout(), "{}", config_file::example(serve));
+        return Settled::Exit(ExitCode::SUCCESS);
+    }
+    let file = args.config_file.clone().or_else(|| {
+        std::env::var_os("TCPCHAT_CONFIG")
+            .filter(|path| !path.is_empty())
+            .map(PathBuf::from)
+    });
+    let env = std::env::vars_os().filter_map(|(key, value)| {
+        let key = key.into_string().ok()?;
+        key.starts_with("TCPCHAT_")
+            .then(|| (key, value.to_string_lossy().into_owned()))
+    });
+    let overlay = match config_file::gather(serve, file.as_deref(), env) {
+        Ok(overlay) => overlay,
+        Err(error) => {
+            let _ = writeln!(std::io::stderr(), "tcpchat: {error}");
+            return Settled::Exit(ExitCode::from(2));
+        }
+    };
+    if overlay.is_empty() && !args.check_config {
+        return Settled::Serve(args);
+    }
+    let command = command.mut_subcommand("serve", |serve| overlay.apply(serve));
+    let matches = match command.clone().try_get_matches_from(std::env::args_os()) {
+        Ok(matches) => matches,
+        Err(error) => return Settled::Exit(usage_error(&error)),
+    };
+    if args.check_config {
+        if let (Some(serve), Some(serve_matches)) = (
+            command.find_subcommand("serve"),
+            matches.subcommand_matches("serve"),
+        ) {
+            let _ = write!(
+                std::io::stdout(),
+                "{}",
+                overlay.effective(serve, serve_matches)
+            );
+        }
+        return Settled::Exit(ExitCode::SUCCESS);
+    }
+    match Cli::from_arg_matches(&matches) {
+        Ok(Cli {
+            command: Command::Serve(args),
+        }) => Settled::Serve(args),
+        Ok(_) => Settled::Exit(ExitCode::FAILURE),
+        Err(error) => Settled::Exit(usage_error(&error)),
+    }
+}
+
 /// Help and version go to stdout as usual; a mistake gets one line and exit code 2.
 fn usage_error(error: &clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
@@ -230,12 +320,23 @@ fn usage_error(error: &clap::Error) -> ExitCode {
             ExitCode::from(2)
         }
         _ => {
+            // The message and what it names (the missing flags, say), without the
+            // usage block and the hint that follow the first empty line.
             let rendered = error.render().to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            let said: Vec<&str> = rendered
+                .lines()
+                .take_while(|line| !line.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let said = if said.is_empty() {
+                "invalid arguments".to_owned()
+            } else {
+                said.join(" ")
+            };
             let _ = writeln!(
                 std::io::stderr(),
                 "tcpchat: {}",
-                first.trim_start_matches("error: ")
+                said.trim_start_matches("error: ")
             );
             ExitCode::from(2)
         }

@@ -11,6 +11,7 @@ mod browser;
 mod cli;
 mod client_resume;
 mod cluster;
+mod config;
 mod crash;
 mod dead_peers;
 mod departures;
