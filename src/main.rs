@@ -58,6 +58,20 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Print a shell's completion script for tcpchat (bash: `tcpchat completions bash
+    /// > /etc/bash_completion.d/tcpchat`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print tcpchat's manual page (roff), or with --out-dir write one page per
+    /// command there (tcpchat.1, tcpchat-serve.1, ...).
+    Man {
+        /// Write every page into this directory instead.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
     /// Print the room's recent events and exit.
     History {
         /// The last N events of the room's log (the server gives at most 10000)
@@ -205,6 +219,13 @@ fn main() -> ExitCode {
             history,
             target,
         } => run_client(|| client::chat::run(target.server(), &name, history.events)),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut command = Cli::command();
+            clap_complete::generate(shell, &mut command, "tcpchat", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { out_dir } => manual(out_dir.as_deref()),
         Command::History {
             last,
             since,
@@ -307,6 +328,36 @@ fn with_settings(args: Box<ServeArgs>) -> Settled {
     }
 }
 
+/// Tells systemd (the service manager that started us, if any) `state`.
+fn notify_systemd(state: sd_notify::NotifyState<'_>) {
+    if let Err(error) = sd_notify::notify(&[state]) {
+        tracing::warn!(%error, "cannot tell systemd how the server is doing");
+    }
+}
+
+/// `tcpchat man`: the manual page on stdout, or every command's page in `out_dir`.
+fn manual(out_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    let command = Cli::command();
+    match out_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            clap_mangen::generate_to(command, dir)
+                .with_context(|| format!("cannot write the manual pages in {}", dir.display()))
+        }
+        None => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(command)
+                .render(&mut page)
+                .context("cannot render the manual page")?;
+            std::io::stdout()
+                .write_all(&page)
+                .context("cannot write the manual page")
+        }
+    }
+}
+
 /// Help and version go to stdout as usual; a mistake gets one line and exit code 2.
 fn usage_error(error: &clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
@@ -394,7 +445,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let address = SocketAddr::new(args.http_bind.unwrap_or(args.bind), args.http_port);
             Some(listen(address).with_context(|| format!("cannot listen on {address}"))?)
         };
-        let shutdown = shutdown_signal().context("cannot handle signals")?;
+        let signalled = shutdown_signal().context("cannot handle signals")?;
+        // Under systemd (Type=notify): ready once listening, stopping once asked to.
+        // Outside it (no NOTIFY_SOCKET) these do nothing.
+        notify_systemd(sd_notify::NotifyState::Ready);
+        let shutdown = async move {
+            signalled.await;
+            notify_systemd(sd_notify::NotifyState::Stopping);
+        };
         prepared
             .serve(Listeners { plain, tls, http }, shutdown)
             .await

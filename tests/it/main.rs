@@ -23,6 +23,7 @@ mod line_mode;
 mod names;
 mod original_clients;
 mod seed_mode;
+mod service;
 mod shutdown;
 mod slow_viewer;
 mod tls;
