@@ -55,6 +55,12 @@ MUTATIONS = [
     ("cluster: a node on a trimmed stream ignores the anchors", ["it::cluster::", "lib::cluster::numbering"], [
         ("src/cluster/numbering.rs", "let Some(base) = anchor.and_then(|anchor| self.base(anchor)) else {",
          "let Some(base) = anchor.map(|_| 0) else {")]),
+    ("password not checked", ["it::password::", "lib::server::password"], [
+        ("src/server/password.rs", "        let Some(hash) = &self.hash else {\n            return Ok(());\n        };",
+         "        let Some(hash) = self.hash.as_ref().filter(|_| false) else {\n            return Ok(());\n        };")]),
+    ("password guessing not throttled", ["it::password::", "lib::server::password"], [
+        ("src/server/password.rs", "            *count >= MAX_FAILURES && since.elapsed() < FAILURE_WINDOW\n",
+         "            *count >= MAX_FAILURES && since.elapsed() < FAILURE_WINDOW && false\n")]),
     ("connection limit ignored", ["it::limits::"], [
         ("src/server/admission.rs", "let max_connections = max_connections(config);",
          "let max_connections = usize::MAX >> 4;")]),

@@ -158,6 +158,18 @@ pub struct Config {
     #[arg(long, default_value_t = 20)]
     pub flood_burst: u32,
 
+    /// Let in only clients that give this password (`pass=...` in their handshake):
+    /// its hash, as `tcpchat hash-password` prints it (argon2id, PHC format). Seed
+    /// clients cannot send one and are refused, unless --allow-seed-clients.
+    #[arg(long, value_name = "HASH", value_parser = password_hash)]
+    pub password_hash: Option<String>,
+
+    /// With --password-hash: let seed clients in anyway, without a password (the
+    /// original tutorial's clients cannot send one). Anyone who speaks the seed
+    /// protocol can then read and post: a password kept only from line mode.
+    #[arg(long)]
+    pub allow_seed_clients: bool,
+
     /// Apply the per-address limit and flood control to loopback clients too. By
     /// default they are exempt, as the operator's own bots, bridges and benchmarks
     /// connect from there (mature IRC servers exempt localhost the same way).
@@ -265,6 +277,20 @@ impl Config {
             None => PathBuf::from("tcpchat-data"),
         }
     }
+}
+
+/// `--password-hash`: a password hash tcpchat can check (argon2, PHC format).
+fn password_hash(text: &str) -> Result<String, String> {
+    let hash = argon2::password_hash::PasswordHash::new(text).map_err(|error| {
+        format!("not a password hash ({error}); make one with `tcpchat hash-password`")
+    })?;
+    if !hash.algorithm.as_str().starts_with("argon2") {
+        return Err(format!(
+            "a {} hash; tcpchat checks argon2 ones (`tcpchat hash-password`)",
+            hash.algorithm
+        ));
+    }
+    Ok(text.to_owned())
 }
 
 /// A rate of lines per second: finite and above zero (no rate at all would hold a

@@ -58,6 +58,9 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Make the hash for `serve --password-hash` from a password read from standard
+    /// input (on a terminal: asked for twice, not shown).
+    HashPassword,
     /// Print a shell's completion script for tcpchat (bash: `tcpchat completions bash
     /// > /etc/bash_completion.d/tcpchat`).
     Completions {
@@ -226,6 +229,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Man { out_dir } => manual(out_dir.as_deref()),
+        Command::HashPassword => hash_password(),
         Command::History {
             last,
             since,
@@ -326,6 +330,25 @@ fn with_settings(args: Box<ServeArgs>) -> Settled {
         Ok(_) => Settled::Exit(ExitCode::FAILURE),
         Err(error) => Settled::Exit(usage_error(&error)),
     }
+}
+
+/// `tcpchat hash-password`: prints the hash of a password read from stdin.
+fn hash_password() -> anyhow::Result<()> {
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ").context("cannot read the password")?;
+        let again =
+            rpassword::prompt_password("Once more: ").context("cannot read the password")?;
+        anyhow::ensure!(first == again, "the two passwords differ");
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("cannot read the password from standard input")?;
+        line.trim_end_matches(['\n', '\r']).to_owned()
+    };
+    let hash = server::password::hash(&password).map_err(anyhow::Error::msg)?;
+    writeln!(std::io::stdout(), "{hash}").context("cannot write the hash")
 }
 
 /// Tells systemd (the service manager that started us, if any) `state`.

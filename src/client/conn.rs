@@ -169,9 +169,18 @@ impl Handshake {
             since: self.since,
             token: self.token.clone().filter(|token| is_word(token)),
             members: false,
+            pass: password(),
         };
         handshake::encode_line_handshake(self.role, self.name.as_deref(), &options)
     }
+}
+
+/// The server's password, for a server that asks for one: `TCPCHAT_PASSWORD` (an
+/// environment variable, not a flag, so that it is not shown to everyone by `ps`).
+fn password() -> Option<String> {
+    std::env::var("TCPCHAT_PASSWORD")
+        .ok()
+        .filter(|password| is_word(password))
 }
 
 /// Non-empty, printable, and without whitespace.

@@ -55,10 +55,12 @@ pub struct Options {
     pub token: Option<String>,
     /// `members`: the names in the room, after the welcome.
     pub members: bool,
+    /// `pass=PASSWORD`: the server's password, where it asks for one.
+    pub pass: Option<String>,
 }
 
 /// Words an option may be (a bare word, or a `key=` followed by its value).
-const OPTIONS: [&str; 7] = [
+const OPTIONS: [&str; 8] = [
     "heartbeat",
     "goodbye",
     "tags",
@@ -66,6 +68,7 @@ const OPTIONS: [&str; 7] = [
     "history=",
     "since=",
     "token=",
+    "pass=",
 ];
 
 impl Options {
@@ -94,6 +97,12 @@ impl Options {
                 ));
             }
             Some(("token", value)) => self.token = Some(value.to_owned()),
+            Some(("pass", value)) if value.is_empty() || value.len() > MAX_PASSWORD_BYTES => {
+                return Err(HandshakeError::BadOption(format!(
+                    "pass=...: a password is 1 to {MAX_PASSWORD_BYTES} bytes"
+                )));
+            }
+            Some(("pass", value)) => self.pass = Some(value.to_owned()),
             _ => return Err(HandshakeError::UnknownOption(word.to_owned())),
         }
         Ok(())
@@ -121,9 +130,15 @@ impl Options {
         if let Some(token) = &self.token {
             words.push_str(&format!(" token={token}"));
         }
+        if let Some(pass) = &self.pass {
+            words.push_str(&format!(" pass={pass}"));
+        }
         words
     }
 }
+
+/// Longest `pass=` value.
+const MAX_PASSWORD_BYTES: usize = 128;
 
 /// Longest `token=` value.
 const MAX_TOKEN_CHARS: usize = 64;

@@ -87,6 +87,7 @@ pub(super) async fn run(listener: TcpListener, transport: Transport, listening: 
             hub: listening.hub.clone(),
             config: config.clone(),
             admission,
+            password: listening.gate.password(),
             deadline: Instant::now() + config.handshake_timeout,
             framing: Framing::Stream {
                 seed_allowed: matches!(transport, Transport::Plain),

@@ -32,6 +32,7 @@ pub struct Gate {
     max_connections: usize,
     per_address: PerAddress,
     loopback_exempt: bool,
+    password: Arc<super::password::Password>,
 }
 
 impl Gate {
@@ -43,7 +44,13 @@ impl Gate {
             max_connections,
             per_address: PerAddress::new(config.max_connections_per_ip),
             loopback_exempt: !config.no_loopback_exemption,
+            password: Arc::new(super::password::Password::new(config)),
         }
+    }
+
+    /// The server's password, which every connection's handshake is checked against.
+    pub fn password(&self) -> Arc<super::password::Password> {
+        self.password.clone()
     }
 
     /// The connection limit in force.

@@ -214,6 +214,7 @@ async fn upgrade(
         hub,
         config: web.config.clone(),
         admission,
+        password: web.gate.password(),
         deadline: Instant::now() + web.config.handshake_timeout,
         framing: Framing::WebSocket {
             pre_read: bytes::Bytes::new(),

@@ -12,6 +12,7 @@
 mod accept;
 pub mod admission;
 mod http;
+pub mod password;
 mod stream;
 
 use std::future::Future;

@@ -96,6 +96,8 @@ pub(super) struct Arrival {
     pub(super) hub: Hub,
     pub(super) config: Arc<Config>,
     pub(super) admission: Admission,
+    /// The server's password, if it has one.
+    pub(super) password: Arc<super::password::Password>,
     /// When the handshake must be done (the TLS handshake counts against it too).
     pub(super) deadline: Instant,
     pub(super) framing: Framing,
@@ -147,6 +149,7 @@ async fn admit<S: ByteStream>(mut stream: S, arrival: Arrival) -> Option<Session
         hub,
         config,
         admission,
+        password,
         deadline,
         framing,
     } = arrival;
@@ -168,6 +171,18 @@ async fn admit<S: ByteStream>(mut stream: S, arrival: Arrival) -> Option<Session
         Framing::Stream { seed_allowed } => handshake.run(deadline, seed_allowed).await,
         Framing::WebSocket { pre_read } => handshake.run_websocket(deadline, pre_read).await,
     };
+    let handshaken = match handshaken {
+        Handshaken::Hello { hello, rest } => match password.check(peer.ip(), &hello).await {
+            Ok(()) => Handshaken::Hello { hello, rest },
+            Err((code, reason)) => Handshaken::Refused {
+                mode: hello.mode,
+                code,
+                reason,
+            },
+        },
+        other => other,
+    };
+    drop(password);
     let (hello, rest) = match handshaken {
         Handshaken::Hello { hello, rest } => (hello, rest),
         Handshaken::Refused { mode, code, reason } => {

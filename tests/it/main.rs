@@ -22,6 +22,7 @@ mod limits;
 mod line_mode;
 mod names;
 mod original_clients;
+mod password;
 mod seed_mode;
 mod service;
 mod shutdown;
