@@ -883,3 +883,94 @@ async fn the_page_reads_joins_talks_escapes_and_survives_restarts() {
     browser.close().await;
     drop(server);
 }
+
+/// With a server password the page asks for it, says so when it is wrong, and once
+/// it is right reads and talks as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_asks_for_the_server_s_password() {
+    let Some((chromium, chromedriver)) = browser_programs() else {
+        return;
+    };
+    let hash = tcpchat::server::password::hash("s3cret").expect("a hash");
+    let data = tempfile::tempdir().expect("a data directory");
+    let http_port = steady_port();
+    let server = Spec::tcpchat(env!("CARGO_BIN_EXE_tcpchat"))
+        .arg("--data-dir")
+        .arg(data.path())
+        .args([
+            "--http-port",
+            &http_port.to_string(),
+            "--password-hash",
+            &hash,
+        ])
+        .start()
+        .expect("the server starts with a password");
+    let chat = server.addr();
+    let mut carol = Raw::connect(chat, "name:carol pass=s3cret").await;
+    assert_eq!(carol.line().await, "*** ok: joined as carol");
+    carol.send("is anyone there?").await;
+
+    let browser = Browser::start(&chromium, &chromedriver).await;
+    let client = browser.client();
+    client
+        .goto(&format!("http://127.0.0.1:{http_port}/"))
+        .await
+        .expect("open the page");
+    let shown = |id: &'static str| async move {
+        client
+            .find(Locator::Id(id))
+            .await
+            .expect("the element")
+            .is_displayed()
+            .await
+            .expect("whether it shows")
+    };
+    let text_of = |id: &'static str| async move {
+        client
+            .find(Locator::Id(id))
+            .await
+            .expect("the element")
+            .text()
+            .await
+            .expect("its text")
+    };
+    let deadline = Instant::now() + PAGE_WAIT;
+    while !shown("pass").await {
+        assert!(Instant::now() < deadline, "the page asks for the password");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        text_of("pass-error").await,
+        "This chat asks for a password."
+    );
+    assert!(!shown("name").await, "no name field before the password");
+    type_line(client, "pass", "guess").await;
+    let deadline = Instant::now() + PAGE_WAIT;
+    while text_of("pass-error").await != "Wrong password." {
+        assert!(
+            Instant::now() < deadline,
+            "the page says the password is wrong"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    type_line(client, "pass", "s3cret").await;
+    let page = wait_page(client, "the room, live", PAGE_WAIT, |p| {
+        p.state == "live" && p.events.len() == 2 && p.members.contains("carol")
+    })
+    .await;
+    assert_eq!(page.events[1].text(), "carol: is anyone there?");
+    let mut viewer = Raw::connect(chat, "viewer pass=s3cret").await;
+    assert!(viewer.line().await.starts_with("Welcome to the"));
+    type_line(client, "name", "dave").await;
+    type_line(client, "message", "here I am").await;
+    // The page's own line reaches a line-mode viewer.
+    let deadline = Instant::now() + PAGE_WAIT;
+    loop {
+        let line = viewer.line().await;
+        if line == "dave: here I am" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "dave's line did not arrive");
+    }
+    browser.close().await;
+}

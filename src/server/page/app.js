@@ -51,6 +51,9 @@
     members: $("members"),
     memberCount: $("member-count"),
     nobody: $("nobody"),
+    passForm: $("pass-form"),
+    pass: $("pass"),
+    passError: $("pass-error"),
     joinForm: $("join-form"),
     name: $("name"),
     join: $("join"),
@@ -115,6 +118,10 @@
     name: saved.get("name"),
     token: saved.get("token"),
     tokenName: saved.get("token-name"),
+    /** The server's password, for a server that asks for one (kept for this tab). */
+    password: saved.get("pass"),
+    /** The server refused the password (or its absence): the password form shows. */
+    needsPassword: false,
     /** Lines typed and not yet seen to land: {id, text, sentOn}. */
     pending: loadPending(),
     idPrefix: randomPrefix(),
@@ -216,6 +223,7 @@
       if (this.role === "chat" && state.token && state.tokenName === name) {
         hello += " token=" + state.token;
       }
+      if (state.password) hello += " pass=" + state.password;
       // `heartbeat`: a `*** ping` after 15 s of silence, which (unlike the WebSocket
       // ping the browser answers unseen) tells the page the server is still there.
       hello += " members heartbeat";
@@ -459,6 +467,20 @@
       const limit = /(\d+) bytes/.exec(error.text);
       if (limit) maxLineBytes = Number(limit[1]);
       dropOversize(conn);
+    }
+    if (error && (error.code === "bad-password" || error.code === "too-many-attempts")) {
+      // Asked for again; the name, if any, is kept for when it is right.
+      const hadOne = state.password !== null;
+      state.password = null;
+      saved.set("pass", null);
+      state.needsPassword = true;
+      ui.passError.textContent =
+        hadOne || error.code === "too-many-attempts"
+          ? describeError(error)
+          : "This chat asks for a password.";
+      state.failure = "A password is needed.";
+      render();
+      return;
     }
     if (error && !RETRY_CODES.has(error.code)) {
       if (conn.role === "chat") {
@@ -798,6 +820,15 @@
     if (state.roomName && ui.room.textContent !== state.roomName) {
       ui.room.textContent = state.roomName;
     }
+    const passWasHidden = ui.passForm.hidden;
+    ui.passForm.hidden = !state.needsPassword;
+    if (state.needsPassword) {
+      ui.sendForm.hidden = true;
+      ui.joinForm.hidden = true;
+      if (passWasHidden) ui.pass.focus();
+      renderStale();
+      return;
+    }
     const chatting = state.name !== null;
     const joined = chatting && state.conn && state.conn.role === "chat";
     const wasHidden = ui.sendForm.hidden;
@@ -835,6 +866,26 @@
     ui.name.removeAttribute("aria-invalid");
     ui.joinError.textContent = "";
     chooseName(name);
+  });
+
+  ui.passForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const password = ui.pass.value;
+    if (!password || /\s/u.test(password)) {
+      ui.passError.textContent = "A password is one word, without spaces.";
+      ui.pass.focus();
+      return;
+    }
+    ui.pass.value = "";
+    ui.passError.textContent = "";
+    state.password = password;
+    saved.set("pass", password);
+    state.needsPassword = false;
+    state.failure = null;
+    state.retryDelay = RETRY_FIRST_MS;
+    clearRetry();
+    render();
+    if (!state.conn && !state.attempt) connect();
   });
 
   ui.sendForm.addEventListener("submit", (event) => {
