@@ -61,6 +61,10 @@ MUTATIONS = [
     ("password guessing not throttled", ["it::password::", "lib::server::password"], [
         ("src/server/password.rs", "            *count >= MAX_FAILURES && since.elapsed() < FAILURE_WINDOW\n",
          "            *count >= MAX_FAILURES && since.elapsed() < FAILURE_WINDOW && false\n")]),
+    ("kick does nothing", ["it::admin::"], [
+        ("src/hub/ring.rs", "    pub fn kick(&self) {\n", "    pub fn kick(&self) {\n        return;\n")]),
+    ("bans not checked", ["it::admin::", "lib::server::bans"], [
+        ("src/server/bans.rs", "        if entries.is_empty() {\n            return Ok(());", "        if true {\n            return Ok(());")]),
     ("connection limit ignored", ["it::limits::"], [
         ("src/server/admission.rs", "let max_connections = max_connections(config);",
          "let max_connections = usize::MAX >> 4;")]),

@@ -58,6 +58,19 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Run an operator's command on the server on this machine, through its admin
+    /// socket: who, kick NAME, ban NAME|ADDRESS [FOR], unban NAME|ADDRESS, bans, help.
+    Admin {
+        /// The server's admin socket [default: admin.sock in the data directory].
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// The server's data directory, to find its socket (as `serve --data-dir`).
+        #[arg(long, value_name = "DIR", conflicts_with = "socket")]
+        data_dir: Option<PathBuf>,
+        /// The command and its words.
+        #[arg(required = true, num_args = 1.., value_name = "COMMAND")]
+        command: Vec<String>,
+    },
     /// Make the hash for `serve --password-hash` from a password read from standard
     /// input (on a terminal: asked for twice, not shown).
     HashPassword,
@@ -132,6 +145,13 @@ struct ServeArgs {
     no_http: bool,
     #[command(flatten)]
     config: Config,
+    /// The operator's socket, for `tcpchat admin` [default: admin.sock in the data
+    /// directory]. Only the server's own user (and root) can use it.
+    #[arg(long, value_name = "PATH")]
+    admin_socket: Option<PathBuf>,
+    /// No admin socket.
+    #[arg(long, conflicts_with = "admin_socket")]
+    no_admin: bool,
     /// Read the settings from this TOML file too: each of these flags, without its
     /// dashes, is a key (`max-message-bytes = 4096`); flags and TCPCHAT_* variables
     /// win over it. `contrib/tcpchat.toml` lists every key. [env: TCPCHAT_CONFIG]
@@ -230,6 +250,11 @@ fn main() -> ExitCode {
         }
         Command::Man { out_dir } => manual(out_dir.as_deref()),
         Command::HashPassword => hash_password(),
+        Command::Admin {
+            socket,
+            data_dir,
+            command,
+        } => admin(socket, data_dir, &command),
         Command::History {
             last,
             since,
@@ -329,6 +354,62 @@ fn with_settings(args: Box<ServeArgs>) -> Settled {
         }) => Settled::Serve(args),
         Ok(_) => Settled::Exit(ExitCode::FAILURE),
         Err(error) => Settled::Exit(usage_error(&error)),
+    }
+}
+
+/// Where the admin socket is: `given`, or `admin.sock` in `data_dir`.
+fn admin_socket_path(given: Option<&std::path::Path>, data_dir: &std::path::Path) -> PathBuf {
+    given.map_or_else(|| data_dir.join("admin.sock"), std::path::Path::to_path_buf)
+}
+
+/// `tcpchat admin`: sends `words` to the server's admin socket and prints its answer;
+/// an error if the answer is one.
+fn admin(
+    socket: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    words: &[String],
+) -> anyhow::Result<()> {
+    use std::io::Read as _;
+    let data_dir = Config {
+        data_dir,
+        ..Config::default()
+    }
+    .data_dir();
+    let path = admin_socket_path(socket.as_deref(), &data_dir);
+    let mut stream = std::os::unix::net::UnixStream::connect(&path).with_context(|| {
+        format!(
+            "cannot reach the server's admin socket {} (is the server running, with this data directory, as this user?)",
+            path.display()
+        )
+    })?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .context("cannot set a timeout")?;
+    stream
+        .write_all(format!("{}\n", words.join(" ")).as_bytes())
+        .context("cannot send the command")?;
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .context("cannot read the server's answer")?;
+    let last = answer.lines().last().unwrap_or_default().to_owned();
+    let body = answer
+        .lines()
+        .take(answer.lines().count().saturating_sub(1))
+        .collect::<Vec<_>>();
+    let mut out = std::io::stdout();
+    for line in body {
+        let _ = writeln!(out, "{line}");
+    }
+    match last.strip_prefix("error: ") {
+        Some(error) => anyhow::bail!("{error}"),
+        None => {
+            let said = last.strip_prefix("ok: ").unwrap_or_default();
+            if !said.is_empty() {
+                let _ = writeln!(out, "{said}");
+            }
+            Ok(())
+        }
     }
 }
 
@@ -444,6 +525,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(async {
         // The log first: a data directory that cannot be used stops the server
         // before it listens.
+        let data_dir = args.config.data_dir();
+        let keeps_history = args.config.history == tcpchat::config::Switch::On;
         let prepared = if args.config.cluster.is_some() {
             server::prepare_cluster(args.config).await?
         } else {
@@ -468,6 +551,25 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let address = SocketAddr::new(args.http_bind.unwrap_or(args.bind), args.http_port);
             Some(listen(address).with_context(|| format!("cannot listen on {address}"))?)
         };
+        // The admin socket: where asked; by default in the data directory, unless
+        // history is off (then nothing touches the disk unless asked to).
+        let admin = match (&args.admin_socket, args.no_admin, keeps_history) {
+            (_, true, _) | (None, false, false) => None,
+            (Some(path), false, _) => Some(
+                server::admin::AdminSocket::bind(path)
+                    .with_context(|| format!("cannot use the admin socket {}", path.display()))?,
+            ),
+            (None, false, true) => {
+                let path = admin_socket_path(None, &data_dir);
+                match server::admin::AdminSocket::bind(&path) {
+                    Ok(socket) => Some(socket),
+                    Err(error) => {
+                        tracing::warn!(path = %path.display(), %error, "no admin socket (give one with --admin-socket)");
+                        None
+                    }
+                }
+            }
+        };
         let signalled = shutdown_signal().context("cannot handle signals")?;
         // Under systemd (Type=notify): ready once listening, stopping once asked to.
         // Outside it (no NOTIFY_SOCKET) these do nothing.
@@ -477,7 +579,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             notify_systemd(sd_notify::NotifyState::Stopping);
         };
         prepared
-            .serve(Listeners { plain, tls, http }, shutdown)
+            .serve(
+                Listeners {
+                    plain,
+                    tls,
+                    http,
+                    admin,
+                },
+                shutdown,
+            )
             .await
     })
 }

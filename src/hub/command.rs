@@ -48,6 +48,16 @@ pub(crate) enum Command {
     /// A chatter whose leave was announced ([`Command::Leave`] with `published`) has
     /// read the room up to it and is gone: it no longer counts as a receiver.
     Release { id: ConnId },
+    /// The operator's: disconnect the member called `name`; its connection id, if
+    /// there is one.
+    Kick {
+        name: String,
+        reply: oneshot::Sender<Option<ConnId>>,
+    },
+    /// The operator's: the names in the room.
+    Who {
+        reply: oneshot::Sender<Vec<Arc<str>>>,
+    },
     /// A member is gone.
     Leave {
         id: ConnId,

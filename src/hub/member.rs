@@ -264,6 +264,8 @@ pub enum End {
     LeftWhileHeldBack,
     /// The connection failed (reset, dead-peer timeout).
     PeerError(io::Error),
+    /// The operator disconnected it (`tcpchat admin kick`).
+    Kicked,
     /// A receiver fell further behind than its backlog allows.
     TooSlow {
         /// Bytes of its own format published and not yet written.
@@ -612,6 +614,9 @@ impl Member {
         if self.waker.is_replaced() {
             return Err(End::Replaced);
         }
+        if self.waker.is_kicked() {
+            return Err(End::Kicked);
+        }
         if self.drain_deadline.is_none() && self.shared.is_stopping() {
             self.begin_drain();
             progress = true;
@@ -907,6 +912,10 @@ impl Member {
             End::TooLong(error) => {
                 info!(conn = %id, %error, "closed: message too long");
                 Some(Notice::error("message-too-long", error))
+            }
+            End::Kicked => {
+                info!(conn = %id, "closed: disconnected by the operator");
+                Some(Notice::error("kicked", "disconnected by the operator"))
             }
             End::Replaced => {
                 info!(conn = %id, "closed: a new connection took its name over");

@@ -82,6 +82,36 @@ impl Hub {
         Ok(Reservation { membership })
     }
 
+    /// Disconnects the member called `name` (the operator's `kick`): it gets
+    /// `*** error kicked` and the room its leave. Whether there was one.
+    ///
+    /// # Errors
+    /// [`HubError::Stopped`] at shutdown.
+    pub async fn kick(&self, name: &str) -> Result<bool, HubError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Command::Kick {
+                name: name.to_owned(),
+                reply,
+            })
+            .await
+            .map_err(|_| HubError::Stopped)?;
+        Ok(answer.await.map_err(|_| HubError::Stopped)?.is_some())
+    }
+
+    /// The names in the room (the operator's `who`).
+    ///
+    /// # Errors
+    /// [`HubError::Stopped`] at shutdown.
+    pub async fn who(&self) -> Result<Vec<Arc<str>>, HubError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Command::Who { reply })
+            .await
+            .map_err(|_| HubError::Stopped)?;
+        answer.await.map_err(|_| HubError::Stopped)
+    }
+
     /// Lets a connection in as `request` says.
     ///
     /// # Errors
@@ -595,6 +625,7 @@ impl Owner {
             | Command::Post { id, .. }
             | Command::Leave { id, .. }
             | Command::Release { id } => *id,
+            Command::Kick { .. } | Command::Who { .. } => ConnId(0),
         };
         match command {
             Command::Reserve { id, name, reply } => {
@@ -714,6 +745,19 @@ impl Owner {
                 }
             }
             Command::Release { id } => self.receivers.remove(id),
+            Command::Kick { name, reply } => {
+                let holder = self.room.holder(&name);
+                if let Some(id) = holder {
+                    let subscriber = self.receivers.get(id).or_else(|| self.senders.get(id));
+                    if let Some(subscriber) = subscriber {
+                        subscriber.kick();
+                    }
+                }
+                let _ = reply.send(holder);
+            }
+            Command::Who { reply } => {
+                let _ = reply.send(self.room.present());
+            }
         }
     }
 

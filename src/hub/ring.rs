@@ -11,7 +11,7 @@
 //! viewer, and an idle viewer holds nothing but its cursor.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use arc_swap::ArcSwapOption;
@@ -81,20 +81,38 @@ pub enum Fetch {
 #[derive(Debug, Default)]
 pub struct Subscriber {
     waker: AtomicWaker,
-    replaced: AtomicBool,
+    /// Why the hub ended the member: [`NOT_ENDED`], [`REPLACED`] or [`KICKED`].
+    ended: AtomicU8,
 }
+
+const NOT_ENDED: u8 = 0;
+const REPLACED: u8 = 1;
+const KICKED: u8 = 2;
 
 impl Subscriber {
     /// Marks the member as replaced by a new connection under its name, and wakes
     /// it. Hub task only.
     pub fn replace(&self) {
-        self.replaced.store(true, Ordering::Release);
+        self.ended.store(REPLACED, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Marks the member as disconnected by the operator, and wakes it. Hub task only.
+    pub fn kick(&self) {
+        let _ = self
+            .ended
+            .compare_exchange(NOT_ENDED, KICKED, Ordering::AcqRel, Ordering::Acquire);
         self.waker.wake();
     }
 
     /// Whether a new connection took this member's name over.
     pub fn is_replaced(&self) -> bool {
-        self.replaced.load(Ordering::Acquire)
+        self.ended.load(Ordering::Acquire) == REPLACED
+    }
+
+    /// Whether the operator disconnected this member.
+    pub fn is_kicked(&self) -> bool {
+        self.ended.load(Ordering::Acquire) == KICKED
     }
 
     /// Wakes the viewer if it is waiting. Hub task only; never blocks.

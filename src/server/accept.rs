@@ -88,6 +88,7 @@ pub(super) async fn run(listener: TcpListener, transport: Transport, listening: 
             config: config.clone(),
             admission,
             password: listening.gate.password(),
+            bans: listening.gate.bans(),
             deadline: Instant::now() + config.handshake_timeout,
             framing: Framing::Stream {
                 seed_allowed: matches!(transport, Transport::Plain),

@@ -33,6 +33,7 @@ pub struct Gate {
     per_address: PerAddress,
     loopback_exempt: bool,
     password: Arc<super::password::Password>,
+    bans: Arc<super::bans::Bans>,
 }
 
 impl Gate {
@@ -45,7 +46,13 @@ impl Gate {
             per_address: PerAddress::new(config.max_connections_per_ip),
             loopback_exempt: !config.no_loopback_exemption,
             password: Arc::new(super::password::Password::new(config)),
+            bans: Arc::default(),
         }
+    }
+
+    /// The operator's bans, which every connection's handshake is checked against.
+    pub fn bans(&self) -> Arc<super::bans::Bans> {
+        self.bans.clone()
     }
 
     /// The server's password, which every connection's handshake is checked against.

@@ -215,6 +215,7 @@ async fn upgrade(
         config: web.config.clone(),
         admission,
         password: web.gate.password(),
+        bans: web.gate.bans(),
         deadline: Instant::now() + web.config.handshake_timeout,
         framing: Framing::WebSocket {
             pre_read: bytes::Bytes::new(),

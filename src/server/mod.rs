@@ -10,7 +10,9 @@
 //! `admission.rs`.
 
 mod accept;
+pub mod admin;
 pub mod admission;
+pub mod bans;
 mod http;
 pub mod password;
 mod stream;
@@ -42,6 +44,8 @@ pub struct Listeners {
     pub tls: Option<(TcpListener, Arc<Certificates>)>,
     /// HTTP: health checks and metrics.
     pub http: Option<TcpListener>,
+    /// The operator's socket (`tcpchat admin`).
+    pub admin: Option<admin::AdminSocket>,
 }
 
 impl From<TcpListener> for Listeners {
@@ -50,6 +54,7 @@ impl From<TcpListener> for Listeners {
             plain,
             tls: None,
             http: None,
+            admin: None,
         }
     }
 }
@@ -244,6 +249,10 @@ impl Prepared {
                 tracker: listening.tracker.clone(),
             };
             tokio::spawn(http::run(listener, certificates, web));
+        }
+        if let Some(socket) = listeners.admin {
+            info!(path = %socket.path().display(), "the admin socket (tcpchat admin)");
+            tokio::spawn(admin::run(socket, hub.downgrade(), gate.bans()));
         }
         let tls = listeners.tls.map(|(listener, certificates)| {
             if let Some(address) = accept::local_address(&listener) {

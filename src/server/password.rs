@@ -138,7 +138,7 @@ impl Password {
 }
 
 /// The address failures count against: IPv4 addresses one by one, IPv6 by /64.
-fn key_of(ip: IpAddr) -> IpAddr {
+pub(super) fn key_of(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),

@@ -98,6 +98,8 @@ pub(super) struct Arrival {
     pub(super) admission: Admission,
     /// The server's password, if it has one.
     pub(super) password: Arc<super::password::Password>,
+    /// The operator's bans.
+    pub(super) bans: Arc<super::bans::Bans>,
     /// When the handshake must be done (the TLS handshake counts against it too).
     pub(super) deadline: Instant,
     pub(super) framing: Framing,
@@ -150,6 +152,7 @@ async fn admit<S: ByteStream>(mut stream: S, arrival: Arrival) -> Option<Session
         config,
         admission,
         password,
+        bans,
         deadline,
         framing,
     } = arrival;
@@ -172,7 +175,12 @@ async fn admit<S: ByteStream>(mut stream: S, arrival: Arrival) -> Option<Session
         Framing::WebSocket { pre_read } => handshake.run_websocket(deadline, pre_read).await,
     };
     let handshaken = match handshaken {
-        Handshaken::Hello { hello, rest } => match password.check(peer.ip(), &hello).await {
+        Handshaken::Hello { hello, rest } => match async {
+            bans.check(peer.ip(), &hello)?;
+            password.check(peer.ip(), &hello).await
+        }
+        .await
+        {
             Ok(()) => Handshaken::Hello { hello, rest },
             Err((code, reason)) => Handshaken::Refused {
                 mode: hello.mode,
@@ -182,7 +190,7 @@ async fn admit<S: ByteStream>(mut stream: S, arrival: Arrival) -> Option<Session
         },
         other => other,
     };
-    drop(password);
+    drop((password, bans));
     let (hello, rest) = match handshaken {
         Handshaken::Hello { hello, rest } => (hello, rest),
         Handshaken::Refused { mode, code, reason } => {
@@ -848,6 +856,7 @@ fn close_code(end: &End) -> Option<(u16, &'static str)> {
         End::TooSlow { .. } => (POLICY_VIOLATION, "too-slow"),
         End::TooLong(_) => (close::TOO_BIG, "message-too-long"),
         End::Replaced => (POLICY_VIOLATION, "replaced"),
+        End::Kicked => (POLICY_VIOLATION, "kicked"),
         End::HistoryUnavailable(_) => (close::INTERNAL_ERROR, "history-unavailable"),
         End::ShutDown | End::Deadline => (close::GOING_AWAY, "shutting down"),
         End::BadFrame(error) => (error.close_code, error.code),

@@ -162,6 +162,7 @@ async fn readiness_fails_while_the_log_cannot_be_written() {
         plain,
         tls: None,
         http: Some(http),
+        admin: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(prepared.serve(listeners, async {

@@ -109,6 +109,7 @@ async fn start_server_with(mut config: Config, with_tls: bool) -> TestServer {
         plain,
         tls,
         http: Some(http),
+        admin: None,
     };
     let (stop, stopped) = oneshot::channel::<()>();
     // Ready before the test's first connection: the log is open, the hub runs.

@@ -1,0 +1,145 @@
+//! `tcpchat admin`: the operator's commands through the server's admin socket, run as
+//! an operator would (the built binary, a server started by the harness).
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+
+use harness::{ServerProcess, Spec};
+
+use crate::cli::{Raw, WELCOME, run, tcpchat};
+
+fn server(socket: &Path) -> ServerProcess {
+    Spec::tcpchat(env!("CARGO_BIN_EXE_tcpchat"))
+        .arg("--admin-socket")
+        .arg(socket)
+        .start()
+        .expect("the server starts with an admin socket")
+}
+
+/// `tcpchat admin --socket SOCKET WORDS...`: (exit code, stdout, stderr).
+fn admin(socket: &Path, words: &[&str]) -> (i32, String, String) {
+    run(tcpchat()
+        .arg("admin")
+        .arg("--socket")
+        .arg(socket)
+        .args(words))
+}
+
+fn socket_in(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("admin.sock")
+}
+
+#[test]
+fn the_operator_sees_who_is_there_and_kicks_someone_out() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let socket = socket_in(&dir);
+    let server = server(&socket);
+    let mode = std::fs::metadata(&socket)
+        .expect("the socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "only the server's user may use it");
+    let mut viewer = Raw::viewer(server.addr());
+    let mut alice = Raw::connect(server.addr(), "name:alice\n");
+    assert_eq!(alice.line(), "*** ok: joined as alice");
+    assert_eq!(viewer.line(), "alice has joined the chat.");
+
+    let (code, stdout, stderr) = admin(&socket, &["who"]);
+    assert_eq!(
+        (code, stdout.as_str()),
+        (0, "alice\n1 in the room\n"),
+        "{stderr}"
+    );
+    let (code, stdout, stderr) = admin(&socket, &["kick", "alice"]);
+    assert_eq!(
+        (code, stdout.as_str()),
+        (0, "alice disconnected\n"),
+        "{stderr}"
+    );
+    assert_eq!(
+        alice.line(),
+        "*** error kicked: disconnected by the operator"
+    );
+    alice.expect_closed();
+    assert_eq!(viewer.line(), "alice has left the chat");
+    let (code, _, stderr) = admin(&socket, &["kick", "alice"]);
+    assert_eq!(code, 1);
+    assert_eq!(stderr, "tcpchat: nobody called alice is in the room here\n");
+    let (code, _, stderr) = admin(&socket, &["dance"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("unknown command \"dance\"; try help"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bans_keep_a_name_or_an_address_out_until_lifted() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let socket = socket_in(&dir);
+    let server = server(&socket);
+    let mut mallory = Raw::connect(server.addr(), "name:mallory\n");
+    assert_eq!(mallory.line(), "*** ok: joined as mallory");
+
+    let (code, stdout, stderr) = admin(&socket, &["ban", "mallory", "10m"]);
+    assert_eq!(
+        (code, stdout.as_str()),
+        (0, "mallory banned for 10m, and disconnected\n"),
+        "{stderr}"
+    );
+    assert_eq!(
+        mallory.line(),
+        "*** error kicked: disconnected by the operator"
+    );
+    let mut again = Raw::connect(server.addr(), "name:mallory\n");
+    let refusal = again.line();
+    assert!(
+        refusal.starts_with("*** error banned: the name \"mallory\" is banned for 9m"),
+        "{refusal}"
+    );
+    let (code, stdout, _) = admin(&socket, &["bans"]);
+    assert_eq!(code, 0);
+    assert!(stdout.starts_with("mallory  for 9m"), "{stdout}");
+    assert!(stdout.ends_with("\n1 ban\n"), "{stdout}");
+    let (code, _, _) = admin(&socket, &["unban", "mallory"]);
+    assert_eq!(code, 0);
+    let mut back = Raw::connect(server.addr(), "name:mallory\n");
+    assert_eq!(back.line(), "*** ok: joined as mallory");
+
+    let (code, _, stderr) = admin(&socket, &["ban", "127.0.0.1", "1h"]);
+    assert_eq!(code, 0, "{stderr}");
+    let mut viewer = Raw::connect(server.addr(), "viewer\n");
+    let refusal = viewer.line();
+    assert!(
+        refusal.starts_with("*** error banned: this address is banned for 59m"),
+        "{refusal}"
+    );
+    let (code, _, _) = admin(&socket, &["unban", "127.0.0.1"]);
+    assert_eq!(code, 0);
+    let mut viewer = Raw::connect(server.addr(), "viewer\n");
+    assert_eq!(viewer.line(), WELCOME);
+    let (code, _, stderr) = admin(&socket, &["ban", "mallory", "soon"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("\"soon\" is not a length of time"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn without_a_server_admin_says_where_it_looked() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let (code, _, stderr) = run(tcpchat()
+        .arg("admin")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("who"));
+    assert_eq!(code, 1);
+    assert!(
+        stderr.starts_with(&format!(
+            "tcpchat: cannot reach the server's admin socket {}/admin.sock (is the server running",
+            dir.path().display()
+        )),
+        "{stderr}"
+    );
+}
