@@ -140,6 +140,8 @@ pub struct Handshake {
     pub since: Option<u64>,
     /// `token=SECRET`: take the name over from a connection holding that secret.
     pub token: Option<String>,
+    /// `members`: the names of everyone in the room after the welcome.
+    pub members: bool,
 }
 
 impl Handshake {
@@ -155,6 +157,7 @@ impl Handshake {
             history: None,
             since: None,
             token: None,
+            members: false,
         }
     }
 
@@ -168,7 +171,7 @@ impl Handshake {
             history: self.history.map(u64::from),
             since: self.since,
             token: self.token.clone().filter(|token| is_word(token)),
-            members: false,
+            members: self.members,
             pass: password(),
         };
         handshake::encode_line_handshake(self.role, self.name.as_deref(), &options)

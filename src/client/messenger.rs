@@ -29,7 +29,7 @@ pub async fn run(server: Server, name: Option<String>) -> Result<(), ClientError
 
 /// Typed lines go to the server until the user leaves.
 async fn talk(mut conn: Connection, name: &str) -> Result<(), ClientError> {
-    let mut terminal = Terminal::start(format!("{name}> "), false);
+    let mut terminal = Terminal::start(format!("{name}> "), false, is_quit);
     let result = loop {
         tokio::select! {
             input = terminal.next() => match input {

@@ -19,6 +19,7 @@
 //! Each connection has a writer task of its own, so a slow write never stops the
 //! reading.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -79,6 +80,9 @@ pub struct SessionOptions {
     /// Longest typed line accepted, in bytes (the server closes a sender whose line
     /// is over its limit, 4096 bytes by default, `@id=` prefix included).
     pub max_line_bytes: usize,
+    /// Ask for the member list (`members`) and keep it up to date, for
+    /// [`Session::who`].
+    pub members: bool,
 }
 
 impl SessionOptions {
@@ -86,6 +90,7 @@ impl SessionOptions {
     pub fn chatter(server: Server, name: &str) -> Self {
         Self {
             name: Some(name.to_owned()),
+            members: true,
             ..Self::viewer(server)
         }
     }
@@ -103,6 +108,7 @@ impl SessionOptions {
             max_line_bytes: crate::Config::default()
                 .max_message_bytes
                 .saturating_sub(ID_PREFIX_BYTES),
+            members: false,
         }
     }
 }
@@ -150,6 +156,15 @@ pub enum Update {
         /// The server's last seq now.
         server: u64,
     },
+    /// Who is in the room, as asked with [`Session::who`].
+    Members {
+        /// The names, sorted; `None` when the server does not list them (it is
+        /// older than the `members` option, or does not tag events).
+        names: Option<Vec<String>>,
+        /// Whether connected. When not, the names are the room as the last
+        /// connection saw it.
+        connected: bool,
+    },
     /// Leaving waits for typed lines that have not reached the room.
     Leaving {
         /// How many.
@@ -171,6 +186,7 @@ pub struct TooLong {
 
 enum Command {
     Send(String),
+    Who,
     Leave,
 }
 
@@ -228,6 +244,13 @@ impl Session {
         Ok(())
     }
 
+    /// Asks who is in the room: an [`Update::Members`] follows. Nothing is sent
+    /// to the server; the session keeps the list it was given when it joined,
+    /// with every join and leave since.
+    pub fn who(&self) {
+        let _ = self.commands.send(Command::Who);
+    }
+
     /// Starts leaving: once every typed line has landed (or
     /// [`SessionOptions::leave_timeout`] has passed), the session closes and
     /// [`Session::next`] returns `None`.
@@ -278,6 +301,8 @@ struct Link {
     /// The seq in this connection's welcome: the replay of missed events is over
     /// once it has been shown.
     welcome_seq: u64,
+    /// Names of this connection's member list received so far.
+    listed: usize,
     /// Missed events replayed: typed lines may go out.
     caught_up: bool,
     /// Our end is closed; the server's close ends the session.
@@ -340,12 +365,22 @@ struct Runner {
     /// The last `Retrying` shown, and when: the same news is not repeated at
     /// every attempt.
     retry_news: Option<(String, Instant)>,
+    /// Ask for the member list (false once the server refused the option).
+    members: bool,
+    /// Who is in the room: the connection's member list, with the joins and
+    /// leaves numbered after its welcome applied to it as to a set.
+    room: BTreeSet<String>,
+    /// A member list came: `room` is the room, not just empty.
+    room_known: bool,
+    /// A connection is up.
+    connected: bool,
 }
 
 impl Runner {
     fn new(options: SessionOptions, updates: mpsc::UnboundedSender<Update>) -> Self {
         let outbox = Outbox::new(options.ids.clone());
         let backoff = options.backoff.clone();
+        let members = options.members;
         Self {
             options,
             updates,
@@ -359,6 +394,10 @@ impl Runner {
             commands_closed: false,
             told_leaving: false,
             retry_news: None,
+            members,
+            room: BTreeSet::new(),
+            room_known: false,
+            connected: false,
         }
     }
 
@@ -379,26 +418,46 @@ impl Runner {
     /// missed, with the token.
     async fn connect(&mut self) -> Result<Link, ClientError> {
         let first = self.links == 0;
-        let plain = Handshake::new(self.role(), self.options.name.as_deref());
-        let hello = Handshake {
-            tags: self.tagged,
-            history: (first && self.options.history > 0).then_some(self.options.history),
-            since: (!first).then_some(self.last_seq),
-            token: self.token.clone(),
-            ..plain.clone()
-        };
-        let conn = match Connection::open_with(&self.options.server, &hello).await {
-            // A server from before history and resume refuses the options (after a
-            // name, it takes an unknown word for the rest of a name with a space):
-            // talk to it as before. A refusal for another reason comes again.
-            Err(ClientError::Refused { code, .. })
-                if (code == "unknown-option" || code == "name-invalid") && first && self.tagged =>
-            {
-                self.tagged = false;
-                Connection::open_with(&self.options.server, &plain).await?
+        let conn = loop {
+            let plain = Handshake::new(self.role(), self.options.name.as_deref());
+            let hello = if self.tagged {
+                Handshake {
+                    tags: true,
+                    history: (first && self.options.history > 0).then_some(self.options.history),
+                    since: (!first).then_some(self.last_seq),
+                    token: self.token.clone(),
+                    members: self.members,
+                    ..plain
+                }
+            } else {
+                plain
+            };
+            match Connection::open_with(&self.options.server, &hello).await {
+                // A server from before member lists: do without them.
+                Err(ClientError::Refused { code, text })
+                    if code == "unknown-option"
+                        && first
+                        && self.members
+                        && text.contains("\"members\"") =>
+                {
+                    self.members = false;
+                }
+                // A server from before history and resume refuses the options
+                // (after a name, it takes an unknown word for the rest of a name
+                // with a space): talk to it as before. A refusal for another
+                // reason comes again.
+                Err(ClientError::Refused { code, .. })
+                    if (code == "unknown-option" || code == "name-invalid")
+                        && first
+                        && self.tagged =>
+                {
+                    self.tagged = false;
+                    self.members = false;
+                }
+                other => break other?,
             }
-            other => other?,
         };
+        self.connected = true;
         self.links += 1;
         let (welcome_tags, welcome) = tags::split(&conn.greeting);
         let welcome_seq = match (self.tagged, welcome_tags.seq) {
@@ -427,6 +486,7 @@ impl Runner {
             writes,
             writer: tokio::spawn(write_lines(writer, writes_rx)),
             welcome_seq,
+            listed: 0,
             caught_up: false,
             finishing: false,
         };
@@ -447,6 +507,7 @@ impl Runner {
                 Ending::Lost(error) => error,
             };
             drop(link);
+            self.connected = false;
             if !self.tagged {
                 // Without seqs and ids nothing could be resumed safely.
                 return Err(lost);
@@ -543,6 +604,10 @@ impl Runner {
                 self.outbox.push(text);
             }
             Some(Command::Send(_)) => {}
+            Some(Command::Who) => self.show(Update::Members {
+                names: self.room_known.then(|| self.room.iter().cloned().collect()),
+                connected: self.connected,
+            }),
             Some(Command::Leave) => self.begin_leaving(),
             None => {
                 self.commands_closed = true;
@@ -571,6 +636,16 @@ impl Runner {
             self.show(Update::Line(line));
             return Ok(None);
         };
+        // The member list is the room when this connection was let in, at or past
+        // its welcome: only later joins and leaves change it. Applied in order as
+        // to a set, those the list already shows change nothing for long.
+        if event.seq > link.welcome_seq {
+            if let Some(name) = event.joined() {
+                self.room.insert(name.to_owned());
+            } else if let Some(name) = event.left() {
+                self.room.remove(name);
+            }
+        }
         if event.seq <= self.last_seq {
             return Ok(None);
         }
@@ -593,7 +668,16 @@ impl Runner {
                 self.check_caught_up(link);
             }
             Some(Notice::Token { secret }) => self.token = Some(secret),
-            Some(Notice::Ok { .. } | Notice::Members { .. }) => {}
+            Some(Notice::Ok { .. }) => {}
+            Some(Notice::Members { names, .. }) => {
+                // A new connection's list replaces what the last one knew.
+                if link.listed == 0 {
+                    self.room.clear();
+                }
+                link.listed += names.len();
+                self.room.extend(names);
+                self.room_known = true;
+            }
             Some(Notice::Bye { text }) => {
                 return Ok(Some(Ending::Lost(ClientError::Closed {
                     reason: Some(text),

@@ -33,6 +33,24 @@ impl RoomEvent {
             .strip_prefix(name)
             .is_some_and(|rest| rest.starts_with(": "))
     }
+
+    /// The name in a join, `NAME has joined the chat.`, if this is one.
+    pub fn joined(&self) -> Option<&str> {
+        name_before(&self.text, " has joined the chat.")
+    }
+
+    /// The name in a leave, `NAME has left the chat`, if this is one.
+    pub fn left(&self) -> Option<&str> {
+        name_before(&self.text, " has left the chat")
+    }
+}
+
+/// The name `text` starts with when the rest is exactly `rest`. A name holds no
+/// space and no `:`, so a message (`bob: x has left the chat`) is never taken for
+/// a join or a leave.
+fn name_before<'a>(text: &'a str, rest: &str) -> Option<&'a str> {
+    let name = text.strip_suffix(rest)?;
+    (!name.is_empty() && !name.contains([' ', ':'])).then_some(name)
 }
 
 /// The tags of one line; every field is `None` when the line has none.
@@ -118,6 +136,28 @@ mod tests {
         assert!(event.is_message_from("alice"));
         assert!(!event.is_message_from("alic"));
         assert!(!event.is_message_from("bob"));
+    }
+
+    #[test]
+    fn joins_and_leaves_name_who_came_and_went_and_messages_never_do() {
+        let text = |text: &str| RoomEvent {
+            seq: 1,
+            time: None,
+            id: None,
+            text: text.into(),
+        };
+        assert_eq!(text("alice has joined the chat.").joined(), Some("alice"));
+        assert_eq!(text("alice has left the chat").left(), Some("alice"));
+        assert_eq!(text("alice has left the chat").joined(), None);
+        for message in [
+            "bob: x has left the chat",
+            "bob: * has joined the chat.",
+            " has left the chat",
+            "alice has left the chat.",
+        ] {
+            assert_eq!(text(message).joined(), None, "{message}");
+            assert_eq!(text(message).left(), None, "{message}");
+        }
     }
 
     #[test]

@@ -9,8 +9,13 @@
 //! (`bob: hello`, with its time) is what shows it was sent, once it lands, so it is
 //! never on screen twice. From Enter until the erasing is done, lines from the
 //! server wait, so that the erasing always hits the typed line.
+//!
+//! Ctrl-C on a half-typed line clears it and goes on; on an empty line it ends
+//! input, as Ctrl-D does. A line that leaves (`quit`) is the last one read: no
+//! prompt is drawn after it, so none is left on screen.
 
 use std::io::{BufRead, IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -18,7 +23,7 @@ use nix::sys::termios::{self, SetArg, Termios};
 use rustyline::error::ReadlineError;
 use rustyline::{
     Cmd, ConditionalEventHandler, DefaultEditor, Event, EventContext, EventHandler,
-    ExternalPrinter, KeyCode, KeyEvent, Modifiers, RepeatCount,
+    ExternalPrinter, KeyCode, KeyEvent, Modifiers, Movement, RepeatCount,
 };
 use tokio::sync::mpsc;
 use unicode_width::UnicodeWidthStr;
@@ -40,23 +45,28 @@ pub struct Terminal {
     saved: Option<Termios>,
     /// Closed while a typed line is being erased.
     gate: Arc<Gate>,
+    /// The editor is reading a line: its prompt is on screen.
+    reading: Arc<AtomicBool>,
 }
 
 impl Terminal {
     /// Starts reading lines, showing `prompt` when on a terminal. With
-    /// `erase_typed`, each line typed is erased from the screen once entered.
-    pub fn start(prompt: String, erase_typed: bool) -> Self {
+    /// `erase_typed`, each line typed is erased from the screen once entered. A
+    /// line for which `is_last` holds (a quit word) is the last one read.
+    pub fn start(prompt: String, erase_typed: bool, is_last: fn(&str) -> bool) -> Self {
         let (tx, input) = mpsc::channel(16);
         let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
         let editor = interactive.then(DefaultEditor::new).and_then(Result::ok);
         let gate = Arc::new(Gate::default());
+        let reading = Arc::new(AtomicBool::new(false));
         let Some(mut editor) = editor else {
-            std::thread::spawn(move || read_plain(&tx));
+            std::thread::spawn(move || read_plain(&tx, is_last));
             return Self {
                 input,
                 printer: None,
                 saved: None,
                 gate,
+                reading,
             };
         };
         let saved = termios::tcgetattr(std::io::stdin()).ok();
@@ -64,6 +74,10 @@ impl Terminal {
             .create_external_printer()
             .ok()
             .map(|p| Box::new(p) as Box<dyn ExternalPrinter + Send>);
+        editor.bind_sequence(
+            KeyEvent::ctrl('C'),
+            EventHandler::Conditional(Box::new(ClearOrInterrupt)),
+        );
         let erasing = erase_typed.then(|| {
             editor.bind_sequence(
                 KeyEvent(KeyCode::Enter, Modifiers::NONE),
@@ -71,12 +85,19 @@ impl Terminal {
             );
             gate.clone()
         });
-        std::thread::spawn(move || read_edited(&mut editor, &prompt, &tx, erasing.as_deref()));
+        let editing = Editing {
+            prompt,
+            erasing,
+            reading: reading.clone(),
+            is_last,
+        };
+        std::thread::spawn(move || read_edited(&mut editor, &editing, &tx));
         Self {
             input,
             printer,
             saved,
             gate,
+            reading,
         }
     }
 
@@ -100,13 +121,15 @@ impl Terminal {
 
 impl Drop for Terminal {
     /// Gives the terminal back as it was, even if the editor thread is still waiting
-    /// for a key (the server went away mid-line), and moves past the prompt.
+    /// for a key (the server went away mid-line), and then moves past its prompt.
     fn drop(&mut self) {
         if let Some(saved) = &self.saved {
             let _ = termios::tcsetattr(std::io::stdin(), SetArg::TCSANOW, saved);
-            let mut stdout = std::io::stdout();
-            let _ = stdout.write_all(b"\r\n");
-            let _ = stdout.flush();
+            if self.reading.load(Ordering::SeqCst) {
+                let mut stdout = std::io::stdout();
+                let _ = stdout.write_all(b"\r\n");
+                let _ = stdout.flush();
+            }
         }
     }
 }
@@ -155,6 +178,16 @@ impl ConditionalEventHandler for CloseOnEnter {
     }
 }
 
+/// Bound to Ctrl-C: clears a half-typed line (it goes to the kill ring, so
+/// Ctrl-Y brings it back); on an empty line, the editor's own Ctrl-C ends input.
+struct ClearOrInterrupt;
+
+impl ConditionalEventHandler for ClearOrInterrupt {
+    fn handle(&self, _: &Event, _: RepeatCount, _: bool, context: &EventContext) -> Option<Cmd> {
+        (!context.line().is_empty()).then_some(Cmd::Kill(Movement::WholeBuffer))
+    }
+}
+
 /// How many rows of the screen `prompt` and the typed `line` took, `columns` wide.
 /// The editor ends an accepted line with a newline, so the cursor is on the row
 /// after them.
@@ -182,17 +215,25 @@ fn erase_input(editor: &mut DefaultEditor, prompt: &str, line: &str) {
     let _ = stdout.flush();
 }
 
-/// Reads lines with the editor; with `erasing`, erases each from the screen and
-/// then opens that gate.
-fn read_edited(
-    editor: &mut DefaultEditor,
-    prompt: &str,
-    tx: &mpsc::Sender<Input>,
-    erasing: Option<&Gate>,
-) {
+/// How the editor thread reads.
+struct Editing {
+    prompt: String,
+    /// Erase each line once entered, then open this gate.
+    erasing: Option<Arc<Gate>>,
+    /// Set while the editor reads a line.
+    reading: Arc<AtomicBool>,
+    /// The line that ends the reading.
+    is_last: fn(&str) -> bool,
+}
+
+/// Reads lines with the editor until input ends or a last line is read.
+fn read_edited(editor: &mut DefaultEditor, editing: &Editing, tx: &mpsc::Sender<Input>) {
+    let prompt = editing.prompt.as_str();
     loop {
+        editing.reading.store(true, Ordering::SeqCst);
         let read = editor.readline(prompt);
-        if let Some(gate) = erasing {
+        editing.reading.store(false, Ordering::SeqCst);
+        if let Some(gate) = &editing.erasing {
             if let Ok(line) = &read {
                 erase_input(editor, prompt, line);
             }
@@ -204,7 +245,8 @@ fn read_edited(
                 if !line.trim().is_empty() {
                     let _ = editor.add_history_entry(line.as_str());
                 }
-                if tx.blocking_send(Input::Line(line)).is_err() {
+                let last = (editing.is_last)(&line);
+                if tx.blocking_send(Input::Line(line)).is_err() || last {
                     return;
                 }
             }
@@ -216,25 +258,42 @@ fn read_edited(
     }
 }
 
-fn read_plain(tx: &mpsc::Sender<Input>) {
+fn read_plain(tx: &mpsc::Sender<Input>, is_last: fn(&str) -> bool) {
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
-        if tx.blocking_send(Input::Line(line)).is_err() {
+        let last = is_last(&line);
+        if tx.blocking_send(Input::Line(line)).is_err() || last {
             return;
         }
     }
     let _ = tx.blocking_send(Input::End);
 }
 
-/// Asks for a name the way the original Messenger did, until one is given.
+/// After Ctrl-C outside the editor, where the terminal echoes `^C` and leaves the
+/// cursor after it: ends that line, so that whatever comes next (the shell's
+/// prompt) starts on a line of its own. Nothing when stdout is not a terminal.
+pub fn end_interrupted_line() {
+    let mut stdout = std::io::stdout();
+    if stdout.is_terminal() {
+        let _ = stdout.write_all(b"\n");
+        let _ = stdout.flush();
+    }
+}
+
+/// Asks for a name the way the original Messenger did, until one is given. The
+/// question is asked only when stdin is a terminal: from a pipe, the first
+/// non-empty line is the name.
 ///
 /// # Errors
 /// When stdin ends first.
 pub fn ask_name() -> std::io::Result<String> {
     let stdin = std::io::stdin();
+    let asking = stdin.is_terminal();
     loop {
-        print!("Enter a name to use: ");
-        std::io::stdout().flush()?;
+        if asking {
+            print!("Enter a name to use: ");
+            std::io::stdout().flush()?;
+        }
         let mut name = String::new();
         if stdin.lock().read_line(&mut name)? == 0 {
             return Err(std::io::Error::new(

@@ -1,6 +1,7 @@
 //! The integration tests: one test binary, one module per concern. Every test talks
 //! to a real server over real sockets on ephemeral loopback ports (or, for `cli`,
-//! `tls` and `dead_peers`, to the built `tcpchat` binary), and waits for what a user
+//! `chat_terminal`, `tls` and `dead_peers`, to the built `tcpchat` binary, under a
+//! pseudo-terminal for `chat_terminal`), and waits for what a user
 //! would see, each wait bounded.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -9,6 +10,7 @@ mod common;
 
 mod admin;
 mod browser;
+mod chat_terminal;
 mod cli;
 mod client_resume;
 mod cluster;

@@ -698,3 +698,28 @@ async fn a_server_that_stays_down_is_news_once_not_at_every_attempt() {
         .collect();
     assert_eq!(retrying.len(), 1, "{updates:?}");
 }
+
+#[tokio::test]
+async fn a_server_without_member_lists_is_joined_without_them() {
+    // The stand-in refuses `members` as a server from before it would.
+    let fake = Fake::start(Room::new(), None).await;
+    let mut bob = Session::start(SessionOptions {
+        members: true,
+        ..options(&fake, Some("bob"))
+    })
+    .await
+    .unwrap();
+    shown_until(&mut bob, is_event("bob has joined the chat.")).await;
+    bob.send("still tagged").unwrap();
+    shown_until(&mut bob, is_event("bob: still tagged")).await;
+    bob.who();
+    assert_eq!(
+        next(&mut bob).await,
+        Update::Members {
+            names: None,
+            connected: true
+        }
+    );
+    bob.leave();
+    assert!(finish(bob).await.is_ok());
+}
