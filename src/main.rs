@@ -117,9 +117,12 @@ struct ServeArgs {
     /// TCP port to listen on (0 picks a free one).
     #[arg(long, default_value_t = 6000)]
     port: u16,
-    /// Address to listen on; 0.0.0.0 is every IPv4 interface, as the original.
-    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
-    bind: IpAddr,
+    /// Where to listen: `*` is every interface, IPv6 and IPv4 alike (IPv4 alone where
+    /// the machine has no IPv6); an address (`0.0.0.0` every IPv4 interface, as the
+    /// original; `127.0.0.1`; `::1`); or a host name, which listens on each of its
+    /// addresses (`localhost`: 127.0.0.1 and ::1).
+    #[arg(long, value_name = "ADDR|HOST", default_value = "*")]
+    bind: String,
     /// Worker threads (default: the CPUs this process may run on).
     #[arg(long)]
     threads: Option<usize>,
@@ -137,9 +140,9 @@ struct ServeArgs {
     /// one).
     #[arg(long, default_value_t = 6080)]
     http_port: u16,
-    /// Address of the HTTP listener [default: the --bind address].
-    #[arg(long)]
-    http_bind: Option<IpAddr>,
+    /// Where the HTTP listener listens, as --bind [default: the --bind address].
+    #[arg(long, value_name = "ADDR|HOST")]
+    http_bind: Option<String>,
     /// No HTTP listener.
     #[arg(long, conflicts_with_all = ["http_port", "http_bind"])]
     no_http: bool,
@@ -532,24 +535,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         } else {
             server::prepare(args.config)?
         };
-        let address = SocketAddr::new(args.bind, args.port);
-        let plain = listen(address).with_context(|| format!("cannot listen on {address}"))?;
+        let plain = listen_all(&args.bind, args.port)?;
         let tls = match certificates {
             Some(certificates) => {
-                let address = SocketAddr::new(args.bind, args.tls_port);
-                let listener =
-                    listen(address).with_context(|| format!("cannot listen on {address}"))?;
+                let listeners = listen_all(&args.bind, args.tls_port)?;
                 reload_on_sighup(certificates.clone(), prepared.metrics())
                     .context("cannot handle signals")?;
-                Some((listener, certificates))
+                Some((listeners, certificates))
             }
             None => None,
         };
         let http = if args.no_http {
-            None
+            Vec::new()
         } else {
-            let address = SocketAddr::new(args.http_bind.unwrap_or(args.bind), args.http_port);
-            Some(listen(address).with_context(|| format!("cannot listen on {address}"))?)
+            listen_all(args.http_bind.as_deref().unwrap_or(&args.bind), args.http_port)?
         };
         // The admin socket: where asked; by default in the data directory, unless
         // history is off (then nothing touches the disk unless asked to).
@@ -625,11 +624,70 @@ fn reload_on_sighup(
     Ok(())
 }
 
+/// Listens on `port` at `bind` (see `serve --bind`): one listener per address.
+///
+/// # Errors
+/// When a name does not resolve, or an address cannot be listened on, saying which.
+fn listen_all(bind: &str, port: u16) -> anyhow::Result<Vec<TcpListener>> {
+    if bind == "*" {
+        // One socket for both families, where the machine has IPv6.
+        let any6 = SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), port);
+        return match listen(any6) {
+            Ok(listener) => Ok(vec![listener]),
+            Err(error)
+                if matches!(
+                    error.raw_os_error(),
+                    Some(nix::libc::EAFNOSUPPORT | nix::libc::EADDRNOTAVAIL)
+                ) =>
+            {
+                let any4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
+                Ok(vec![
+                    listen(any4).with_context(|| format!("cannot listen on {any4}"))?,
+                ])
+            }
+            Err(error) => {
+                Err(anyhow::Error::new(error).context(format!("cannot listen on {any6}")))
+            }
+        };
+    }
+    let addresses: Vec<SocketAddr> = match bind.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, port)],
+        Err(_) => {
+            use std::net::ToSocketAddrs as _;
+            let mut found: Vec<SocketAddr> = (bind, port)
+                .to_socket_addrs()
+                .with_context(|| {
+                    format!(
+                        "cannot listen on {bind}: not an address, and the name does not resolve"
+                    )
+                })?
+                .collect();
+            found.sort();
+            found.dedup();
+            found
+        }
+    };
+    anyhow::ensure!(
+        !addresses.is_empty(),
+        "cannot listen on {bind}: it has no address"
+    );
+    addresses
+        .into_iter()
+        .map(|address| listen(address).with_context(|| format!("cannot listen on {address}")))
+        .collect()
+}
+
 fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = match address {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
+    if let SocketAddr::V6(v6) = address
+        && v6.ip().is_unspecified()
+    {
+        // `::` takes IPv4 too (as IPv4-mapped addresses), whatever the system's default.
+        socket2::SockRef::from(&socket).set_only_v6(false)?;
+    }
     // Restarting right after a stop must not fail on connections in TIME_WAIT.
     socket.set_reuseaddr(true)?;
     socket.bind(address)?;

@@ -336,7 +336,12 @@ impl Connection {
 
 /// Connects to `server`, with TLS if asked, and splits the stream.
 async fn connect(server: &Server) -> Result<(ReadHalf, WriteHalf), ClientError> {
-    let address = format!("{}:{}", server.host, server.port);
+    // host:port as typed, an IPv6 address in brackets.
+    let address = if server.host.contains(':') {
+        format!("[{}]:{}", server.host, server.port)
+    } else {
+        format!("{}:{}", server.host, server.port)
+    };
     // Set up first: a bad --ca file is reported before anything is sent.
     let connector = match &server.tls {
         Some(options) => Some(TlsConnector::from(Arc::new(tls::client_config(

@@ -61,6 +61,9 @@ pub(super) async fn run(listener: TcpListener, transport: Transport, listening: 
                 continue;
             }
         };
+        // An IPv4 client of a dual-stack socket arrives as ::ffff:a.b.c.d: it is
+        // logged, limited and banned as the IPv4 address it is.
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let id = ConnId(listening.ids.fetch_add(1, Ordering::Relaxed) + 1);
         let metrics = listening.hub.metrics();
         let admission = match listening.gate.admit(id, peer) {

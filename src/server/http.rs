@@ -110,6 +110,8 @@ pub(super) async fn run(listener: TcpListener, certificates: Option<Arc<Certific
         if let Err(error) = socket::configure(&tcp, web.config.dead_peer_timeout) {
             debug!(%error, "could not set socket options");
         }
+        // An IPv4 client of a dual-stack socket, as the IPv4 address it is.
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let service = router.clone().layer(Extension(Peer(peer)));
         let acceptor = certificates
             .as_ref()

@@ -18,6 +18,7 @@ pub mod password;
 mod stream;
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
@@ -38,12 +39,12 @@ use admission::Gate;
 /// The sockets the server serves on.
 #[derive(Debug)]
 pub struct Listeners {
-    /// Plain TCP: seed mode and line mode.
-    pub plain: TcpListener,
+    /// Plain TCP: seed mode and line mode (one per address listened on).
+    pub plain: Vec<TcpListener>,
     /// TLS, line mode only, with its (reloadable) certificate.
-    pub tls: Option<(TcpListener, Arc<Certificates>)>,
-    /// HTTP: health checks and metrics.
-    pub http: Option<TcpListener>,
+    pub tls: Option<(Vec<TcpListener>, Arc<Certificates>)>,
+    /// HTTP: the page, its WebSocket, health checks and metrics.
+    pub http: Vec<TcpListener>,
     /// The operator's socket (`tcpchat admin`).
     pub admin: Option<admin::AdminSocket>,
 }
@@ -51,9 +52,9 @@ pub struct Listeners {
 impl From<TcpListener> for Listeners {
     fn from(plain: TcpListener) -> Self {
         Self {
-            plain,
+            plain: vec![plain],
             tls: None,
-            http: None,
+            http: Vec::new(),
             admin: None,
         }
     }
@@ -217,21 +218,30 @@ impl Prepared {
             tracker: TaskTracker::new(),
         };
         let tracker = listening.tracker.clone();
-        if let Some(address) = accept::local_address(&listeners.plain) {
-            info!(
-                %address,
-                transport = %"tcp",
-                chat = %config.chat_name,
-                max_connections = gate.max_connections(),
-                "listening"
-            );
+        for listener in &listeners.plain {
+            if let Some(address) = accept::local_address(listener) {
+                info!(
+                    %address,
+                    transport = %"tcp",
+                    chat = %config.chat_name,
+                    max_connections = gate.max_connections(),
+                    "listening"
+                );
+            }
         }
-        if let Some(listener) = listeners.http {
-            // HTTPS with the chat's own certificate, when it has one.
-            let certificates = listeners
-                .tls
-                .as_ref()
-                .map(|(_, certificates)| certificates.clone());
+        // HTTPS with the chat's own certificate, when it has one.
+        let certificates = listeners
+            .tls
+            .as_ref()
+            .map(|(_, certificates)| certificates.clone());
+        let web = http::Web {
+            hub: hub.downgrade(),
+            config: config.clone(),
+            gate: gate.clone(),
+            ids: listening.ids.clone(),
+            tracker: listening.tracker.clone(),
+        };
+        for (i, listener) in listeners.http.into_iter().enumerate() {
             let transport = if certificates.is_some() {
                 "https"
             } else {
@@ -239,36 +249,38 @@ impl Prepared {
             };
             if let Some(address) = accept::local_address(&listener) {
                 info!(%address, %transport, "listening");
-                info!(url = %page_url(address, transport), "the chat page");
+                if i == 0 {
+                    info!(url = %page_url(address, transport), "the chat page");
+                }
             }
-            let web = http::Web {
-                hub: hub.downgrade(),
-                config: config.clone(),
-                gate: gate.clone(),
-                ids: listening.ids.clone(),
-                tracker: listening.tracker.clone(),
-            };
-            tokio::spawn(http::run(listener, certificates, web));
+            tokio::spawn(http::run(listener, certificates.clone(), web.clone()));
         }
         if let Some(socket) = listeners.admin {
             info!(path = %socket.path().display(), "the admin socket (tcpchat admin)");
             tokio::spawn(admin::run(socket, hub.downgrade(), gate.bans()));
         }
-        let tls = listeners.tls.map(|(listener, certificates)| {
-            if let Some(address) = accept::local_address(&listener) {
-                info!(%address, transport = %"tls", certificate = %certificates.cert_path().display(), "listening");
-            }
-            accept::run(listener, Transport::Tls(certificates), listening.clone())
-        });
-        let plain = accept::run(listeners.plain, Transport::Plain, listening);
-        let accepting = async move {
-            match tls {
-                Some(tls) => {
-                    tokio::join!(plain, tls);
+        let mut loops: Vec<Pin<Box<dyn Future<Output = ()> + Send>>> = Vec::new();
+        if let Some((tls, certificates)) = listeners.tls {
+            for listener in tls {
+                if let Some(address) = accept::local_address(&listener) {
+                    info!(%address, transport = %"tls", certificate = %certificates.cert_path().display(), "listening");
                 }
-                None => plain.await,
+                loops.push(Box::pin(accept::run(
+                    listener,
+                    Transport::Tls(certificates.clone()),
+                    listening.clone(),
+                )));
             }
-        };
+        }
+        for listener in listeners.plain {
+            loops.push(Box::pin(accept::run(
+                listener,
+                Transport::Plain,
+                listening.clone(),
+            )));
+        }
+        drop(listening);
+        let accepting = futures_util::future::join_all(loops);
 
         let expelled_token = expelled.clone();
         let given_up = async move {
@@ -279,7 +291,7 @@ impl Prepared {
         };
         tokio::select! {
             () = shutdown => {}
-            () = accepting => {}
+            _ = accepting => {}
             () = given_up => {}
         }
 

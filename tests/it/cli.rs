@@ -547,3 +547,84 @@ fn a_second_server_on_the_same_data_directory_is_refused() {
     assert!(line.contains("is in use by another tcpchat"), "{line}");
     drop(first);
 }
+
+/// Whether this machine can listen on IPv6's loopback (some containers have no
+/// IPv6): the IPv6 halves of the tests below need it.
+fn has_ipv6_loopback() -> bool {
+    std::net::TcpListener::bind("[::1]:0").is_ok()
+}
+
+/// By default the server listens on every interface, IPv6 and IPv4 alike, and an
+/// IPv4 client shows in the log as the IPv4 address it is.
+#[test]
+fn by_default_the_server_listens_on_ipv4_and_ipv6() {
+    let server = Spec::tcpchat(env!("CARGO_BIN_EXE_tcpchat"))
+        .listen_on("*", 0)
+        .start()
+        .expect("the server starts on its default address");
+    let port = server.addr().port();
+    let mut v4 = Raw::connect(SocketAddr::from(([127, 0, 0, 1], port)), "viewer\n");
+    assert_eq!(v4.line(), WELCOME);
+    assert!(
+        server
+            .wait_for_log("peer=127.0.0.1:", WAIT)
+            .is_some_and(|line| line.contains("joined")),
+        "the peer is logged as an IPv4 address"
+    );
+    if has_ipv6_loopback() {
+        let v6: SocketAddr = format!("[::1]:{port}").parse().expect("an address");
+        let mut viewer = Raw::connect(v6, "viewer\n");
+        assert_eq!(viewer.line(), WELCOME);
+    }
+}
+
+/// `--bind` takes a host name, and listens on each of its addresses.
+#[test]
+fn bind_takes_a_host_name() {
+    let server = Spec::tcpchat(env!("CARGO_BIN_EXE_tcpchat"))
+        .listen_on("localhost", 0)
+        .start()
+        .expect("the server starts on localhost");
+    let listening: Vec<String> = server
+        .log_lines()
+        .into_iter()
+        .filter(|line| line.contains("listening") && line.contains("transport=tcp"))
+        .collect();
+    assert!(
+        listening
+            .iter()
+            .any(|line| line.contains("address=127.0.0.1:")),
+        "{listening:?}"
+    );
+    if has_ipv6_loopback()
+        && std::net::ToSocketAddrs::to_socket_addrs(&("localhost", 0))
+            .is_ok_and(|mut found| found.any(|a| a.is_ipv6()))
+    {
+        assert!(
+            listening.iter().any(|line| line.contains("address=[::1]:")),
+            "{listening:?}"
+        );
+    }
+    let (code, _, stderr) =
+        run(tcpchat().args(["serve", "--bind", "nosuch.invalid", "--port", "0"]));
+    assert_eq!(code, 1);
+    assert!(
+        one_line(&stderr).starts_with("tcpchat: cannot listen on nosuch.invalid: not an address, and the name does not resolve"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_ipv6_host_is_shown_in_brackets() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+        .to_string();
+    let (code, _, stderr) = run(tcpchat().args(["viewer", "--host", "::1", "--port", &closed]));
+    assert_eq!(code, 1);
+    assert!(
+        one_line(&stderr).starts_with(&format!("tcpchat: cannot connect to [::1]:{closed}: ")),
+        "{stderr}"
+    );
+}

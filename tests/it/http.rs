@@ -159,9 +159,9 @@ async fn readiness_fails_while_the_log_cannot_be_written() {
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http_addr = http.local_addr().unwrap();
     let listeners = tcpchat::server::Listeners {
-        plain,
+        plain: vec![plain],
         tls: None,
-        http: Some(http),
+        http: vec![http],
         admin: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -106,9 +106,9 @@ async fn start_server_with(mut config: Config, with_tls: bool) -> TestServer {
         (addr, None)
     };
     let listeners = tcpchat::server::Listeners {
-        plain,
-        tls,
-        http: Some(http),
+        plain: vec![plain],
+        tls: tls.map(|(listener, certificates)| (vec![listener], certificates)),
+        http: vec![http],
         admin: None,
     };
     let (stop, stopped) = oneshot::channel::<()>();
