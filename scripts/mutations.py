@@ -173,10 +173,17 @@ MUTATIONS = [
         ("src/hub/replay.rs",
          "        if event.seq > next {\n            gap(&mut out, format, next, event.seq - 1);\n        }",
          "        let _ = gap;")]),
+    ("a departure's messages not counted", ["it::logs::"], [
+        ("src/hub/member.rs", "self.messages += lines;", "let _ = lines;")]),
+    ("a reset reported as a close", ["it::logs::"], [
+        ("src/hub/member.rs", "ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe => {\n            \"reset\"",
+         "ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe => {\n            \"closed\"")]),
+    ("summary rates counted from the start, not the last line", ["it::logs::"], [
+        ("src/logging.rs", "        before = now;\n", "")]),
     ("log writes that panic on a closed stderr", ["it::cli::"], [
-        ("src/main.rs", "        .with_writer(writer)\n", "        .with_writer(std::io::stderr)\n"),
-        ("src/main.rs", "        .log_internal_errors(false)\n", "        .log_internal_errors(true)\n"),
-        ("src/main.rs", "    let (writer, guard) =", "    let (_writer, guard) =")]),
+        ("src/logging.rs", "        .with_writer(writer)\n", "        .with_writer(std::io::stderr)\n"),
+        ("src/logging.rs", "        .log_internal_errors(false);\n", "        .log_internal_errors(true);\n"),
+        ("src/logging.rs", "    let (writer, guard) =", "    let (_writer, guard) =")]),
 ]
 
 

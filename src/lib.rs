@@ -21,6 +21,7 @@
 //! - [`client`]: the `viewer`, `messenger`, `chat` and `history` programs, and the
 //!   reconnecting session behind `chat` and `viewer`.
 //! - [`config`]: every default and limit, in one place.
+//! - [`logging`]: the server's log (text or JSON) and its periodic summary line.
 //! - [`socket`]: socket options shared by the server and the clients.
 //!
 //! The load generator (`tcpchat-bench`) and the soak (`tcpchat-soak`) are workspace
@@ -34,6 +35,7 @@ pub mod cluster;
 pub mod config;
 pub mod config_file;
 pub mod hub;
+pub mod logging;
 pub mod metrics;
 pub mod protocol;
 pub mod room;

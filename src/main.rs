@@ -167,6 +167,8 @@ struct ServeArgs {
     /// Print an example config file with every key and its default, and exit.
     #[arg(long, hide = true)]
     example_config: bool,
+    #[command(flatten)]
+    log: tcpchat::logging::LogArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -229,7 +231,7 @@ fn main() -> ExitCode {
         command => Cli { command },
     };
     let logging = match &cli.command {
-        Command::Serve(_) => init_logging("info"),
+        Command::Serve(args) => tcpchat::logging::init(&args.log),
         _ => init_logging("warn"),
     };
     let result = match cli.command {

@@ -13,6 +13,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::room::Role;
+
+/// The kinds of events the room publishes, as the `kind` label says them.
+pub const EVENT_KINDS: [&str; 3] = ["join", "message", "leave"];
+
 /// Labels of an open connection.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Connection {
@@ -86,6 +91,24 @@ pub struct Metrics {
     pub replays: Counter,
     /// TLS certificate reloads, by result.
     pub tls_reloads: Family<Outcome, Counter>,
+    /// Connections in the room now by role alone (`connections_open` summed over
+    /// transports and modes), for the log's summary line. Not exported.
+    members: [Gauge; 3],
+}
+
+/// The server's totals at one moment, for the log's summary line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Viewers in the room.
+    pub viewers: i64,
+    /// Messengers in the room.
+    pub messengers: i64,
+    /// Chatters in the room.
+    pub chatters: i64,
+    /// Events the room has published, of every kind.
+    pub events: u64,
+    /// Events handed to receivers' sockets.
+    pub deliveries: u64,
 }
 
 impl Default for Metrics {
@@ -107,6 +130,7 @@ impl Default for Metrics {
             log_commit_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             replays: Counter::default(),
             tls_reloads: Family::default(),
+            members: Default::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -198,6 +222,35 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
+    }
+
+    /// The gauge of members in `role`: raised while a connection of that role is in
+    /// the room.
+    pub fn members(&self, role: Role) -> &Gauge {
+        &self.members[match role {
+            Role::Viewer => 0,
+            Role::Messenger => 1,
+            Role::Chatter => 2,
+        }]
+    }
+
+    /// The totals now.
+    pub fn totals(&self) -> Totals {
+        Totals {
+            viewers: self.members(Role::Viewer).get(),
+            messengers: self.members(Role::Messenger).get(),
+            chatters: self.members(Role::Chatter).get(),
+            events: EVENT_KINDS
+                .iter()
+                .filter_map(|kind| {
+                    let kind = Kind {
+                        kind: (*kind).to_owned(),
+                    };
+                    self.events.get(&kind).map(|counter| counter.get())
+                })
+                .sum(),
+            deliveries: self.deliveries.get(),
+        }
     }
 
     /// Counts a refusal.

@@ -3,8 +3,8 @@
 //! the benchmark).
 //!
 //! - [`Spec::tcpchat`] runs `tcpchat serve` on ephemeral loopback ports and learns its
-//!   addresses from the `listening` lines it logs (plain, TLS, HTTP), so no port is
-//!   ever guessed.
+//!   addresses from the `listening` lines it logs (plain, TLS, HTTP; as text or, with
+//!   `--log-format json`, as JSON), so no port is ever guessed.
 //! - [`Spec::listening`] runs any other server (the benchmark's peers) on a port chosen
 //!   with [`free_port`] and waits until it accepts connections.
 //!
@@ -285,13 +285,13 @@ impl Spec {
         };
         match self.ready {
             Ready::TcpchatLog { tls, .. } => {
-                let plain = server.wait_for_log("transport=tcp", START_TIMEOUT);
+                let plain = server.wait_for_listening("tcp");
                 server.addr = plain
                     .as_deref()
                     .and_then(listening_address)
                     .ok_or_else(|| server.failure("did not log its listening address"))?;
                 if tls {
-                    let line = server.wait_for_log("transport=tls", START_TIMEOUT);
+                    let line = server.wait_for_listening("tls");
                     server.tls_addr =
                         Some(line.as_deref().and_then(listening_address).ok_or_else(|| {
                             server.failure("did not log its TLS listening address")
@@ -307,14 +307,25 @@ impl Spec {
     }
 }
 
-/// The address in a tcpchat `listening` line (`... address=127.0.0.1:6000 ...`).
+/// The address in a tcpchat `listening` line: `... address=127.0.0.1:6000 ...` as
+/// text, `"address":"127.0.0.1:6000"` as JSON.
 fn listening_address(line: &str) -> Option<SocketAddr> {
+    if let Some(rest) = line.split("\"address\":\"").nth(1) {
+        return rest.split('"').next()?.parse().ok();
+    }
     line.split("address=")
         .nth(1)?
         .split_whitespace()
         .next()?
         .parse()
         .ok()
+}
+
+/// Whether `line` has a `transport` field starting with `transport`, as text or
+/// as JSON (so `http` also finds `https`).
+fn has_transport(line: &str, transport: &str) -> bool {
+    line.contains(&format!("transport={transport}"))
+        || line.contains(&format!("\"transport\":\"{transport}"))
 }
 
 /// The recent output of a server, shared with the threads that read it.
@@ -413,9 +424,15 @@ impl ServerProcess {
         if !self.has_http {
             return None;
         }
-        // `transport=https` contains it too.
-        let line = self.wait_for_log("transport=http", START_TIMEOUT)?;
+        // `https` starts with it too.
+        let line = self.wait_for_listening("http")?;
         listening_address(&line)
+    }
+
+    /// The first line with a `transport` field starting with `transport`: for
+    /// tcpchat, its `listening` line for that transport.
+    fn wait_for_listening(&self, transport: &str) -> Option<String> {
+        self.wait_for_line_after(0, |line| has_transport(line, transport), START_TIMEOUT)
     }
 
     /// Its process id (for /proc, or perf).
@@ -447,12 +464,23 @@ impl ServerProcess {
         needle: &str,
         timeout: Duration,
     ) -> Option<String> {
+        self.wait_for_line_after(mark, |line| line.contains(needle), timeout)
+    }
+
+    /// The first line after line number `mark` for which `wanted` holds, waiting up
+    /// to `timeout` for one.
+    fn wait_for_line_after(
+        &self,
+        mark: usize,
+        wanted: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> Option<String> {
         let deadline = Instant::now() + timeout;
         let mut state = self.log.lock();
         loop {
             let first = state.total - state.lines.len();
             let skip = mark.saturating_sub(first);
-            if let Some(line) = state.lines.iter().skip(skip).find(|l| l.contains(needle)) {
+            if let Some(line) = state.lines.iter().skip(skip).find(|l| wanted(l)) {
                 return Some(line.clone());
             }
             let now = Instant::now();
@@ -602,6 +630,24 @@ mod tests {
             listening_address(http),
             Some("127.0.0.1:41235".parse().unwrap())
         );
+        assert!(has_transport(line, "tcp") && has_transport(http, "http"));
+        assert!(!has_transport(line, "tls"));
+    }
+
+    #[test]
+    fn json_listening_lines_give_their_address() {
+        let line = r#"{"timestamp":"2026-11-29T08:00:00Z","level":"INFO","message":"listening","address":"127.0.0.1:41234","transport":"tcp","target":"tcpchat::server"}"#;
+        assert_eq!(
+            listening_address(line),
+            Some("127.0.0.1:41234".parse().unwrap())
+        );
+        assert!(has_transport(line, "tcp"));
+        let https = r#"{"message":"listening","address":"[::1]:41235","transport":"https"}"#;
+        assert_eq!(
+            listening_address(https),
+            Some("[::1]:41235".parse().unwrap())
+        );
+        assert!(has_transport(https, "http") && !has_transport(https, "tcp"));
     }
 
     #[test]

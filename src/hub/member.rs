@@ -27,6 +27,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, IoSlice};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,7 +38,6 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Sleep, sleep};
 use tokio_util::sync::{CancellationToken, PollSender};
-use tracing::{debug, info, warn};
 
 use super::command::{Admitted, Command};
 use super::flood::TokenBucket;
@@ -50,6 +50,23 @@ use crate::protocol::websocket::{self, FrameError};
 use crate::protocol::wire::{Format, Notice, PerFormat};
 use crate::room::{ConnId, Role, text};
 use crate::store::{Store, StoreError};
+
+/// Logs an event at `$level` about `$member` (a [`Member`]), with the fields every
+/// line about a member carries first: `conn`, `peer`, `transport`, `role`, `name`
+/// (for roles that have one) and `mode`; then the given fields and message.
+macro_rules! log_member {
+    ($level:ident, $member:expr, $($rest:tt)+) => {
+        tracing::$level!(
+            conn = %$member.membership.id,
+            peer = %$member.peer,
+            transport = %$member.transport,
+            role = %$member.role,
+            name = $member.name.as_deref(),
+            mode = %$member.format.mode(),
+            $($rest)+
+        )
+    };
+}
 
 /// Most batches handed to the transport in one (vectored) write.
 const BATCHES_PER_WRITE: usize = 16;
@@ -222,6 +239,11 @@ pub struct Reservation {
 pub struct JoinRequest {
     /// The connection.
     pub id: ConnId,
+    /// The address it connects from, for its log lines.
+    pub peer: SocketAddr,
+    /// The transport it came by, as logs and metrics name it (`tcp`, `tls`, `ws`,
+    /// `wss`).
+    pub transport: &'static str,
     /// What it asked to be.
     pub role: Role,
     /// Its name, for roles that send.
@@ -261,7 +283,10 @@ pub enum End {
     PeerClosed,
     /// The peer closed or reset its connection while flood control held some of its
     /// lines back; those lines are dropped.
-    LeftWhileHeldBack,
+    LeftWhileHeldBack {
+        /// The socket's pending error (a reset), if any; `None` for a close.
+        error: Option<io::Error>,
+    },
     /// The connection failed (reset, dead-peer timeout).
     PeerError(io::Error),
     /// The operator disconnected it (`tcpchat admin kick`).
@@ -283,6 +308,46 @@ pub enum End {
     Deadline,
     /// A WebSocket client's frame broke the protocol, was binary, or was too big.
     BadFrame(FrameError),
+}
+
+impl End {
+    /// Why the connection ended, as its departure line says: one word of a small,
+    /// fixed vocabulary (docs/RELIABILITY.md lists it). Where the client was told an
+    /// error, it is that error's code.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            End::PeerClosed | End::LeftWhileHeldBack { error: None } => "closed",
+            End::LeftWhileHeldBack { error: Some(error) } | End::PeerError(error) => {
+                peer_error_reason(error)
+            }
+            End::TooSlow { .. } => "too-slow",
+            End::TooLong(_) => "message-too-long",
+            End::Replaced => "replaced",
+            End::Kicked => "kicked",
+            End::HistoryUnavailable(_) => "history-unavailable",
+            End::ShutDown => "shutdown",
+            End::Deadline => "shutdown-deadline",
+            End::BadFrame(error) => error.code,
+        }
+    }
+}
+
+/// The departure reason for a failed connection.
+fn peer_error_reason(error: &io::Error) -> &'static str {
+    use io::ErrorKind;
+    match error.kind() {
+        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe => {
+            "reset"
+        }
+        // Keepalive probes or TCP_USER_TIMEOUT gave up, a WebSocket client stopped
+        // answering pings, or the network says the peer cannot be reached.
+        ErrorKind::TimedOut | ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => {
+            "dead-peer"
+        }
+        // A TLS peer that closed its TCP connection without `close_notify`.
+        ErrorKind::UnexpectedEof => "closed",
+        _ => "network-error",
+    }
 }
 
 /// How the transport should close the connection.
@@ -412,7 +477,6 @@ impl Input {
                 // peer is still there while its input is not read.
                 let wait = bucket.next_token_in(now).min(HELD_BACK_DEPARTURE_CHECK);
                 self.throttle = Some(Box::pin(sleep(wait)));
-                debug!(wanted, granted, "flood control: slowing the sender");
             }
         }
         (!bytes.is_empty()).then_some(bytes)
@@ -452,6 +516,13 @@ impl Heartbeat {
 pub struct Member {
     role: Role,
     format: Format,
+    /// Who it is, for its log lines.
+    peer: SocketAddr,
+    transport: &'static str,
+    name: Option<Box<str>>,
+    joined_at: Instant,
+    /// Lines it handed to the room.
+    messages: u64,
     /// Whether it asked for `*** bye` at shutdown.
     goodbye: bool,
     shared: Arc<Shared>,
@@ -562,6 +633,11 @@ impl Member {
         Self {
             role: request.role,
             format,
+            peer: request.peer,
+            transport: request.transport,
+            name: request.name.as_deref().map(Box::from),
+            joined_at: Instant::now(),
+            messages: 0,
             goodbye: request.options.goodbye,
             shared,
             waker,
@@ -854,7 +930,6 @@ impl Member {
         self.feed = None;
         self.replay = None;
         self.input = None;
-        let id = self.membership.id;
         let (flush_within, linger) = match end {
             // Its socket is full of chat it has not read: it gets time to read its
             // way to the notice.
@@ -873,32 +948,42 @@ impl Member {
             }
             _ => (LINGER, LINGER),
         };
+        // One line per departure, whatever ended it: who, for how long, how many
+        // messages, and why (a word of `End::reason`'s vocabulary), with the detail
+        // of that end.
+        let reason = end.reason();
+        let duration_s = self.joined_at.elapsed().as_millis() as f64 / 1000.0;
+        let messages = self.messages;
+        macro_rules! left {
+            ($level:ident $(, $($detail:tt)+)?) => {
+                log_member!($level, self, reason = %reason, duration_s, messages, $($($detail)+,)? "left")
+            };
+        }
         let notice = match end {
             End::PeerClosed => {
-                info!(conn = %id, "left");
+                left!(info);
                 None
             }
-            End::LeftWhileHeldBack => {
-                info!(
-                    conn = %id,
-                    dropped_lines = held_back,
-                    "left while flood control held lines back; they are dropped"
-                );
+            End::LeftWhileHeldBack { error } => {
+                // What flood control held back was never handed to the room.
+                match error {
+                    Some(error) => left!(info, dropped_lines = held_back, %error),
+                    None => left!(info, dropped_lines = held_back),
+                }
                 None
             }
             End::PeerError(error) => {
-                info!(conn = %id, %error, "left: connection lost");
+                left!(info, %error);
                 None
             }
             End::TooSlow { behind } => {
                 let total = self.shared.slow_viewers.fetch_add(1, Ordering::Relaxed) + 1;
                 self.shared.metrics.slow_viewers_dropped.inc();
-                warn!(
-                    conn = %id,
+                left!(
+                    warn,
                     behind,
                     backlog = self.shared.viewer_backlog_bytes,
-                    slow_viewers = total,
-                    "closed: too slow"
+                    slow_viewers = total
                 );
                 Some(Notice::error(
                     "too-slow",
@@ -910,39 +995,39 @@ impl Member {
                 ))
             }
             End::TooLong(error) => {
-                info!(conn = %id, %error, "closed: message too long");
+                left!(info, %error);
                 Some(Notice::error("message-too-long", error))
             }
             End::Kicked => {
-                info!(conn = %id, "closed: disconnected by the operator");
+                left!(info);
                 Some(Notice::error("kicked", "disconnected by the operator"))
             }
             End::Replaced => {
-                info!(conn = %id, "closed: a new connection took its name over");
+                left!(info);
                 Some(Notice::error(
                     "replaced",
                     "a new connection took this name over with its secret",
                 ))
             }
             End::HistoryUnavailable(error) => {
-                warn!(conn = %id, %error, "closed: cannot read the log for its replay");
+                left!(warn, %error);
                 Some(Notice::error(
                     "history-unavailable",
                     "the server cannot read its log right now; try again",
                 ))
             }
             End::ShutDown => {
-                debug!(conn = %id, "closed: server shutdown");
+                left!(info);
                 self.goodbye.then(|| Notice::Bye {
                     text: "the server is shutting down".to_owned(),
                 })
             }
             End::Deadline => {
-                info!(conn = %id, "closed: shutdown deadline passed");
+                left!(info);
                 None
             }
             End::BadFrame(error) => {
-                info!(conn = %id, %error, "closed: bad WebSocket frame");
+                left!(info, %error);
                 Some(Notice::error(error.code, &error.reason))
             }
         };
@@ -1001,13 +1086,18 @@ impl Member {
                 Poll::Ready(Ok(())) => {}
             }
             progress = true;
+            let mut lines = 0;
             let command = match input.posts.pop_front() {
                 Some(bytes) => {
                     let limited = input.limit(bytes);
                     if input.throttle.is_some() {
                         self.shared.metrics.flood_pauses.inc();
+                        log_member!(debug, self, "flood control: holding lines back");
                     }
-                    limited.map(|bytes| Command::Post { id, bytes })
+                    limited.map(|bytes| {
+                        lines = text::lines(&bytes).count() as u64;
+                        Command::Post { id, bytes }
+                    })
                 }
                 None => input.leave.take().map(|published| Command::Leave {
                     id,
@@ -1018,8 +1108,11 @@ impl Member {
                 Some(command) => {
                     let goodbye = matches!(command, Command::Leave { .. });
                     // Fails only if the hub stopped since the reservation.
-                    if input.sender.send_item(command).is_ok() && goodbye {
-                        self.membership.announce();
+                    if input.sender.send_item(command).is_ok() {
+                        self.messages += lines;
+                        if goodbye {
+                            self.membership.announce();
+                        }
                     }
                 }
                 None => {
@@ -1187,6 +1280,8 @@ mod tests {
     fn request(id: u64, role: Role, name: Option<&str>, flood_controlled: bool) -> JoinRequest {
         JoinRequest {
             id: ConnId(id),
+            peer: SocketAddr::from(([127, 0, 0, 1], 40_000)),
+            transport: "tcp",
             role,
             name: name.map(str::to_owned),
             format: Format::Line,

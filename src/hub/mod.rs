@@ -343,7 +343,7 @@ fn start(
     shared
         .published_seq
         .store(recovered.last_seq, std::sync::atomic::Ordering::Release);
-    let event_counters = ["join", "message", "leave"].map(|kind| {
+    let event_counters = crate::metrics::EVENT_KINDS.map(|kind| {
         metrics
             .events
             .get_or_create(&Kind {

@@ -65,6 +65,15 @@ impl Format {
         }
     }
 
+    /// The mode of the handshake a receiver of this format made (WebSocket clients
+    /// make a line-mode one).
+    pub fn mode(self) -> Mode {
+        match self {
+            Self::Seed => Mode::Seed,
+            Self::Line | Self::Tagged | Self::WebSocket | Self::TaggedWebSocket => Mode::Line,
+        }
+    }
+
     /// The format of a WebSocket client, with tags if it asked for them.
     pub fn websocket(tags: bool) -> Self {
         if tags {

@@ -66,7 +66,7 @@ pub(super) async fn run(listener: TcpListener, transport: Transport, listening: 
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let id = ConnId(listening.ids.fetch_add(1, Ordering::Relaxed) + 1);
         let metrics = listening.hub.metrics();
-        let admission = match listening.gate.admit(id, peer) {
+        let admission = match listening.gate.admit(id, peer, transport.name()) {
             Ok(admission) => admission,
             Err(reason) => {
                 metrics.refused(reason);
@@ -133,13 +133,15 @@ async fn tls_handshake(
         accepted = tokio::time::timeout_at(arrival.deadline, acceptor.accept(stream)) => match accepted {
             Ok(Ok(tls)) => Some(tls),
             Ok(Err(error)) => {
-                info!(conn = %id, %peer, %error, transport = %"tls", "refused: TLS handshake failed");
-                arrival.hub.metrics().refused("tls-handshake-failed");
+                let reason = "tls-handshake-failed";
+                info!(conn = %id, %peer, transport = %"tls", %reason, %error, "refused");
+                arrival.hub.metrics().refused(reason);
                 None
             }
             Err(_) => {
-                info!(conn = %id, %peer, transport = %"tls", "refused: no TLS handshake in time");
-                arrival.hub.metrics().refused("handshake-timeout");
+                let reason = "handshake-timeout";
+                info!(conn = %id, %peer, transport = %"tls", %reason, "refused");
+                arrival.hub.metrics().refused(reason);
                 arrival.hub.metrics().handshake_timeouts.inc();
                 None
             }

@@ -65,27 +65,36 @@ impl Gate {
         self.max_connections
     }
 
-    /// Lets connection `id` from `peer` in, or says why not (in the log) and returns
-    /// `None`: the caller then closes it at once, sending nothing.
+    /// Lets connection `id` from `peer` (come by `transport`) in, or says why not (in
+    /// the log) and returns `None`: the caller then closes it at once, sending nothing.
     ///
     /// # Errors
     /// The reason, as a stable code (`connection-limit`, `address-limit`).
-    pub fn admit(&self, id: ConnId, peer: SocketAddr) -> Result<Admission, &'static str> {
+    pub fn admit(
+        &self,
+        id: ConnId,
+        peer: SocketAddr,
+        transport: &str,
+    ) -> Result<Admission, &'static str> {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            info!(conn = %id, %peer, max_connections = self.max_connections, "refused: connection limit reached");
-            return Err("connection-limit");
+            let reason = "connection-limit";
+            info!(conn = %id, %peer, %transport, %reason, max_connections = self.max_connections, "refused");
+            return Err(reason);
         };
         // Loopback clients are the operator's own, unless told otherwise.
         let limited = !(self.loopback_exempt && peer.ip().is_loopback());
         let address = if limited {
             let Some(slot) = self.per_address.try_acquire(peer.ip()) else {
+                let reason = "address-limit";
                 info!(
                     conn = %id,
                     %peer,
+                    %transport,
+                    %reason,
                     max_connections_per_ip = self.per_address.max,
-                    "refused: too many connections from this address"
+                    "refused"
                 );
-                return Err("address-limit");
+                return Err(reason);
             };
             Some(slot)
         } else {

@@ -185,7 +185,7 @@ async fn upgrade(
         &web.config.http_allowed_origins,
     ) {
         let origin = origin.and_then(|o| o.to_str().ok()).unwrap_or("?");
-        info!(%peer, %origin, %transport, "refused: origin not allowed");
+        info!(%peer, %transport, reason = %"origin-not-allowed", %origin, "refused");
         let Some(hub) = web.hub.upgrade() else {
             return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
         };
@@ -196,7 +196,7 @@ async fn upgrade(
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     };
     let id = ConnId(web.ids.fetch_add(1, Ordering::Relaxed) + 1);
-    let admission = match web.gate.admit(id, peer) {
+    let admission = match web.gate.admit(id, peer, transport) {
         Ok(admission) => admission,
         Err(reason) => {
             hub.metrics().refused(reason);

@@ -281,6 +281,15 @@ impl Prepared {
         }
         drop(listening);
         let accepting = futures_util::future::join_all(loops);
+        let summary_stop = tokio_util::sync::CancellationToken::new();
+        if let Some(every) = crate::logging::summary_interval() {
+            let metrics = hub.metrics().clone();
+            tokio::spawn(crate::logging::summarize(
+                metrics,
+                every,
+                summary_stop.clone(),
+            ));
+        }
 
         let expelled_token = expelled.clone();
         let given_up = async move {
@@ -295,6 +304,7 @@ impl Prepared {
             () = given_up => {}
         }
 
+        summary_stop.cancel();
         info!(connections = tracker.len(), "shutting down");
         hub.begin_shutdown();
         let stats = hub.stats();

@@ -23,6 +23,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep, sleep, sleep_until};
@@ -36,7 +37,7 @@ use crate::protocol::line::{LineFramer, take_seed_message};
 use crate::protocol::websocket::{self, Frame, FrameError, FrameReader, close};
 use crate::protocol::wire::{Format, Notice};
 use crate::protocol::{Hello, Mode};
-use crate::room::ConnId;
+use crate::room::{ConnId, Role};
 use crate::socket;
 
 /// The close code of a refusal.
@@ -194,7 +195,7 @@ async fn admit<S: ByteStream>(mut stream: S, arrival: Arrival) -> Option<Session
     let (hello, rest) = match handshaken {
         Handshaken::Hello { hello, rest } => (hello, rest),
         Handshaken::Refused { mode, code, reason } => {
-            info!(conn = %id, %peer, %reason, %mode, %transport, "refused");
+            info!(conn = %id, %peer, %transport, %mode, reason = %code, error = %reason, "refused");
             hub.metrics().refused(code);
             if code == "handshake-timeout" {
                 hub.metrics().handshake_timeouts.inc();
@@ -224,6 +225,8 @@ async fn admit<S: ByteStream>(mut stream: S, arrival: Arrival) -> Option<Session
     };
     let request = JoinRequest {
         id,
+        peer,
+        transport,
         role: hello.role,
         name: hello.name.clone(),
         format,
@@ -234,7 +237,17 @@ async fn admit<S: ByteStream>(mut stream: S, arrival: Arrival) -> Option<Session
     let mut member = match hub.join(request).await {
         Ok(member) => member,
         Err(HubError::Join(error)) => {
-            info!(conn = %id, %peer, reason = %error, mode = %hello.mode, %transport, "refused");
+            info!(
+                conn = %id,
+                %peer,
+                %transport,
+                role = %hello.role,
+                name = hello.name.as_deref(),
+                mode = %hello.mode,
+                reason = %error.code(),
+                %error,
+                "refused"
+            );
             hub.metrics().refused(error.code());
             let notice = format.notice(&Notice::error(error.code(), &error));
             let close = websocket.then_some((POLICY_VIOLATION, error.code()));
@@ -248,14 +261,15 @@ async fn admit<S: ByteStream>(mut stream: S, arrival: Arrival) -> Option<Session
         }
         Err(HubError::Stopped) => return None,
     };
-    match &hello.name {
-        Some(name) => {
-            info!(conn = %id, %peer, role = %hello.role, name, mode = %hello.mode, %transport, "joined");
-        }
-        None => {
-            info!(conn = %id, %peer, role = %hello.role, mode = %hello.mode, %transport, "joined");
-        }
-    }
+    info!(
+        conn = %id,
+        %peer,
+        %transport,
+        role = %hello.role,
+        name = hello.name.as_deref(),
+        mode = %hello.mode,
+        "joined"
+    );
 
     // WebSocket viewers read too: their frames (pongs, a close) must be understood.
     let reader = (hello.role.sends() || websocket).then(|| {
@@ -292,7 +306,7 @@ async fn admit<S: ByteStream>(mut stream: S, arrival: Arrival) -> Option<Session
     let open = Open::new(
         hub.metrics(),
         transport,
-        &hello.role.to_string(),
+        hello.role,
         &hello.mode.to_string(),
     );
     Some(Session {
@@ -305,27 +319,33 @@ async fn admit<S: ByteStream>(mut stream: S, arrival: Arrival) -> Option<Session
     })
 }
 
-/// A connection counted as open (`tcpchat_connections_open`) for as long as it is.
-struct Open(prometheus_client::metrics::gauge::Gauge);
+/// A connection counted as open (`tcpchat_connections_open`, and the members of its
+/// role) for as long as it is.
+struct Open([Gauge; 2]);
 
 impl Open {
-    fn new(metrics: &crate::metrics::Metrics, transport: &str, role: &str, mode: &str) -> Self {
+    fn new(metrics: &crate::metrics::Metrics, transport: &str, role: Role, mode: &str) -> Self {
         let gauge = metrics
             .connections_open
             .get_or_create(&crate::metrics::Connection {
                 transport: transport.to_owned(),
-                role: role.to_owned(),
+                role: role.to_string(),
                 mode: mode.to_owned(),
             })
             .clone();
-        gauge.inc();
-        Self(gauge)
+        let gauges = [gauge, metrics.members(role).clone()];
+        gauges.iter().for_each(|gauge| {
+            gauge.inc();
+        });
+        Self(gauges)
     }
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.0.dec();
+        self.0.iter().for_each(|gauge| {
+            gauge.dec();
+        });
     }
 }
 
@@ -735,7 +755,9 @@ impl<S: ByteStream> Session<S> {
             }
             Wants::Wait => {
                 if self.member.is_held_back() && socket::is_peer_gone(self.stream.tcp()) {
-                    return Err(End::LeftWhileHeldBack);
+                    // A reset leaves its error on the socket; a close leaves none.
+                    let error = self.stream.tcp().take_error().ok().flatten();
+                    return Err(End::LeftWhileHeldBack { error });
                 }
                 Ok(false)
             }
@@ -852,7 +874,7 @@ impl<S: ByteStream> Session<S> {
 fn close_code(end: &End) -> Option<(u16, &'static str)> {
     Some(match end {
         End::PeerClosed => (close::NORMAL, ""),
-        End::LeftWhileHeldBack | End::PeerError(_) => return None,
+        End::LeftWhileHeldBack { .. } | End::PeerError(_) => return None,
         End::TooSlow { .. } => (POLICY_VIOLATION, "too-slow"),
         End::TooLong(_) => (close::TOO_BIG, "message-too-long"),
         End::Replaced => (POLICY_VIOLATION, "replaced"),

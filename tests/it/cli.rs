@@ -442,15 +442,21 @@ fn chat_shows_the_room_and_sends_what_is_typed() {
 /// The server's log is a pipe whose reader went away (`tcpchat serve 2>&1 | tee log`
 /// and `tee` killed), or stopped reading (`tee` suspended, the pipe full): every log
 /// line fails or would block. That costs log lines, nothing else: clients are served,
-/// joins and leaves go on, and SIGTERM still shuts the server down in order.
+/// joins and leaves go on, and SIGTERM still shuts the server down in order. In
+/// either log format.
 #[test]
 fn a_lost_or_stalled_log_pipe_costs_log_lines_not_the_server() {
-    for stalled in [false, true] {
+    for (stalled, format) in [
+        (false, "text"),
+        (true, "text"),
+        (false, "json"),
+        (true, "json"),
+    ] {
         let port = harness::free_port().expect("a free port");
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let spec = Spec::listening(env!("CARGO_BIN_EXE_tcpchat"), addr)
             .args(["serve", "--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--http-port", "0"])
+            .args(["--http-port", "0", "--log-format", format])
             // Every event logged: far more than a pipe holds.
             .env("RUST_LOG", "debug");
         let spec = if stalled {
@@ -478,7 +484,7 @@ fn a_lost_or_stalled_log_pipe_costs_log_lines_not_the_server() {
         assert_eq!(
             stop(server, Signal::SIGTERM).code(),
             Some(0),
-            "stalled: {stalled}"
+            "stalled: {stalled}, {format}"
         );
         viewer.expect_closed();
     }

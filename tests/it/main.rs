@@ -1,6 +1,6 @@
 //! The integration tests: one test binary, one module per concern. Every test talks
 //! to a real server over real sockets on ephemeral loopback ports (or, for `cli`,
-//! `chat_terminal`, `tls` and `dead_peers`, to the built `tcpchat` binary, under a
+//! `chat_terminal`, `logs`, `tls` and `dead_peers`, to the built `tcpchat` binary, under a
 //! pseudo-terminal for `chat_terminal`), and waits for what a user
 //! would see, each wait bounded.
 
@@ -23,6 +23,7 @@ mod history;
 mod http;
 mod limits;
 mod line_mode;
+mod logs;
 mod names;
 mod original_clients;
 mod password;
