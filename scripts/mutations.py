@@ -35,8 +35,8 @@ MUTATIONS = [
         ("src/server/page/app.js", "if (text !== undefined) node.textContent = text;",
          "if (text !== undefined) node.innerHTML = text;")]),
     ("cluster: names not claimed across nodes", ["it::cluster::"], [
-        ("src/hub/mod.rs", "            names.claim(name, request.id).await?;",
-         "            let _ = names;")]),
+        ("src/hub/mod.rs", "            adopted = names\n                .claim(name, request.id, request.options.token.as_deref())\n                .await?;",
+         "            let _ = (names, name);")]),
     ("cluster: a gone node's members never announced", ["it::cluster::"], [
         ("src/cluster/mod.rs", "    async fn give_up(self: Arc<Self>, node: String, revision: u64) {\n",
          "    async fn give_up(self: Arc<Self>, node: String, revision: u64) {\n        if true { let _ = (node, revision); return; }\n")]),
@@ -145,8 +145,8 @@ MUTATIONS = [
          "            && false\n            && deadline.as_mut().poll(cx).is_ready()\n        {\n            return Err(End::Deadline);")]),
     ("events shown before the log has them", ["it::history::", "it::crash::"], [
         ("src/hub/log.rs",
-         "        if !append_until_done(store, &events, hub_stopped, report) {",
-         "        let _ = done.send(events.clone());\n        if !append_until_done(store, &events, hub_stopped, report) {"),
+         "        if !append_until_done(store, &events, mark, hub_stopped, report) {",
+         "        let _ = done.send(events.clone());\n        if !append_until_done(store, &events, mark, hub_stopped, report) {"),
         ("src/hub/log.rs",
          "        if done.send(events).is_err() {\n            return;\n        }",
          "        let _ = events;")]),
