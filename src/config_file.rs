@@ -290,6 +290,26 @@ impl Overlay {
     }
 }
 
+/// Every setting of `command` (`serve`) in `matches`, as typed (a list joined with
+/// `,`; empty when not set): what a reload compares to tell what changed.
+pub fn values(command: &Command, matches: &clap::ArgMatches) -> BTreeMap<String, String> {
+    settings(command)
+        .into_iter()
+        .map(|(key, arg)| {
+            let value = matches
+                .get_raw(arg.get_id().as_str())
+                .map(|values| {
+                    values
+                        .map(|value| value.to_string_lossy().into_owned())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            (key, value)
+        })
+        .collect()
+}
+
 /// `values` of `arg` written as TOML.
 fn toml_value(arg: &Arg, values: &[String]) -> String {
     let one = |value: &str| {

@@ -235,7 +235,7 @@ fn main() -> ExitCode {
         _ => init_logging("warn"),
     };
     let result = match cli.command {
-        Command::Serve(args) => serve(*args),
+        Command::Serve(args) => serve(*args, read_settings().map(|(_, values)| values).ok()),
         Command::Viewer { history, target } => {
             run_client(|| client::viewer::run(target.server(), history.events))
         }
@@ -503,7 +503,10 @@ fn usage_error(error: &clap::Error) -> ExitCode {
     }
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
+fn serve(
+    args: ServeArgs,
+    running: Option<std::collections::BTreeMap<String, String>>,
+) -> anyhow::Result<()> {
     raise_open_file_limit();
     let certificates = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(Arc::new(
@@ -541,8 +544,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let tls = match certificates {
             Some(certificates) => {
                 let listeners = listen_all(&args.bind, args.tls_port)?;
-                reload_on_sighup(certificates.clone(), prepared.metrics())
-                    .context("cannot handle signals")?;
                 Some((listeners, certificates))
             }
             None => None,
@@ -571,6 +572,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 }
             }
         };
+        reload_on_sighup(
+            tls.as_ref().map(|(_, certificates)| certificates.clone()),
+            prepared.metrics(),
+            prepared.reloader(),
+            running,
+        )
+        .context("cannot handle signals")?;
         let signalled = shutdown_signal().context("cannot handle signals")?;
         // Under systemd (Type=notify): ready once listening, stopping once asked to.
         // Outside it (no NOTIFY_SOCKET) these do nothing.
@@ -595,35 +603,163 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 /// Reloads the TLS certificate and key on every SIGHUP: new handshakes get the new
 /// pair; a pair that cannot be used leaves the old one in place, and the log says why.
+/// Settings a reload changes for what arrives from then on (`Reloader::apply`); a
+/// change to any other needs a restart.
+const LIVE_SETTINGS: &[&str] = &[
+    "allow-seed-clients",
+    "dead-peer-timeout",
+    "flood-burst",
+    "flood-rate",
+    "handshake-timeout",
+    "heartbeat-interval",
+    "history-max-events",
+    "http-allowed-origins",
+    "max-connections-per-ip",
+    "max-handshake-bytes",
+    "max-message-bytes",
+    "max-name-chars",
+    "name",
+    "no-loopback-exemption",
+    "password-hash",
+    "seed-grace",
+];
+
+/// The serve settings as they stand now (the command line, the `TCPCHAT_*`
+/// variables and the --config file, read again), and every one's value.
+///
+/// # Errors
+/// What is wrong, in one line.
+fn read_settings() -> Result<(Box<ServeArgs>, std::collections::BTreeMap<String, String>), String> {
+    use clap::{CommandFactory, FromArgMatches};
+    let first = Cli::try_parse_from(std::env::args_os()).map_err(|error| error.to_string())?;
+    let Command::Serve(args) = first.command else {
+        return Err("not serving".to_owned());
+    };
+    let command = Cli::command();
+    let serve = command
+        .find_subcommand("serve")
+        .ok_or_else(|| "no serve command".to_owned())?;
+    let file = args.config_file.clone().or_else(|| {
+        std::env::var_os("TCPCHAT_CONFIG")
+            .filter(|path| !path.is_empty())
+            .map(PathBuf::from)
+    });
+    let env = std::env::vars_os().filter_map(|(key, value)| {
+        let key = key.into_string().ok()?;
+        key.starts_with("TCPCHAT_")
+            .then(|| (key, value.to_string_lossy().into_owned()))
+    });
+    let overlay =
+        config_file::gather(serve, file.as_deref(), env).map_err(|error| error.to_string())?;
+    let command = command.mut_subcommand("serve", |serve| overlay.apply(serve));
+    let matches = command
+        .clone()
+        .try_get_matches_from(std::env::args_os())
+        .map_err(|error| error.to_string())?;
+    let values = match (
+        command.find_subcommand("serve"),
+        matches.subcommand_matches("serve"),
+    ) {
+        (Some(serve), Some(serve_matches)) => config_file::values(serve, serve_matches),
+        _ => return Err("no serve settings".to_owned()),
+    };
+    match Cli::from_arg_matches(&matches).map_err(|error| error.to_string())? {
+        Cli {
+            command: Command::Serve(args),
+        } => Ok((args, values)),
+        _ => Err("not serving".to_owned()),
+    }
+}
+
+/// On SIGHUP: reloads the TLS pair (if any) and reads the settings again. What a
+/// reload can change (`LIVE_SETTINGS`) changes at once for what arrives from then on;
+/// a change to any other setting is logged as waiting for a restart; settings that
+/// do not parse leave everything as it runs, and the log says why.
 fn reload_on_sighup(
-    certificates: Arc<Certificates>,
+    certificates: Option<Arc<Certificates>>,
     metrics: Arc<tcpchat::metrics::Metrics>,
+    reloader: server::Reloader,
+    mut running: Option<std::collections::BTreeMap<String, String>>,
 ) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
-            let reloaded = certificates.reload();
-            let result = if reloaded.is_ok() { "ok" } else { "failed" };
-            metrics
-                .tls_reloads
-                .get_or_create(&tcpchat::metrics::Outcome {
-                    result: result.to_owned(),
-                })
-                .inc();
-            match reloaded {
-                Ok(()) => tracing::info!(
-                    certificate = %certificates.cert_path().display(),
-                    "reloaded the TLS certificate"
-                ),
-                Err(error) => tracing::warn!(
-                    %error,
-                    "cannot reload the TLS certificate; keeping the one in use"
-                ),
+            if let Some(certificates) = &certificates {
+                reload_certificates(certificates, &metrics);
             }
+            let Some(before) = &running else {
+                continue;
+            };
+            let (args, after) = match read_settings() {
+                Ok(read) => read,
+                Err(error) => {
+                    let error = error
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .trim_start_matches("error: ")
+                        .to_owned();
+                    tracing::error!(%error, "cannot reload the settings; keeping the ones in use");
+                    continue;
+                }
+            };
+            let changed: Vec<&String> = after
+                .iter()
+                .filter(|(key, value)| before.get(*key) != Some(value))
+                .map(|(key, _)| key)
+                .collect();
+            let (live, later): (Vec<&String>, Vec<&String>) = changed
+                .into_iter()
+                .partition(|key| LIVE_SETTINGS.contains(&key.as_str()));
+            reloader.apply(args.config.clone()).await;
+            if !later.is_empty() {
+                let keys = later
+                    .iter()
+                    .map(|key| key.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                tracing::warn!(settings = %keys, "changed settings that take effect at the next restart");
+            }
+            let keys = live
+                .iter()
+                .map(|key| key.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            tracing::info!(changed = %keys, "reloaded the settings");
+            // What is in effect now: the live ones as read; the others as they run.
+            let mut now = before.clone();
+            for key in live {
+                if let Some(value) = after.get(key) {
+                    now.insert(key.clone(), value.clone());
+                }
+            }
+            running = Some(now);
         }
     });
     Ok(())
+}
+
+/// Reloads the TLS certificate and key (SIGHUP), counting the result.
+fn reload_certificates(certificates: &Certificates, metrics: &tcpchat::metrics::Metrics) {
+    let reloaded = certificates.reload();
+    let result = if reloaded.is_ok() { "ok" } else { "failed" };
+    metrics
+        .tls_reloads
+        .get_or_create(&tcpchat::metrics::Outcome {
+            result: result.to_owned(),
+        })
+        .inc();
+    match reloaded {
+        Ok(()) => tracing::info!(
+            certificate = %certificates.cert_path().display(),
+            "reloaded the TLS certificate"
+        ),
+        Err(error) => tracing::warn!(
+            %error,
+            "cannot reload the TLS certificate; keeping the one in use"
+        ),
+    }
 }
 
 /// Listens on `port` at `bind` (see `serve --bind`): one listener per address.

@@ -54,6 +54,8 @@ pub(crate) enum Command {
         name: String,
         reply: oneshot::Sender<Option<ConnId>>,
     },
+    /// A reload: names may now be up to this long.
+    Reconfigure { max_name_chars: usize },
     /// The operator's: the names in the room.
     Who {
         reply: oneshot::Sender<Vec<Arc<str>>>,

@@ -80,18 +80,14 @@ pub(crate) struct Shared {
     stopping: AtomicBool,
     /// Cancelled when shutdown begins, for the hub task, which waits for it.
     pub(super) stop: CancellationToken,
-    chat_name: String,
-    /// The welcome in the formats whose welcome is the same for everyone.
-    welcome: PerFormat<Bytes>,
+    /// What a reload (SIGHUP) may change, read when a member joins.
+    live: std::sync::RwLock<Arc<Live>>,
     /// The log, for replays; `None` with history off.
     store: Option<Arc<dyn Store>>,
     /// Encoded parts of the log that concurrent replays share.
     replays: Arc<ReplayCache>,
     viewer_backlog_bytes: usize,
-    heartbeat_interval: Duration,
     shutdown_timeout: Duration,
-    flood_rate: f64,
-    flood_burst: u32,
     slow_viewers: AtomicU64,
     pub(super) metrics: Arc<crate::metrics::Metrics>,
     /// Set by the log writer while an append fails.
@@ -111,15 +107,11 @@ impl Shared {
             ring,
             stopping: AtomicBool::new(false),
             stop: CancellationToken::new(),
-            chat_name: config.chat_name.clone(),
-            welcome: PerFormat::from_fn(|format| format.welcome(&config.chat_name, 0)),
+            live: std::sync::RwLock::new(Arc::new(Live::of(config))),
             store,
             replays: Arc::new(ReplayCache::default()),
             viewer_backlog_bytes: config.viewer_backlog_bytes,
-            heartbeat_interval: config.heartbeat_interval,
             shutdown_timeout: config.shutdown_timeout,
-            flood_rate: config.flood_rate,
-            flood_burst: config.flood_burst,
             slow_viewers: AtomicU64::new(0),
             metrics,
             log_failing: AtomicBool::new(false),
@@ -141,18 +133,59 @@ impl Shared {
         self.stopping.load(Ordering::Acquire)
     }
 
+    /// What members joining now get.
+    pub(super) fn live(&self) -> Arc<Live> {
+        self.live
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Takes `config`'s chat name, flood control and heartbeat for members joining
+    /// from now on (a reload).
+    pub(super) fn reconfigure(&self, config: &Config) {
+        *self
+            .live
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(Live::of(config));
+    }
+
     /// The welcome a receiver in `format` gets when the room's last event is
     /// `last_seq`.
     fn welcome(&self, format: Format, last_seq: u64) -> Bytes {
+        let live = self.live();
         match format {
-            Format::Tagged | Format::TaggedWebSocket => format.welcome(&self.chat_name, last_seq),
-            Format::Seed | Format::Line | Format::WebSocket => self.welcome[format].clone(),
+            Format::Tagged | Format::TaggedWebSocket => format.welcome(&live.chat_name, last_seq),
+            Format::Seed | Format::Line | Format::WebSocket => live.welcome[format].clone(),
         }
     }
 
     /// Viewers disconnected so far because they fell too far behind.
     pub(super) fn slow_viewers(&self) -> u64 {
         self.slow_viewers.load(Ordering::Relaxed)
+    }
+}
+
+/// The settings a reload changes for members joining from then on.
+#[derive(Debug)]
+pub(super) struct Live {
+    chat_name: String,
+    /// The welcome in the formats whose welcome is the same for everyone.
+    welcome: PerFormat<Bytes>,
+    heartbeat_interval: Duration,
+    flood_rate: f64,
+    flood_burst: u32,
+}
+
+impl Live {
+    fn of(config: &Config) -> Self {
+        Self {
+            chat_name: config.chat_name.clone(),
+            welcome: PerFormat::from_fn(|format| format.welcome(&config.chat_name, 0)),
+            heartbeat_interval: config.heartbeat_interval,
+            flood_rate: config.flood_rate,
+            flood_burst: config.flood_burst,
+        }
     }
 }
 
@@ -640,9 +673,10 @@ impl Member {
         // Only senders hold the inbox: at shutdown the hub stops once every sender
         // is gone, and a viewer must not keep it waiting.
         let input = request.role.sends().then(|| {
-            let bucket = request
-                .flood_controlled
-                .then(|| TokenBucket::new(shared.flood_rate, shared.flood_burst, Instant::now()));
+            let bucket = request.flood_controlled.then(|| {
+                let live = shared.live();
+                TokenBucket::new(live.flood_rate, live.flood_burst, Instant::now())
+            });
             Box::new(Input {
                 posts: VecDeque::new(),
                 sender: PollSender::new(tx),
@@ -656,7 +690,7 @@ impl Member {
         // WebSocket clients are always pinged: their answers tell a live peer.
         let heartbeat = ((request.options.heartbeat || format.is_framed()) && format.has_notices())
             .then(|| {
-                let interval = shared.heartbeat_interval;
+                let interval = shared.live().heartbeat_interval;
                 Box::pin(Heartbeat {
                     interval,
                     timer: sleep(interval),

@@ -99,6 +99,25 @@ impl Hub {
         Ok(answer.await.map_err(|_| HubError::Stopped)?.is_some())
     }
 
+    /// Takes what a reload may change from `config`, for members joining from now on:
+    /// the chat name, flood control, the heartbeat, the longest name, and how many
+    /// events the log keeps.
+    ///
+    /// # Errors
+    /// [`HubError::Stopped`] at shutdown.
+    pub async fn reconfigure(&self, config: &Config) -> Result<(), HubError> {
+        self.shared.reconfigure(config);
+        if let Some(store) = self.shared.store() {
+            store.set_max_events(config.history_max_events);
+        }
+        self.tx
+            .send(Command::Reconfigure {
+                max_name_chars: config.max_name_chars,
+            })
+            .await
+            .map_err(|_| HubError::Stopped)
+    }
+
     /// The names in the room (the operator's `who`).
     ///
     /// # Errors
@@ -625,7 +644,7 @@ impl Owner {
             | Command::Post { id, .. }
             | Command::Leave { id, .. }
             | Command::Release { id } => *id,
-            Command::Kick { .. } | Command::Who { .. } => ConnId(0),
+            Command::Kick { .. } | Command::Who { .. } | Command::Reconfigure { .. } => ConnId(0),
         };
         match command {
             Command::Reserve { id, name, reply } => {
@@ -758,6 +777,7 @@ impl Owner {
             Command::Who { reply } => {
                 let _ = reply.send(self.room.present());
             }
+            Command::Reconfigure { max_name_chars } => self.room.set_max_name_chars(max_name_chars),
         }
     }
 

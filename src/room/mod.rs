@@ -122,6 +122,11 @@ pub struct Room {
 }
 
 impl Room {
+    /// Names may be up to `max_name_chars` characters long from now on (a reload).
+    pub fn set_max_name_chars(&mut self, max_name_chars: usize) {
+        self.max_name_chars = max_name_chars;
+    }
+
     /// An empty room whose names may be up to `max_name_chars` characters long.
     pub fn new(max_name_chars: usize) -> Self {
         Self {

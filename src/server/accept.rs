@@ -15,7 +15,6 @@ use tracing::{debug, info, warn};
 
 use super::admission::Gate;
 use super::stream::{self, Arrival, Framing};
-use crate::config::Config;
 use crate::hub::Hub;
 use crate::room::ConnId;
 use crate::socket;
@@ -44,7 +43,8 @@ impl Transport {
 #[derive(Debug, Clone)]
 pub(super) struct Listening {
     pub(super) hub: Hub,
-    pub(super) config: Arc<Config>,
+    /// The settings connections take when they arrive.
+    pub(super) settings: Arc<super::Settings>,
     pub(super) gate: Arc<Gate>,
     /// The last connection id handed out, across listeners.
     pub(super) ids: Arc<AtomicU64>,
@@ -79,7 +79,7 @@ pub(super) async fn run(listener: TcpListener, transport: Transport, listening: 
                 transport: transport.name().to_owned(),
             })
             .inc();
-        let config = &listening.config;
+        let config = &listening.settings.current();
         if let Err(error) = socket::configure(&stream, config.dead_peer_timeout) {
             debug!(conn = %id, %error, "could not set socket options");
         }

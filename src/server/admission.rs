@@ -31,7 +31,7 @@ pub struct Gate {
     permits: Arc<Semaphore>,
     max_connections: usize,
     per_address: PerAddress,
-    loopback_exempt: bool,
+    loopback_exempt: std::sync::atomic::AtomicBool,
     password: Arc<super::password::Password>,
     bans: Arc<super::bans::Bans>,
 }
@@ -44,7 +44,7 @@ impl Gate {
             permits: Arc::new(Semaphore::new(max_connections)),
             max_connections,
             per_address: PerAddress::new(config.max_connections_per_ip),
-            loopback_exempt: !config.no_loopback_exemption,
+            loopback_exempt: std::sync::atomic::AtomicBool::new(!config.no_loopback_exemption),
             password: Arc::new(super::password::Password::new(config)),
             bans: Arc::default(),
         }
@@ -58,6 +58,20 @@ impl Gate {
     /// The server's password, which every connection's handshake is checked against.
     pub fn password(&self) -> Arc<super::password::Password> {
         self.password.clone()
+    }
+
+    /// Takes what a reload may change from `config`: the per-address limit, the
+    /// loopback exemption, the password; for connections from now on.
+    pub fn reconfigure(&self, config: &Config) {
+        self.per_address.max.store(
+            config.max_connections_per_ip,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.loopback_exempt.store(
+            !config.no_loopback_exemption,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.password.reconfigure(config);
     }
 
     /// The connection limit in force.
@@ -82,7 +96,10 @@ impl Gate {
             return Err(reason);
         };
         // Loopback clients are the operator's own, unless told otherwise.
-        let limited = !(self.loopback_exempt && peer.ip().is_loopback());
+        let limited = !(self
+            .loopback_exempt
+            .load(std::sync::atomic::Ordering::Relaxed)
+            && peer.ip().is_loopback());
         let address = if limited {
             let Some(slot) = self.per_address.try_acquire(peer.ip()) else {
                 let reason = "address-limit";
@@ -91,7 +108,7 @@ impl Gate {
                     %peer,
                     %transport,
                     %reason,
-                    max_connections_per_ip = self.per_address.max,
+                    max_connections_per_ip = self.per_address.max(),
                     "refused"
                 );
                 return Err(reason);
@@ -148,7 +165,7 @@ fn address_key(ip: IpAddr) -> AddressKey {
 #[derive(Debug, Clone)]
 pub struct PerAddress {
     counts: Arc<Mutex<HashMap<AddressKey, usize>>>,
-    max: usize,
+    max: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// One counted connection; uncounted when dropped.
@@ -163,8 +180,13 @@ impl PerAddress {
     pub fn new(max: usize) -> Self {
         Self {
             counts: Arc::default(),
-            max,
+            max: Arc::new(std::sync::atomic::AtomicUsize::new(max)),
         }
+    }
+
+    /// The limit now.
+    pub fn max(&self) -> usize {
+        self.max.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Counts a new connection from `ip`, or returns `None` if that address is at
@@ -176,7 +198,7 @@ impl PerAddress {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let count = counts.entry(key).or_default();
-        if *count >= self.max {
+        if *count >= self.max() {
             return None;
         }
         *count += 1;

@@ -39,7 +39,6 @@ use tracing::{debug, info, warn};
 
 use super::admission::Gate;
 use super::stream::{self, Arrival, ByteStream, Framing};
-use crate::config::Config;
 use crate::hub::{HubStats, WeakHub};
 use crate::protocol::websocket;
 use crate::room::ConnId;
@@ -58,7 +57,8 @@ const MAX_HTTP_CONNECTIONS: usize = 512;
 pub(super) struct Web {
     /// Does not keep the hub running: HTTP lives on while shutdown drains.
     pub(super) hub: WeakHub,
-    pub(super) config: Arc<Config>,
+    /// The settings connections take when they arrive.
+    pub(super) settings: Arc<super::Settings>,
     pub(super) gate: Arc<Gate>,
     /// The last connection id handed out, shared with the chat's listeners.
     pub(super) ids: Arc<AtomicU64>,
@@ -107,7 +107,7 @@ pub(super) async fn run(listener: TcpListener, certificates: Option<Arc<Certific
             debug!(%peer, "too many HTTP connections: closed");
             continue;
         };
-        if let Err(error) = socket::configure(&tcp, web.config.dead_peer_timeout) {
+        if let Err(error) = socket::configure(&tcp, web.settings.current().dead_peer_timeout) {
             debug!(%error, "could not set socket options");
         }
         // An IPv4 client of a dual-stack socket, as the IPv4 address it is.
@@ -179,10 +179,12 @@ async fn upgrade(
     };
     let accept = websocket::accept_key(key.as_bytes());
     let origin = headers.get(header::ORIGIN);
+    // The settings this connection takes, from the moment it arrives.
+    let config = web.settings.current();
     if !origin_allowed(
         origin,
         headers.get(header::HOST),
-        &web.config.http_allowed_origins,
+        &config.http_allowed_origins,
     ) {
         let origin = origin.and_then(|o| o.to_str().ok()).unwrap_or("?");
         info!(%peer, %transport, reason = %"origin-not-allowed", %origin, "refused");
@@ -214,11 +216,11 @@ async fn upgrade(
         peer,
         id,
         hub,
-        config: web.config.clone(),
+        config: config.clone(),
         admission,
         password: web.gate.password(),
         bans: web.gate.bans(),
-        deadline: Instant::now() + web.config.handshake_timeout,
+        deadline: Instant::now() + config.handshake_timeout,
         framing: Framing::WebSocket {
             pre_read: bytes::Bytes::new(),
         },

@@ -60,10 +60,63 @@ impl From<TcpListener> for Listeners {
     }
 }
 
+/// The settings connections take when they arrive: a reload (SIGHUP) replaces them
+/// for connections from then on; a connection keeps those it came with.
+#[derive(Debug)]
+pub struct Settings(std::sync::RwLock<Arc<Config>>);
+
+impl Settings {
+    fn new(config: Arc<Config>) -> Self {
+        Self(std::sync::RwLock::new(config))
+    }
+
+    /// The settings now.
+    pub fn current(&self) -> Arc<Config> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn replace(&self, config: Arc<Config>) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = config;
+    }
+}
+
+/// Applies a reload to a running server: see [`Reloader::apply`].
+#[derive(Debug, Clone)]
+pub struct Reloader {
+    settings: Arc<Settings>,
+    gate: Arc<Gate>,
+    hub: hub::WeakHub,
+}
+
+impl Reloader {
+    /// Takes `config` for what arrives from now on: the limits, timeouts and origins
+    /// a connection takes when it arrives, the per-address limit, the loopback
+    /// exemption and the password, and in the room the chat name, flood control, the
+    /// heartbeat, the longest name and how many events the log keeps. Settings that
+    /// need a restart (ports, the data directory...) are the caller's to report.
+    pub async fn apply(&self, config: Config) {
+        let config = Arc::new(config);
+        self.gate.reconfigure(&config);
+        if let Some(hub) = self.hub.upgrade() {
+            let _ = hub.reconfigure(&config).await;
+        }
+        self.settings.replace(config);
+    }
+}
+
 /// A server ready to serve: its log open, its hub running.
 #[derive(Debug)]
 pub struct Prepared {
     config: Arc<Config>,
+    /// The settings connections take when they arrive (a reload replaces them).
+    settings: Arc<Settings>,
+    gate: Arc<Gate>,
     hub: hub::Hub,
     hub_task: tokio::task::JoinHandle<()>,
     /// In a cluster: cancelled when this node must stop (the others gave it up).
@@ -132,6 +185,8 @@ pub async fn prepare_cluster(config: Config) -> anyhow::Result<Prepared> {
         ),
     }
     Ok(Prepared {
+        settings: Arc::new(Settings::new(config.clone())),
+        gate: Arc::new(Gate::new(&config)),
         config,
         hub,
         hub_task,
@@ -151,6 +206,8 @@ pub fn prepare_with_store(
     let config = Arc::new(config);
     let (hub, hub_task) = hub::spawn_with(&config, store, Metrics::shared())?;
     Ok(Prepared {
+        settings: Arc::new(Settings::new(config.clone())),
+        gate: Arc::new(Gate::new(&config)),
         config,
         hub,
         hub_task,
@@ -173,6 +230,15 @@ pub async fn run(
 }
 
 impl Prepared {
+    /// What applies a reload to this server once it serves.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            settings: self.settings.clone(),
+            gate: self.gate.clone(),
+            hub: self.hub.downgrade(),
+        }
+    }
+
     /// The server's metrics (for what happens outside it, such as certificate
     /// reloads).
     pub fn metrics(&self) -> Arc<Metrics> {
@@ -194,6 +260,8 @@ impl Prepared {
     ) -> anyhow::Result<()> {
         let Self {
             config,
+            settings,
+            gate,
             hub,
             hub_task,
             expelled,
@@ -209,10 +277,9 @@ impl Prepared {
             ),
             Switch::Off => info!("history is off: nothing is kept"),
         }
-        let gate = Arc::new(Gate::new(&config));
         let listening = Listening {
             hub: hub.clone(),
-            config: config.clone(),
+            settings: settings.clone(),
             gate: gate.clone(),
             ids: Arc::new(AtomicU64::new(0)),
             tracker: TaskTracker::new(),
@@ -236,7 +303,7 @@ impl Prepared {
             .map(|(_, certificates)| certificates.clone());
         let web = http::Web {
             hub: hub.downgrade(),
-            config: config.clone(),
+            settings: settings.clone(),
             gate: gate.clone(),
             ids: listening.ids.clone(),
             tracker: listening.tracker.clone(),

@@ -39,8 +39,8 @@ pub type Refusal = (&'static str, String);
 /// The server's password and what it remembers of wrong guesses.
 #[derive(Debug)]
 pub struct Password {
-    hash: Option<String>,
-    allow_seed: bool,
+    /// The hash and whether seed clients may come in (a reload may change them).
+    settings: Mutex<(Option<String>, bool)>,
     checks: Arc<Semaphore>,
     /// Per address (IPv6 by /64): wrong guesses, and when the first counted one came.
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
@@ -50,8 +50,7 @@ impl Password {
     /// The password of `config` (none: everyone comes in).
     pub fn new(config: &Config) -> Self {
         Self {
-            hash: config.password_hash.clone(),
-            allow_seed: config.allow_seed_clients,
+            settings: Mutex::new((config.password_hash.clone(), config.allow_seed_clients)),
             checks: Arc::new(Semaphore::new(CHECKS_AT_ONCE)),
             failures: Mutex::new(HashMap::new()),
         }
@@ -63,11 +62,16 @@ impl Password {
     /// The [`Refusal`]: `bad-password` (wrong, missing, or a seed client) or
     /// `too-many-attempts`.
     pub async fn check(&self, ip: IpAddr, hello: &Hello) -> Result<(), Refusal> {
-        let Some(hash) = &self.hash else {
+        let (hash, allow_seed) = self
+            .settings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let Some(hash) = hash else {
             return Ok(());
         };
         if hello.mode == Mode::Seed {
-            if self.allow_seed {
+            if allow_seed {
                 return Ok(());
             }
             return Err((
@@ -93,7 +97,6 @@ impl Password {
             ));
         };
         let permit = self.checks.clone().acquire_owned().await;
-        let hash = hash.clone();
         let matched = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             verify(&hash, &given)
@@ -105,6 +108,15 @@ impl Password {
         }
         self.failed(key);
         Err(("bad-password", "wrong password".to_owned()))
+    }
+
+    /// Takes `config`'s password and seed-client rule (a reload).
+    pub fn reconfigure(&self, config: &Config) {
+        *self
+            .settings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            (config.password_hash.clone(), config.allow_seed_clients);
     }
 
     fn is_locked_out(&self, key: IpAddr) -> bool {

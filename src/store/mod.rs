@@ -78,6 +78,10 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// [`StoreError`] if the log cannot be read.
     fn first_kept(&self) -> Result<Option<u64>, StoreError>;
 
+    /// Keeps `max_events` from the next append on (a reload of
+    /// `--history-max-events`). A store without retention ignores it.
+    fn set_max_events(&self, _max_events: u64) {}
+
     /// Checks that the log can be written now (for `/readyz`), without changing
     /// what it holds.
     ///

@@ -76,7 +76,8 @@ pub struct SqliteStore {
     file: PathBuf,
     writer: Mutex<Writer>,
     readers: Mutex<Vec<Connection>>,
-    max_events: u64,
+    /// Events kept (a reload may change it).
+    max_events: std::sync::atomic::AtomicU64,
     /// Stops the checkpointer when the store is dropped.
     _checkpointer: Option<Checkpointer>,
     /// Held for the store's life: another server cannot take the directory.
@@ -195,7 +196,7 @@ impl SqliteStore {
             file,
             writer: Mutex::new(Writer { conn, first_kept }),
             readers: Mutex::new(Vec::new()),
-            max_events: options.max_events.max(1),
+            max_events: std::sync::atomic::AtomicU64::new(options.max_events.max(1)),
             _lock: lock,
         }))
     }
@@ -420,9 +421,13 @@ impl Store for SqliteStore {
         }
         // Retention, amortized: trim once the log holds an eighth more than it keeps.
         let first = *first_kept.get_or_insert(events[0].seq);
-        let slack = (self.max_events / 8).max(1);
-        let trimmed = if last.seq.saturating_sub(first) + 1 > self.max_events + slack {
-            let keep_from = last.seq + 1 - self.max_events;
+        let max_events = self
+            .max_events
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(1);
+        let slack = (max_events / 8).max(1);
+        let trimmed = if last.seq.saturating_sub(first) + 1 > max_events + slack {
+            let keep_from = last.seq + 1 - max_events;
             tx.prepare_cached("DELETE FROM events WHERE seq < ?1")?
                 .execute([to_i64(keep_from)])?;
             Some(keep_from)
@@ -452,6 +457,11 @@ impl Store for SqliteStore {
             }
             Ok(events)
         })
+    }
+
+    fn set_max_events(&self, max_events: u64) {
+        self.max_events
+            .store(max_events.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
     fn probe(&self) -> Result<(), StoreError> {

@@ -27,6 +27,7 @@ mod logs;
 mod names;
 mod original_clients;
 mod password;
+mod reload;
 mod seed_mode;
 mod service;
 mod shutdown;
