@@ -65,6 +65,9 @@ MUTATIONS = [
         ("src/hub/ring.rs", "    pub fn kick(&self) {\n", "    pub fn kick(&self) {\n        return;\n")]),
     ("bans not checked", ["it::admin::", "lib::server::bans"], [
         ("src/server/bans.rs", "        if entries.is_empty() {\n            return Ok(());", "        if true {\n            return Ok(());")]),
+    ("a reload applies nothing", ["it::reload::"], [
+        ("src/main.rs", "            reloader.apply(args.config.clone()).await;",
+         "            let _ = (&reloader, &args);")]),
     ("connection limit ignored", ["it::limits::"], [
         ("src/server/admission.rs", "let max_connections = max_connections(config);",
          "let max_connections = usize::MAX >> 4;")]),
