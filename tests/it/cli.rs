@@ -634,3 +634,18 @@ fn an_ipv6_host_is_shown_in_brackets() {
         "{stderr}"
     );
 }
+
+/// A usage error names what is wrong: `tcpchat chat` without `--name` says which
+/// argument is missing, in one line, with exit code 2.
+#[test]
+fn a_usage_error_names_what_is_missing() {
+    let (code, _, stderr) = run(tcpchat().arg("chat"));
+    assert_eq!(code, 2);
+    assert_eq!(
+        one_line(&stderr),
+        "tcpchat: the following required arguments were not provided: --name <NAME>"
+    );
+    let (code, _, stderr) = run(tcpchat().args(["admin"]));
+    assert_eq!(code, 2);
+    assert!(one_line(&stderr).contains("<COMMAND>"), "{stderr}");
+}
