@@ -293,6 +293,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// The settings of the --config file (or `TCPCHAT_CONFIG`) and of the `TCPCHAT_*`
+/// variables, checked against `serve`'s flags.
+fn settings_overlay(
+    args: &ServeArgs,
+    serve: &clap::Command,
+) -> Result<config_file::Overlay, config_file::ConfigError> {
+    let file = args.config_file.clone().or_else(|| {
+        std::env::var_os("TCPCHAT_CONFIG")
+            .filter(|path| !path.is_empty())
+            .map(PathBuf::from)
+    });
+    let env = std::env::vars_os().filter_map(|(key, value)| {
+        let key = key.into_string().ok()?;
+        key.starts_with("TCPCHAT_")
+            .then(|| (key, value.to_string_lossy().into_owned()))
+    });
+    config_file::gather(serve, file.as_deref(), env)
+}
+
 /// What [`with_settings`] leaves to do.
 enum Settled {
     /// Serve with these settings.
@@ -315,17 +334,7 @@ fn with_settings(args: Box<ServeArgs>) -> Settled {
         let _ = write!(std::io::stdout(), "{}", config_file::example(serve));
         return Settled::Exit(ExitCode::SUCCESS);
     }
-    let file = args.config_file.clone().or_else(|| {
-        std::env::var_os("TCPCHAT_CONFIG")
-            .filter(|path| !path.is_empty())
-            .map(PathBuf::from)
-    });
-    let env = std::env::vars_os().filter_map(|(key, value)| {
-        let key = key.into_string().ok()?;
-        key.starts_with("TCPCHAT_")
-            .then(|| (key, value.to_string_lossy().into_owned()))
-    });
-    let overlay = match config_file::gather(serve, file.as_deref(), env) {
+    let overlay = match settings_overlay(&args, serve) {
         Ok(overlay) => overlay,
         Err(error) => {
             let _ = writeln!(std::io::stderr(), "tcpchat: {error}");
@@ -639,18 +648,7 @@ fn read_settings() -> Result<(Box<ServeArgs>, std::collections::BTreeMap<String,
     let serve = command
         .find_subcommand("serve")
         .ok_or_else(|| "no serve command".to_owned())?;
-    let file = args.config_file.clone().or_else(|| {
-        std::env::var_os("TCPCHAT_CONFIG")
-            .filter(|path| !path.is_empty())
-            .map(PathBuf::from)
-    });
-    let env = std::env::vars_os().filter_map(|(key, value)| {
-        let key = key.into_string().ok()?;
-        key.starts_with("TCPCHAT_")
-            .then(|| (key, value.to_string_lossy().into_owned()))
-    });
-    let overlay =
-        config_file::gather(serve, file.as_deref(), env).map_err(|error| error.to_string())?;
+    let overlay = settings_overlay(&args, serve).map_err(|error| error.to_string())?;
     let command = command.mut_subcommand("serve", |serve| overlay.apply(serve));
     let matches = command
         .clone()

@@ -11,8 +11,8 @@ use harness::{ServerProcess, Spec};
 
 use crate::cli::{Raw, WAIT, WELCOME, run, tcpchat};
 
-/// `tcpchat hash-password` with `password` on its standard input.
-fn hash_of(password: &str) -> String {
+/// Runs `tcpchat hash-password` with `password` on its standard input.
+fn hash_password(password: &str) -> std::process::Output {
     let mut child = tcpchat()
         .arg("hash-password")
         .stdin(Stdio::piped())
@@ -26,7 +26,12 @@ fn hash_of(password: &str) -> String {
         .expect("its stdin")
         .write_all(format!("{password}\n").as_bytes())
         .expect("write the password");
-    let output = child.wait_with_output().expect("its output");
+    child.wait_with_output().expect("its output")
+}
+
+/// The hash `tcpchat hash-password` makes of `password`.
+fn hash_of(password: &str) -> String {
+    let output = hash_password(password);
     assert!(output.status.success(), "{output:?}");
     let hash = String::from_utf8(output.stdout).expect("UTF-8");
     let hash = hash.trim_end().to_owned();
@@ -156,20 +161,7 @@ fn a_password_hash_that_is_not_one_is_a_usage_error() {
         stderr.contains("make one with `tcpchat hash-password`"),
         "{stderr}"
     );
-    let mut child = tcpchat()
-        .arg("hash-password")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run tcpchat hash-password");
-    child
-        .stdin
-        .take()
-        .expect("its stdin")
-        .write_all(b"two words\n")
-        .expect("write");
-    let output = child.wait_with_output().expect("its output");
+    let output = hash_password("two words");
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("without spaces"));
 }
