@@ -232,6 +232,10 @@ async fn run(args: SoakArgs) -> anyhow::Result<()> {
 #[derive(Debug, Default)]
 struct Ledger {
     next_session: AtomicU64,
+    /// Rejoiners drawn so far: each rejoiner's name is its own number, taken with
+    /// one atomic step (two rejoiners starting at once on two worker threads once
+    /// read the same session count and chose the same name).
+    next_rejoiner: AtomicU64,
     sent: AtomicU64,
     sessions: RwLock<HashMap<u64, SessionRecord>>,
     /// Names held right now by one-off sessions (targets for name collisions).
@@ -691,10 +695,12 @@ async fn rejoiner(
     rng: &mut fastrand::Rng,
 ) -> anyhow::Result<()> {
     ledger.count("rejoiner");
-    let name = format!("r{}", ledger.next_session.load(Ordering::Relaxed));
+    let name = format!("r{}", ledger.next_rejoiner.fetch_add(1, Ordering::Relaxed));
     // With FIN each time: the server closes its side only once the leave is done.
-    for _ in 0..3 {
-        line_messenger(addr, ledger, rng, Some(name.clone()), false).await?;
+    for round in 1..=3 {
+        line_messenger(addr, ledger, rng, Some(name.clone()), false)
+            .await
+            .with_context(|| format!("rejoiner {name}, session {round} of 3"))?;
     }
     Ok(())
 }
