@@ -517,12 +517,21 @@ impl Input {
 }
 
 pin_project_lite::pin_project! {
-    /// The opt-in heartbeat: due after `interval` without output.
+    /// The heartbeat (opt-in, and always on for WebSocket members): due after
+    /// `interval` without output. It also keeps what only pinged members need, so
+    /// that the rest do not carry it in their task.
     #[derive(Debug)]
     struct Heartbeat {
         interval: Duration,
         #[pin]
         timer: Sleep,
+        // Whether the client asked for `heartbeat` (else it is pinged as a WebSocket
+        // member, with frames only).
+        asked: bool,
+        // Whether a ping went out since the transport last asked.
+        pinged: bool,
+        // A transport's own message (a WebSocket pong), written at the next boundary.
+        between: Option<Bytes>,
     }
 }
 
@@ -609,13 +618,9 @@ pub struct Member {
     /// In a framed format, the bytes at the front of `out` that finish a frame the
     /// last write began (0 when `out` starts with a whole frame).
     frame_rest: usize,
+    /// Boxed, and only for members that are pinged: an idle connection's cost is its
+    /// task's size, in steps of 128 bytes (tokio aligns tasks to cache lines).
     heartbeat: Option<Pin<Box<Heartbeat>>>,
-    /// Whether the heartbeat sent a ping since the transport last asked.
-    pinged: bool,
-    /// Whether the client asked for `heartbeat`.
-    pings_asked: bool,
-    /// A transport's own message (a WebSocket pong), written at the next boundary.
-    between: Option<Bytes>,
     /// Set when shutdown begins.
     drain_deadline: Option<Pin<Box<Sleep>>>,
 }
@@ -694,6 +699,9 @@ impl Member {
                 Box::pin(Heartbeat {
                     interval,
                     timer: sleep(interval),
+                    asked: request.options.heartbeat,
+                    pinged: false,
+                    between: None,
                 })
             });
         Self {
@@ -723,9 +731,6 @@ impl Member {
             cut_short: false,
             frame_rest: 0,
             heartbeat,
-            pinged: false,
-            pings_asked: request.options.heartbeat,
-            between: None,
             drain_deadline: None,
         }
     }
@@ -941,35 +946,41 @@ impl Member {
         if !self.out.is_empty() {
             return false;
         }
-        if let Some(between) = self.between.take() {
+        let Some(heartbeat) = &mut self.heartbeat else {
+            return false;
+        };
+        if let Some(between) = heartbeat.as_mut().project().between.take() {
             self.out = between;
             self.out_from_feed = false;
             return true;
         }
-        let Some(heartbeat) = &mut self.heartbeat else {
-            return false;
-        };
         if !heartbeat.as_mut().poll_due(cx) {
             return false;
         }
-        self.out = self.format.ping(self.pings_asked);
+        let heartbeat = heartbeat.as_mut().project();
+        self.out = self.format.ping(*heartbeat.asked);
         self.out_from_feed = false;
-        self.pinged = true;
+        *heartbeat.pinged = true;
         true
     }
 
     /// Queues the transport's own `bytes` (a WebSocket pong) to be written once
     /// everything ready now is written, never inside another unit of output. A second
     /// call before then replaces the first (a pong answers the latest ping only).
+    /// Only WebSocket members have such messages, and they are always pinged.
     pub fn send_between(&mut self, bytes: Bytes) {
-        self.between = Some(bytes);
+        if let Some(heartbeat) = &mut self.heartbeat {
+            *heartbeat.as_mut().project().between = Some(bytes);
+        }
         // Written by the next `poll_write`; the transport polls it in this round.
     }
 
     /// Whether the heartbeat has sent a ping since the last call: the moment for a
     /// transport that expects an answer to check it has heard from its peer lately.
     pub fn take_pinged(&mut self) -> bool {
-        std::mem::take(&mut self.pinged)
+        self.heartbeat
+            .as_mut()
+            .is_some_and(|heartbeat| std::mem::take(heartbeat.as_mut().project().pinged))
     }
 
     /// Whether the member is done, as a sender that closed (after its goodbye, for a

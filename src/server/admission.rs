@@ -8,9 +8,10 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tracing::info;
 
 use crate::config::{Config, RESERVED_FDS};
@@ -28,10 +29,10 @@ pub fn max_connections(config: &Config) -> usize {
 /// The limits every listener shares.
 #[derive(Debug)]
 pub struct Gate {
-    permits: Arc<Semaphore>,
+    counts: Arc<Counts>,
     max_connections: usize,
-    per_address: PerAddress,
-    loopback_exempt: std::sync::atomic::AtomicBool,
+    max_per_address: AtomicUsize,
+    loopback_exempt: AtomicBool,
     password: Arc<super::password::Password>,
     bans: Arc<super::bans::Bans>,
 }
@@ -41,10 +42,13 @@ impl Gate {
     pub fn new(config: &Config) -> Self {
         let max_connections = max_connections(config);
         Self {
-            permits: Arc::new(Semaphore::new(max_connections)),
+            counts: Arc::new(Counts {
+                places: Semaphore::new(max_connections),
+                per_address: Mutex::default(),
+            }),
             max_connections,
-            per_address: PerAddress::new(config.max_connections_per_ip),
-            loopback_exempt: std::sync::atomic::AtomicBool::new(!config.no_loopback_exemption),
+            max_per_address: AtomicUsize::new(config.max_connections_per_ip),
+            loopback_exempt: AtomicBool::new(!config.no_loopback_exemption),
             password: Arc::new(super::password::Password::new(config)),
             bans: Arc::default(),
         }
@@ -63,14 +67,10 @@ impl Gate {
     /// Takes what a reload may change from `config`: the per-address limit, the
     /// loopback exemption, the password; for connections from now on.
     pub fn reconfigure(&self, config: &Config) {
-        self.per_address.max.store(
-            config.max_connections_per_ip,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        self.loopback_exempt.store(
-            !config.no_loopback_exemption,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        self.max_per_address
+            .store(config.max_connections_per_ip, Ordering::Relaxed);
+        self.loopback_exempt
+            .store(!config.no_loopback_exemption, Ordering::Relaxed);
         self.password.reconfigure(config);
     }
 
@@ -90,50 +90,100 @@ impl Gate {
         peer: SocketAddr,
         transport: &str,
     ) -> Result<Admission, &'static str> {
-        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+        let Ok(place) = self.counts.places.try_acquire() else {
             let reason = "connection-limit";
             info!(conn = %id, %peer, %transport, %reason, max_connections = self.max_connections, "refused");
             return Err(reason);
         };
+        // From here on the admission gives the place back, whatever happens.
+        place.forget();
+        let mut admission = Admission {
+            counts: self.counts.clone(),
+            address: None,
+        };
         // Loopback clients are the operator's own, unless told otherwise.
-        let limited = !(self
-            .loopback_exempt
-            .load(std::sync::atomic::Ordering::Relaxed)
-            && peer.ip().is_loopback());
-        let address = if limited {
-            let Some(slot) = self.per_address.try_acquire(peer.ip()) else {
+        let limited = !(self.loopback_exempt.load(Ordering::Relaxed) && peer.ip().is_loopback());
+        if limited {
+            let max = self.max_per_address.load(Ordering::Relaxed);
+            let key = address_key(peer.ip());
+            if !self.counts.count(key, max) {
                 let reason = "address-limit";
                 info!(
                     conn = %id,
                     %peer,
                     %transport,
                     %reason,
-                    max_connections_per_ip = self.per_address.max(),
+                    max_connections_per_ip = max,
                     "refused"
                 );
                 return Err(reason);
-            };
-            Some(slot)
-        } else {
-            None
-        };
-        Ok(Admission {
-            _permit: permit,
-            address,
-        })
+            }
+            admission.address = Some(key);
+        }
+        Ok(admission)
+    }
+}
+
+/// What every admission is counted in, shared by the gate and the admissions.
+#[derive(Debug)]
+struct Counts {
+    /// Places left under the connection limit.
+    places: Semaphore,
+    /// Open connections per address.
+    per_address: Mutex<HashMap<AddressKey, usize>>,
+}
+
+impl Counts {
+    /// Counts one more connection under `key`, unless it has `max` already.
+    fn count(&self, key: AddressKey, max: usize) -> bool {
+        let mut counts = self
+            .per_address
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = counts.entry(key).or_default();
+        if *count >= max {
+            if *count == 0 {
+                counts.remove(&key);
+            }
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    fn uncount(&self, key: AddressKey) {
+        let mut counts = self
+            .per_address
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = counts.get_mut(&key) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&key);
+            }
+        }
     }
 }
 
 /// What a connection holds for being let in: its places under the limits, given
 /// back when it is dropped.
 ///
-/// Kept small, since every connection holds one for its whole life: the address is
-/// counted under an 8-byte key, and whether flood control applies is whether the
-/// address was counted (both follow from the loopback exemption).
+/// Kept small, since every connection holds one for its whole life (24 bytes: one
+/// pointer to the counts and the address's key). Whether flood control applies is
+/// whether the address was counted (both follow from the loopback exemption).
 #[derive(Debug)]
 pub struct Admission {
-    _permit: OwnedSemaphorePermit,
-    address: Option<AddressSlot>,
+    counts: Arc<Counts>,
+    address: Option<AddressKey>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.counts.places.add_permits(1);
+        if let Some(key) = self.address {
+            self.counts.uncount(key);
+        }
+    }
 }
 
 impl Admission {
@@ -161,106 +211,62 @@ fn address_key(ip: IpAddr) -> AddressKey {
     }
 }
 
-/// Open connections per address.
-#[derive(Debug, Clone)]
-pub struct PerAddress {
-    counts: Arc<Mutex<HashMap<AddressKey, usize>>>,
-    max: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-/// One counted connection; uncounted when dropped.
-#[derive(Debug)]
-pub struct AddressSlot {
-    counts: Arc<Mutex<HashMap<AddressKey, usize>>>,
-    key: AddressKey,
-}
-
-impl PerAddress {
-    /// At most `max` connections per address.
-    pub fn new(max: usize) -> Self {
-        Self {
-            counts: Arc::default(),
-            max: Arc::new(std::sync::atomic::AtomicUsize::new(max)),
-        }
-    }
-
-    /// The limit now.
-    pub fn max(&self) -> usize {
-        self.max.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Counts a new connection from `ip`, or returns `None` if that address is at
-    /// its limit.
-    pub fn try_acquire(&self, ip: IpAddr) -> Option<AddressSlot> {
-        let key = address_key(ip);
-        let mut counts = self
-            .counts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let count = counts.entry(key).or_default();
-        if *count >= self.max() {
-            return None;
-        }
-        *count += 1;
-        Some(AddressSlot {
-            counts: self.counts.clone(),
-            key,
-        })
-    }
-}
-
-impl Drop for AddressSlot {
-    fn drop(&mut self) {
-        let mut counts = self
-            .counts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(count) = counts.get_mut(&self.key) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.key);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn gate(max_connections: usize, per_address: usize) -> Gate {
+        Gate::new(&Config {
+            max_connections: Some(max_connections),
+            max_connections_per_ip: per_address,
+            ..Config::default()
+        })
+    }
+
+    fn admit(gate: &Gate, ip: &str) -> Result<Admission, &'static str> {
+        let peer = SocketAddr::new(ip.parse().unwrap(), 40_000);
+        gate.admit(ConnId(1), peer, "tcp")
+    }
+
     #[test]
     fn addresses_are_counted_up_to_the_limit_and_freed_on_drop() {
-        let limit = PerAddress::new(2);
-        let ip: IpAddr = "192.0.2.7".parse().unwrap();
-        let first = limit.try_acquire(ip).unwrap();
-        let _second = limit.try_acquire(ip).unwrap();
-        assert!(limit.try_acquire(ip).is_none(), "one past the limit");
-        assert!(limit.try_acquire("192.0.2.8".parse().unwrap()).is_some());
+        let gate = gate(100, 2);
+        let first = admit(&gate, "192.0.2.7").unwrap();
+        let _second = admit(&gate, "192.0.2.7").unwrap();
+        assert_eq!(admit(&gate, "192.0.2.7").err(), Some("address-limit"));
+        assert!(admit(&gate, "192.0.2.8").is_ok());
         drop(first);
-        assert!(limit.try_acquire(ip).is_some());
+        assert!(admit(&gate, "192.0.2.7").is_ok());
     }
 
     #[test]
     fn ipv6_is_counted_per_64_and_mapped_ipv4_as_ipv4() {
-        let limit = PerAddress::new(1);
-        let _a = limit
-            .try_acquire("2001:db8:1:2::1".parse().unwrap())
-            .unwrap();
-        assert!(
-            limit
-                .try_acquire("2001:db8:1:2:ffff::9".parse().unwrap())
-                .is_none()
-        );
-        assert!(
-            limit
-                .try_acquire("2001:db8:1:3::1".parse().unwrap())
-                .is_some()
-        );
-        let _v4 = limit.try_acquire("198.51.100.1".parse().unwrap()).unwrap();
-        assert!(
-            limit
-                .try_acquire("::ffff:198.51.100.1".parse().unwrap())
-                .is_none()
-        );
+        let gate = gate(100, 1);
+        let _a = admit(&gate, "2001:db8:1:2::1").unwrap();
+        assert!(admit(&gate, "2001:db8:1:2:ffff::9").is_err());
+        assert!(admit(&gate, "2001:db8:1:3::1").is_ok());
+        let _v4 = admit(&gate, "198.51.100.1").unwrap();
+        assert!(admit(&gate, "::ffff:198.51.100.1").is_err());
+    }
+
+    #[test]
+    fn the_connection_limit_counts_every_admission_and_refusals_give_their_place_back() {
+        let gate = gate(2, 1);
+        let first = admit(&gate, "192.0.2.1").unwrap();
+        // Refused for its address after it took a place: the place is given back.
+        assert_eq!(admit(&gate, "192.0.2.1").err(), Some("address-limit"));
+        let _second = admit(&gate, "192.0.2.2").unwrap();
+        assert_eq!(admit(&gate, "192.0.2.3").err(), Some("connection-limit"));
+        drop(first);
+        let third = admit(&gate, "192.0.2.1").unwrap();
+        assert!(third.is_flood_controlled());
+    }
+
+    #[test]
+    fn loopback_is_exempt_from_the_address_limit_and_from_flood_control() {
+        let gate = gate(10, 1);
+        let a = admit(&gate, "127.0.0.1").unwrap();
+        let b = admit(&gate, "127.0.0.1").unwrap();
+        assert!(!a.is_flood_controlled() && !b.is_flood_controlled());
     }
 }

@@ -137,7 +137,9 @@ pub(super) fn serve<S: ByteStream>(stream: S, arrival: Arrival) -> impl Future<O
         let Some(mut session) = admitted.await else {
             return;
         };
-        let end = session.run().await;
+        // Polled here rather than through an `async fn`, whose state would be kept
+        // in every connection's task beside the session.
+        let end = poll_fn(|cx| session.poll(cx)).await;
         // Boxed: the close's state is needed once, not kept in every connection.
         Box::pin(session.close(end)).await;
     }
@@ -313,7 +315,6 @@ async fn admit<S: ByteStream>(mut stream: S, arrival: Arrival) -> Option<Session
         stream,
         member,
         reader,
-        websocket,
         _admission: admission,
         _open: open,
     })
@@ -669,21 +670,14 @@ impl Reader {
 struct Session<S> {
     stream: S,
     member: Member,
-    /// For senders, and WebSocket viewers.
+    /// For senders, and WebSocket members (whose framer says they are).
     reader: Option<Box<Reader>>,
-    /// Whether the stream carries WebSocket frames.
-    websocket: bool,
     /// The connection's places under the server's limits, given back at the end.
     _admission: Admission,
     _open: Open,
 }
 
 impl<S: ByteStream> Session<S> {
-    /// Runs until the connection ends; returns how.
-    async fn run(&mut self) -> End {
-        poll_fn(|cx| self.poll(cx)).await
-    }
-
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<End> {
         // Registered first: a publish or a shutdown after this point wakes us.
         self.member.register(cx);
@@ -713,7 +707,7 @@ impl<S: ByteStream> Session<S> {
         // progress: it writes until nothing is ready or the stream is full (and then
         // the stream wakes us), so another round would find nothing new to write.
         self.poll_output(cx)?;
-        if self.websocket && self.member.take_pinged() {
+        if self.member.take_pinged() {
             self.check_alive()?;
         }
         self.member.poll_end(cx)?;
@@ -857,10 +851,10 @@ impl<S: ByteStream> Session<S> {
         let Self {
             mut stream,
             member,
-            reader,
-            websocket,
+            mut reader,
             ..
         } = self;
+        let websocket = reader.as_mut().is_some_and(|r| r.websocket().is_some());
         drop(reader);
         let close = websocket.then(|| close_code(&end)).flatten();
         let mut farewell = member.finish(end).await;
@@ -930,5 +924,35 @@ async fn close_gracefully<S: ByteStream>(stream: &mut S, farewell: Farewell) {
     let result: Result<io::Result<()>, _> = tokio::time::timeout(farewell.linger, draining).await;
     if let Ok(Err(error)) = result {
         debug!(%error, "unclean close");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `serve` returns, from its type alone.
+    fn future_size<F, Fut>(_: F) -> usize
+    where
+        F: FnOnce(TcpStream, Arrival) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// An idle connection costs mostly its task, which tokio allocates in steps of
+    /// 128 bytes (its tasks are aligned to cache lines): the future, plus the task
+    /// tracker's token, plus tokio's header, ids, trailer and the stage's tag (104
+    /// bytes in tokio 1.54 on 64-bit targets: measured, a 280-byte future took 512).
+    /// Crossing from 384 to 512 bytes once cost every idle connection 128 bytes,
+    /// unnoticed until the benchmark's `conns` was run again.
+    #[test]
+    fn a_connections_task_fits_in_384_bytes() {
+        let future = future_size(serve::<TcpStream>);
+        let task = future + 8 + 104;
+        assert!(
+            task <= 384,
+            "a connection's task is {task} bytes (its future {future}): past 384, every \
+             connection costs 128 bytes more; box what idle connections do not use"
+        );
     }
 }
