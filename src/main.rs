@@ -121,7 +121,7 @@ struct ServeArgs {
     /// the machine has no IPv6); an address (`0.0.0.0` every IPv4 interface, as the
     /// original; `127.0.0.1`; `::1`); or a host name, which listens on each of its
     /// addresses (`localhost`: 127.0.0.1 and ::1).
-    #[arg(long, value_name = "ADDR|HOST", default_value = "*")]
+    #[arg(long, value_name = "ADDR|HOST", default_value = "*", value_parser = parse_bind)]
     bind: String,
     /// Worker threads (default: the CPUs this process may run on).
     #[arg(long)]
@@ -141,7 +141,7 @@ struct ServeArgs {
     #[arg(long, default_value_t = 6080)]
     http_port: u16,
     /// Where the HTTP listener listens, as --bind [default: the --bind address].
-    #[arg(long, value_name = "ADDR|HOST")]
+    #[arg(long, value_name = "ADDR|HOST", value_parser = parse_bind)]
     http_bind: Option<String>,
     /// No HTTP listener.
     #[arg(long, conflicts_with_all = ["http_port", "http_bind"])]
@@ -758,6 +758,22 @@ fn reload_certificates(certificates: &Certificates, metrics: &tcpchat::metrics::
             "cannot reload the TLS certificate; keeping the one in use"
         ),
     }
+}
+
+/// A `--bind` value: an address or a host name, without a port (`127.0.0.1:6000` or
+/// `localhost:6000` is refused at once, rather than looked up as a host name).
+fn parse_bind(value: &str) -> Result<String, String> {
+    let with_port = value.parse::<SocketAddr>().is_ok()
+        || value.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && !host.contains(':') && port.parse::<u16>().is_ok()
+        });
+    if with_port {
+        return Err(
+            "give the address or host name alone: the port has its own flag (--port, --tls-port, --http-port)"
+                .to_owned(),
+        );
+    }
+    Ok(value.to_owned())
 }
 
 /// Listens on `port` at `bind` (see `serve --bind`): one listener per address.

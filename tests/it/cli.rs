@@ -618,6 +618,16 @@ fn bind_takes_a_host_name() {
         one_line(&stderr).starts_with("tcpchat: cannot listen on nosuch.invalid: not an address, and the name does not resolve"),
         "{stderr}"
     );
+    // An address with a port is a usage error that says where the port goes.
+    for with_port in ["127.0.0.1:6000", "[::1]:6000", "localhost:6000"] {
+        let (code, _, stderr) = run(tcpchat().args(["serve", "--bind", with_port]));
+        assert_eq!(code, 2, "{with_port}: {stderr}");
+        assert!(
+            stderr.contains(&format!("'{with_port}' for '--bind <ADDR|HOST>'"))
+                && stderr.contains("the port has its own flag (--port"),
+            "{stderr}"
+        );
+    }
 }
 
 #[test]
