@@ -120,7 +120,7 @@ async fn serve(stream: UnixStream, hub: WeakHub, bans: Arc<Bans>) {
 }
 
 /// The answer to `command`: lines, the last `ok: ...` or `error: ...`.
-async fn answer(command: &str, hub: &WeakHub, bans: &Bans) -> String {
+async fn answer(command: &str, hub: &WeakHub, bans: &Arc<Bans>) -> String {
     let words: Vec<&str> = command.split_whitespace().collect();
     let Some(hub) = hub.upgrade() else {
         return "error: the server is stopping".to_owned();
@@ -152,22 +152,47 @@ async fn answer(command: &str, hub: &WeakHub, bans: &Bans) -> String {
                 None => DEFAULT_BAN,
             };
             let ban = Ban::parse(target);
-            bans.add(ban.clone(), how_long);
+            let saved = blocking(bans, {
+                let ban = ban.clone();
+                move |bans| bans.add(ban, how_long)
+            })
+            .await;
             info!(%ban, for = %rounded(how_long), "banned by the operator");
             let kicked = match &ban {
                 Ban::Name(name) => hub.kick(name).await.unwrap_or(false),
                 Ban::Address(_) => false,
             };
             let also = if kicked { ", and disconnected" } else { "" };
-            format!("ok: {ban} banned for {}{also}", rounded(how_long))
+            match saved {
+                Ok(()) => format!("ok: {ban} banned for {}{also}", rounded(how_long)),
+                Err(error) => {
+                    warn!(%ban, %error, "cannot save the bans: this one lasts until the server stops");
+                    format!(
+                        "error: {ban} banned for {}{also}, but only until the server stops: cannot save the bans: {error}",
+                        rounded(how_long)
+                    )
+                }
+            }
         }
         ["unban", target] => {
             let ban = Ban::parse(target);
-            if bans.remove(&ban) {
-                info!(%ban, "ban lifted by the operator");
-                format!("ok: {ban} is no longer banned")
-            } else {
-                format!("error: {ban} is not banned")
+            let lifted = blocking(bans, {
+                let ban = ban.clone();
+                move |bans| bans.remove(&ban)
+            })
+            .await;
+            match lifted {
+                Ok(true) => {
+                    info!(%ban, "ban lifted by the operator");
+                    format!("ok: {ban} is no longer banned")
+                }
+                Ok(false) => format!("error: {ban} is not banned"),
+                Err(error) => {
+                    warn!(%ban, %error, "ban lifted, but cannot save the bans: it comes back at a restart");
+                    format!(
+                        "error: {ban} is no longer banned, but the ban comes back if the server restarts: cannot save the bans: {error}"
+                    )
+                }
             }
         }
         ["bans"] => {
@@ -185,4 +210,15 @@ async fn answer(command: &str, hub: &WeakHub, bans: &Bans) -> String {
         [] => "error: no command; try help".to_owned(),
         _ => format!("error: unknown command {command:?}; try help"),
     }
+}
+
+/// Runs `change` on the bans on a blocking thread: it may write and sync their file.
+async fn blocking<T: Send + 'static>(
+    bans: &Arc<Bans>,
+    change: impl FnOnce(&Bans) -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    let bans = bans.clone();
+    tokio::task::spawn_blocking(move || change(&bans))
+        .await
+        .unwrap_or_else(|error| Err(std::io::Error::other(error.to_string())))
 }

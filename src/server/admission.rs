@@ -38,8 +38,8 @@ pub struct Gate {
 }
 
 impl Gate {
-    /// The gate for `config`.
-    pub fn new(config: &Config) -> Self {
+    /// The gate for `config`, keeping out what `bans` say.
+    pub fn new(config: &Config, bans: super::bans::Bans) -> Self {
         let max_connections = max_connections(config);
         Self {
             counts: Arc::new(Counts {
@@ -50,7 +50,7 @@ impl Gate {
             max_per_address: AtomicUsize::new(config.max_connections_per_ip),
             loopback_exempt: AtomicBool::new(!config.no_loopback_exemption),
             password: Arc::new(super::password::Password::new(config)),
-            bans: Arc::default(),
+            bans: Arc::new(bans),
         }
     }
 
@@ -216,11 +216,12 @@ mod tests {
     use super::*;
 
     fn gate(max_connections: usize, per_address: usize) -> Gate {
-        Gate::new(&Config {
+        let config = Config {
             max_connections: Some(max_connections),
             max_connections_per_ip: per_address,
             ..Config::default()
-        })
+        };
+        Gate::new(&config, super::super::bans::Bans::default())
     }
 
     fn admit(gate: &Gate, ip: &str) -> Result<Admission, &'static str> {

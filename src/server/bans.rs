@@ -1,11 +1,17 @@
 //! Bans the operator sets (`tcpchat admin ban`): an address, or a name, kept out for
-//! a while. Checked at each handshake, beside the password; kept in memory only (a
-//! restart forgets them).
+//! a while. Checked at each handshake, beside the password. With the room's log on,
+//! they are also kept in the data directory's `bans` file, rewritten whole (and
+//! synced) at every change, so that a restart keeps them; with history off they live
+//! in memory only.
 
 use std::collections::HashMap;
+use std::io::Write as _;
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context as _;
 
 use crate::protocol::handshake::Hello;
 
@@ -44,9 +50,52 @@ impl std::fmt::Display for Ban {
 #[derive(Debug, Default)]
 pub struct Bans {
     until: Mutex<HashMap<Ban, Instant>>,
+    /// Where they are kept across restarts, if anywhere.
+    file: Option<PathBuf>,
 }
 
+/// The first line of a bans file.
+const HEADER: &str = "# tcpchat bans, written by `tcpchat admin ban`: kind, what, until (UTC)";
+
 impl Bans {
+    /// The bans kept in `file` (none if it does not exist yet), which every change
+    /// from now on rewrites. Bans that ended meanwhile are dropped.
+    ///
+    /// # Errors
+    /// When the file cannot be read, or a line of it is not a ban (naming the line):
+    /// a server that forgot its bans would let in whom the operator kept out.
+    pub fn open(file: PathBuf) -> anyhow::Result<Self> {
+        let text = match std::fs::read_to_string(&file) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(error) => {
+                return Err(anyhow::Error::new(error))
+                    .with_context(|| format!("cannot read the bans in {}", file.display()));
+            }
+        };
+        let now = (Instant::now(), SystemTime::now());
+        let mut until = HashMap::new();
+        for (number, line) in text.lines().enumerate() {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (ban, ends) = parse_line(line).with_context(|| {
+                format!(
+                    "{}:{}: not a ban (kind, what, until, tab-separated): {line:?}",
+                    file.display(),
+                    number + 1
+                )
+            })?;
+            if let Ok(left) = ends.duration_since(now.1) {
+                until.insert(ban, now.0 + left);
+            }
+        }
+        Ok(Self {
+            until: Mutex::new(until),
+            file: Some(file),
+        })
+    }
+
     fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<Ban, Instant>> {
         let mut entries = self
             .until
@@ -58,13 +107,51 @@ impl Bans {
     }
 
     /// Bans `ban` for `how_long` (from now, replacing an earlier ban of it).
-    pub fn add(&self, ban: Ban, how_long: Duration) {
-        self.entries().insert(ban, Instant::now() + how_long);
+    ///
+    /// # Errors
+    /// When the bans file cannot be written: the ban is in force, but only until
+    /// the server stops.
+    pub fn add(&self, ban: Ban, how_long: Duration) -> std::io::Result<()> {
+        let mut entries = self.entries();
+        entries.insert(ban, Instant::now() + how_long);
+        self.save(&entries)
     }
 
     /// Lifts `ban`; whether it was in force.
-    pub fn remove(&self, ban: &Ban) -> bool {
-        self.entries().remove(ban).is_some()
+    ///
+    /// # Errors
+    /// When the bans file cannot be written: the ban is lifted, but comes back if
+    /// the server restarts before it ends.
+    pub fn remove(&self, ban: &Ban) -> std::io::Result<bool> {
+        let mut entries = self.entries();
+        let was = entries.remove(ban).is_some();
+        if was {
+            self.save(&entries)?;
+        }
+        Ok(was)
+    }
+
+    /// Rewrites the bans file (if there is one) with `entries`: a new file, synced,
+    /// then renamed over the old one, so that a crash leaves one or the other whole.
+    /// Under the lock, so that two changes cannot write their files out of order.
+    fn save(&self, entries: &HashMap<Ban, Instant>) -> std::io::Result<()> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        let now = (Instant::now(), SystemTime::now());
+        let mut sorted: Vec<(&Ban, &Instant)> = entries.iter().collect();
+        sorted.sort();
+        let mut text = format!("{HEADER}\n");
+        for (ban, until) in sorted {
+            let ends = now.1 + until.saturating_duration_since(now.0);
+            let (kind, what) = match ban {
+                Ban::Address(ip) => ("address", ip.to_string()),
+                Ban::Name(name) => ("name", name.clone()),
+            };
+            let ends = humantime::format_rfc3339_seconds(ends);
+            text.push_str(&format!("{kind}\t{what}\t{ends}\n"));
+        }
+        write_synced(file, text.as_bytes())
     }
 
     /// The bans in force and the time each has left, in order.
@@ -112,6 +199,36 @@ impl Bans {
     }
 }
 
+/// One line of a bans file: `kind\twhat\tuntil`.
+fn parse_line(line: &str) -> Option<(Ban, SystemTime)> {
+    let mut fields = line.split('\t');
+    let (kind, what, until) = (fields.next()?, fields.next()?, fields.next()?);
+    if fields.next().is_some() || what.is_empty() {
+        return None;
+    }
+    let ban = match kind {
+        "address" => Ban::Address(key_of(what.parse().ok()?)),
+        "name" => Ban::Name(what.to_owned()),
+        _ => return None,
+    };
+    Some((ban, humantime::parse_rfc3339(until).ok()?))
+}
+
+/// Writes `bytes` to `file` through a synced temporary file renamed over it, then
+/// syncs the directory (so the rename itself survives a crash).
+fn write_synced(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let temporary = file.with_extension("new");
+    let mut out = std::fs::File::create(&temporary)?;
+    out.write_all(bytes)?;
+    out.sync_all()?;
+    drop(out);
+    std::fs::rename(&temporary, file)?;
+    if let Some(dir) = file.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// `duration` to the second, as people read it (`59m 3s`).
 pub fn rounded(duration: Duration) -> String {
     humantime::format_duration(Duration::from_secs(duration.as_secs().max(1))).to_string()
@@ -142,8 +259,10 @@ mod tests {
         let home: IpAddr = "192.0.2.7".parse().expect("an address");
         let other: IpAddr = "198.51.100.1".parse().expect("an address");
         assert_eq!(bans.check(home, &hello(Some("alice"))), Ok(()));
-        bans.add(Ban::parse("192.0.2.7"), Duration::from_secs(3600));
-        bans.add(Ban::parse("mallory"), Duration::from_secs(60));
+        bans.add(Ban::parse("192.0.2.7"), Duration::from_secs(3600))
+            .expect("kept in memory");
+        bans.add(Ban::parse("mallory"), Duration::from_secs(60))
+            .expect("kept in memory");
         let refused = bans.check(home, &hello(None)).expect_err("banned address");
         assert_eq!(refused.0, "banned");
         assert!(
@@ -167,19 +286,92 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["192.0.2.7", "mallory"]
         );
-        assert!(bans.remove(&Ban::parse("mallory")));
-        assert!(!bans.remove(&Ban::parse("mallory")));
+        assert!(bans.remove(&Ban::parse("mallory")).expect("in memory"));
+        assert!(!bans.remove(&Ban::parse("mallory")).expect("in memory"));
         assert_eq!(bans.check(other, &hello(Some("mallory"))), Ok(()));
-        bans.add(Ban::parse("192.0.2.7"), Duration::ZERO);
+        bans.add(Ban::parse("192.0.2.7"), Duration::ZERO)
+            .expect("in memory");
         assert_eq!(bans.check(home, &hello(None)), Ok(()), "a ban that ended");
     }
 
     #[test]
     fn an_ipv6_ban_covers_its_64() {
         let bans = Bans::default();
-        bans.add(Ban::parse("2001:db8:1:2::1"), Duration::from_secs(60));
+        bans.add(Ban::parse("2001:db8:1:2::1"), Duration::from_secs(60))
+            .expect("in memory");
         let neighbour: IpAddr = "2001:db8:1:2:ffff::9".parse().expect("an address");
         assert!(bans.check(neighbour, &hello(None)).is_err());
         assert_eq!(bans.list()[0].0.to_string(), "2001:db8:1:2::/64");
+    }
+
+    #[test]
+    fn bans_outlive_a_restart_in_their_file_and_ended_ones_are_dropped() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let file = dir.path().join("bans");
+        let bans = Bans::open(file.clone()).expect("no file yet is no bans");
+        bans.add(Ban::parse("mallory"), Duration::from_secs(3600))
+            .expect("saved");
+        bans.add(Ban::parse("2001:db8:1:2::1"), Duration::from_secs(600))
+            .expect("saved");
+        bans.add(Ban::parse("eve"), Duration::from_secs(60))
+            .expect("saved");
+        assert!(bans.remove(&Ban::parse("eve")).expect("saved"));
+        drop(bans);
+        let text = std::fs::read_to_string(&file).expect("the file");
+        assert!(text.starts_with("# tcpchat bans"), "{text}");
+        assert!(text.contains("address\t2001:db8:1:2::\t"), "{text}");
+
+        let again = Bans::open(file.clone()).expect("read back");
+        let listed: Vec<(String, u64)> = again
+            .list()
+            .into_iter()
+            .map(|(ban, left)| (ban.to_string(), left.as_secs()))
+            .collect();
+        assert_eq!(listed.len(), 2, "{listed:?}");
+        assert_eq!(listed[0].0, "2001:db8:1:2::/64");
+        assert!((590..=600).contains(&listed[0].1), "{listed:?}");
+        assert_eq!(listed[1].0, "mallory");
+        assert!((3590..=3600).contains(&listed[1].1), "{listed:?}");
+
+        // A ban that ended while the server was down is not brought back.
+        std::fs::write(
+            &file,
+            "name\told\t2000-01-01T00:00:00Z\nname\tnew\t2999-01-01T00:00:00Z\n",
+        )
+        .expect("written");
+        let names: Vec<String> = Bans::open(file)
+            .expect("read")
+            .list()
+            .into_iter()
+            .map(|(ban, _)| ban.to_string())
+            .collect();
+        assert_eq!(names, ["new"]);
+    }
+
+    #[test]
+    fn a_broken_bans_file_is_an_error_naming_its_line() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let file = dir.path().join("bans");
+        std::fs::write(
+            &file,
+            "# comment\nname\tok\t2999-01-01T00:00:00Z\nbogus line\n",
+        )
+        .expect("written");
+        let error = format!("{:#}", Bans::open(file).expect_err("line 3 is not a ban"));
+        assert!(error.contains("bans:3: not a ban"), "{error}");
+    }
+
+    #[test]
+    fn a_ban_that_cannot_be_saved_is_in_force_and_says_so() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        // The file's directory is gone: nothing can be written there.
+        let file = dir.path().join("gone").join("bans");
+        let bans = Bans::open(file).expect("no file yet");
+        assert!(
+            bans.add(Ban::parse("mallory"), Duration::from_secs(60))
+                .is_err()
+        );
+        let home: IpAddr = "192.0.2.7".parse().expect("an address");
+        assert!(bans.check(home, &hello(Some("mallory"))).is_err());
     }
 }

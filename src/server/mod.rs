@@ -35,6 +35,7 @@ use crate::store::sqlite::{self, SqliteStore};
 use crate::tls::Certificates;
 use accept::{Listening, Transport};
 use admission::Gate;
+use bans::Bans;
 
 /// The sockets the server serves on.
 #[derive(Debug)]
@@ -133,7 +134,20 @@ pub struct Prepared {
 /// When the log cannot be opened or read, saying why in one line.
 pub fn prepare(config: Config) -> anyhow::Result<Prepared> {
     let store = open_store(&config)?;
-    prepare_with_store(config, store)
+    let bans = open_bans(&config)?;
+    prepare_with(config, store, bans)
+}
+
+/// The operator's bans: kept in the data directory beside the room's log, or, with
+/// history off (no data directory), in memory only.
+///
+/// # Errors
+/// When the bans file cannot be read or is not one.
+fn open_bans(config: &Config) -> anyhow::Result<Bans> {
+    match config.history {
+        Switch::On => Bans::open(config.data_dir().join("bans")),
+        Switch::Off => Ok(Bans::default()),
+    }
 }
 
 fn open_store(config: &Config) -> anyhow::Result<Option<Arc<dyn Store>>> {
@@ -158,6 +172,7 @@ const CATCH_UP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30
 /// this node's log is ahead of the stream (another room's data directory).
 pub async fn prepare_cluster(config: Config) -> anyhow::Result<Prepared> {
     let store = open_store(&config)?;
+    let bans = open_bans(&config)?;
     let recovered = match &store {
         Some(store) => store.recover()?,
         None => crate::store::Recovered::default(),
@@ -186,7 +201,7 @@ pub async fn prepare_cluster(config: Config) -> anyhow::Result<Prepared> {
     }
     Ok(Prepared {
         settings: Arc::new(Settings::new(config.clone())),
-        gate: Arc::new(Gate::new(&config)),
+        gate: Arc::new(Gate::new(&config, bans)),
         config,
         hub,
         hub_task,
@@ -195,7 +210,8 @@ pub async fn prepare_cluster(config: Config) -> anyhow::Result<Prepared> {
     })
 }
 
-/// [`prepare`] with the log `store` (another implementation of [`Store`]), or none.
+/// [`prepare`] with the log `store` (another implementation of [`Store`]), or none;
+/// the operator's bans are kept in memory only.
 ///
 /// # Errors
 /// When the log cannot be read.
@@ -203,11 +219,19 @@ pub fn prepare_with_store(
     config: Config,
     store: Option<Arc<dyn Store>>,
 ) -> anyhow::Result<Prepared> {
+    prepare_with(config, store, Bans::default())
+}
+
+fn prepare_with(
+    config: Config,
+    store: Option<Arc<dyn Store>>,
+    bans: Bans,
+) -> anyhow::Result<Prepared> {
     let config = Arc::new(config);
     let (hub, hub_task) = hub::spawn_with(&config, store, Metrics::shared())?;
     Ok(Prepared {
         settings: Arc::new(Settings::new(config.clone())),
-        gate: Arc::new(Gate::new(&config)),
+        gate: Arc::new(Gate::new(&config, bans)),
         config,
         hub,
         hub_task,

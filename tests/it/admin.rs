@@ -126,6 +126,55 @@ fn bans_keep_a_name_or_an_address_out_until_lifted() {
     );
 }
 
+/// With the room's log on, bans are kept in the data directory: a restarted server
+/// still keeps mallory out, and says for how much longer.
+#[test]
+fn bans_outlive_a_restart() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let start = || {
+        Spec::tcpchat(env!("CARGO_BIN_EXE_tcpchat"))
+            .arg("--data-dir")
+            .arg(dir.path())
+            .start()
+            .expect("the server starts on its data directory")
+    };
+    let admin_here = |words: &[&str]| {
+        run(tcpchat()
+            .arg("admin")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(words))
+    };
+    let server = start();
+    let (code, _, stderr) = admin_here(&["ban", "mallory", "1h"]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = admin_here(&["ban", "eve", "1h"]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = admin_here(&["unban", "eve"]);
+    assert_eq!(code, 0, "{stderr}");
+    server
+        .stop(harness::Signal::SIGTERM)
+        .expect("the server stops");
+
+    let server = start();
+    let mut again = Raw::connect(server.addr(), "name:mallory\n");
+    let refusal = again.line();
+    assert!(
+        refusal.starts_with("*** error banned: the name \"mallory\" is banned for 59m"),
+        "{refusal}"
+    );
+    let mut eve = Raw::connect(server.addr(), "name:eve\n");
+    assert_eq!(
+        eve.line(),
+        "*** ok: joined as eve",
+        "a lifted ban stays lifted"
+    );
+    let (code, stdout, _) = admin_here(&["bans"]);
+    assert_eq!(code, 0);
+    assert!(stdout.starts_with("mallory  for 59m"), "{stdout}");
+    assert!(stdout.ends_with("\n1 ban\n"), "{stdout}");
+}
+
 #[test]
 fn without_a_server_admin_says_where_it_looked() {
     let dir = tempfile::tempdir().expect("a directory");
