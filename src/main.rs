@@ -763,11 +763,14 @@ fn reload_certificates(certificates: &Certificates, metrics: &tcpchat::metrics::
 /// A `--bind` value: an address or a host name, without a port (`127.0.0.1:6000` or
 /// `localhost:6000` is refused at once, rather than looked up as a host name).
 fn parse_bind(value: &str) -> Result<String, String> {
-    let with_port = value.parse::<SocketAddr>().is_ok()
-        || value.rsplit_once(':').is_some_and(|(host, port)| {
-            !host.is_empty() && !host.contains(':') && port.parse::<u16>().is_ok()
-        });
-    if with_port {
+    // An IPv6 address has at least two colons; a name or an IPv4 address none.
+    if value.starts_with('[') {
+        return Err(
+            "give an IPv6 address without brackets (::1), and the port with its own flag (--port, --tls-port, --http-port)"
+                .to_owned(),
+        );
+    }
+    if value.matches(':').count() == 1 {
         return Err(
             "give the address or host name alone: the port has its own flag (--port, --tls-port, --http-port)"
                 .to_owned(),

@@ -17,7 +17,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{info, warn};
 
-use super::bans::{Ban, Bans, rounded};
+use super::bans::{Ban, Bans, MAX_BAN, rounded};
 use crate::hub::WeakHub;
 
 /// How long a command may take to arrive.
@@ -146,6 +146,9 @@ async fn answer(command: &str, hub: &WeakHub, bans: &Arc<Bans>) -> String {
         ["ban", target, rest @ ..] if rest.len() <= 1 => {
             let how_long = match rest.first() {
                 Some(text) => match humantime::parse_duration(text) {
+                    Ok(duration) if duration > MAX_BAN => {
+                        return format!("error: {text} is too long: a ban lasts at most 100 years");
+                    }
                     Ok(duration) if !duration.is_zero() => duration,
                     _ => return format!("error: {text:?} is not a length of time (10m, 1h, 2d)"),
                 },

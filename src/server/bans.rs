@@ -52,7 +52,14 @@ pub struct Bans {
     until: Mutex<HashMap<Ban, Instant>>,
     /// Where they are kept across restarts, if anywhere.
     file: Option<PathBuf>,
+    /// Held while a change is written out, so that writes keep the order of the
+    /// changes, while `until` (which every handshake checks) is never held across
+    /// the disk.
+    saving: Mutex<()>,
 }
+
+/// The longest ban: a century (a later end could not be written as a date).
+pub const MAX_BAN: Duration = Duration::from_secs(100 * 366 * 24 * 3600);
 
 /// The first line of a bans file.
 const HEADER: &str = "# tcpchat bans, written by `tcpchat admin ban`: kind, what, until (UTC)";
@@ -87,12 +94,13 @@ impl Bans {
                 )
             })?;
             if let Ok(left) = ends.duration_since(now.1) {
-                until.insert(ban, now.0 + left);
+                until.insert(ban, now.0 + left.min(MAX_BAN));
             }
         }
         Ok(Self {
             until: Mutex::new(until),
             file: Some(file),
+            saving: Mutex::default(),
         })
     }
 
@@ -111,10 +119,21 @@ impl Bans {
     /// # Errors
     /// When the bans file cannot be written: the ban is in force, but only until
     /// the server stops.
+    /// Also when `how_long` is over [`MAX_BAN`]: then nothing is banned.
     pub fn add(&self, ban: Ban, how_long: Duration) -> std::io::Result<()> {
-        let mut entries = self.entries();
-        entries.insert(ban, Instant::now() + how_long);
-        self.save(&entries)
+        if how_long > MAX_BAN {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a ban lasts at most 100 years",
+            ));
+        }
+        let _saving = self.saving();
+        let text = {
+            let mut entries = self.entries();
+            entries.insert(ban, Instant::now() + how_long);
+            self.render(&entries)
+        };
+        self.write(text)
     }
 
     /// Lifts `ban`; whether it was in force.
@@ -123,35 +142,51 @@ impl Bans {
     /// When the bans file cannot be written: the ban is lifted, but comes back if
     /// the server restarts before it ends.
     pub fn remove(&self, ban: &Ban) -> std::io::Result<bool> {
-        let mut entries = self.entries();
-        let was = entries.remove(ban).is_some();
-        if was {
-            self.save(&entries)?;
-        }
-        Ok(was)
+        let _saving = self.saving();
+        let text = {
+            let mut entries = self.entries();
+            if entries.remove(ban).is_none() {
+                return Ok(false);
+            }
+            self.render(&entries)
+        };
+        self.write(text)?;
+        Ok(true)
     }
 
-    /// Rewrites the bans file (if there is one) with `entries`: a new file, synced,
-    /// then renamed over the old one, so that a crash leaves one or the other whole.
-    /// Under the lock, so that two changes cannot write their files out of order.
-    fn save(&self, entries: &HashMap<Ban, Instant>) -> std::io::Result<()> {
-        let Some(file) = &self.file else {
-            return Ok(());
-        };
+    fn saving(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.saving
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Writes `text` (from [`Self::render`]) as the bans file, if there is one: a
+    /// new file, synced, then renamed over the old one, so that a crash leaves one
+    /// or the other whole.
+    fn write(&self, text: Option<String>) -> std::io::Result<()> {
+        match (&self.file, text) {
+            (Some(file), Some(text)) => write_synced(file, text.as_bytes()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The bans file's text for `entries` (`None` when they are not kept in one).
+    fn render(&self, entries: &HashMap<Ban, Instant>) -> Option<String> {
+        self.file.as_ref()?;
         let now = (Instant::now(), SystemTime::now());
         let mut sorted: Vec<(&Ban, &Instant)> = entries.iter().collect();
         sorted.sort();
         let mut text = format!("{HEADER}\n");
         for (ban, until) in sorted {
-            let ends = now.1 + until.saturating_duration_since(now.0);
+            let left = until.saturating_duration_since(now.0).min(MAX_BAN);
+            let ends = humantime::format_rfc3339_seconds(now.1 + left);
             let (kind, what) = match ban {
                 Ban::Address(ip) => ("address", ip.to_string()),
                 Ban::Name(name) => ("name", name.clone()),
             };
-            let ends = humantime::format_rfc3339_seconds(ends);
             text.push_str(&format!("{kind}\t{what}\t{ends}\n"));
         }
-        write_synced(file, text.as_bytes())
+        Some(text)
     }
 
     /// The bans in force and the time each has left, in order.
@@ -346,6 +381,27 @@ mod tests {
             .map(|(ban, _)| ban.to_string())
             .collect();
         assert_eq!(names, ["new"]);
+    }
+
+    #[test]
+    fn a_ban_longer_than_a_century_is_refused_and_spoils_nothing() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let file = dir.path().join("bans");
+        let bans = Bans::open(file.clone()).expect("no file yet");
+        let error = bans
+            .add(Ban::parse("mallory"), Duration::from_secs(u64::MAX))
+            .expect_err("too long");
+        assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(bans.list().is_empty(), "nothing was banned");
+        bans.add(Ban::parse("eve"), MAX_BAN)
+            .expect("a century is saved");
+        let names: Vec<String> = Bans::open(file)
+            .expect("read back")
+            .list()
+            .into_iter()
+            .map(|(ban, _)| ban.to_string())
+            .collect();
+        assert_eq!(names, ["eve"]);
     }
 
     #[test]

@@ -124,6 +124,12 @@ fn bans_keep_a_name_or_an_address_out_until_lifted() {
         stderr.contains("\"soon\" is not a length of time"),
         "{stderr}"
     );
+    let (code, _, stderr) = admin(&socket, &["ban", "mallory", "10000y"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("10000y is too long: a ban lasts at most 100 years"),
+        "{stderr}"
+    );
 }
 
 /// With the room's log on, bans are kept in the data directory: a restarted server

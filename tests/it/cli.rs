@@ -619,12 +619,25 @@ fn bind_takes_a_host_name() {
         "{stderr}"
     );
     // An address with a port is a usage error that says where the port goes.
-    for with_port in ["127.0.0.1:6000", "[::1]:6000", "localhost:6000"] {
+    for with_port in [
+        "127.0.0.1:6000",
+        ":6000",
+        "localhost:6000",
+        "localhost:http",
+    ] {
         let (code, _, stderr) = run(tcpchat().args(["serve", "--bind", with_port]));
         assert_eq!(code, 2, "{with_port}: {stderr}");
         assert!(
             stderr.contains(&format!("'{with_port}' for '--bind <ADDR|HOST>'"))
                 && stderr.contains("the port has its own flag (--port"),
+            "{stderr}"
+        );
+    }
+    for bracketed in ["[::1]:6000", "[::1]"] {
+        let (code, _, stderr) = run(tcpchat().args(["serve", "--bind", bracketed]));
+        assert_eq!(code, 2, "{bracketed}: {stderr}");
+        assert!(
+            stderr.contains("give an IPv6 address without brackets (::1)"),
             "{stderr}"
         );
     }
