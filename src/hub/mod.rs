@@ -620,6 +620,17 @@ impl Owner {
                 tokio::task::yield_now().await;
             }
         }
+        // The room closes with the server: its log says who left, and when, as for
+        // any departure, so that the next start has nobody to announce and a replay
+        // shows the leave when it happened. Live members are told `bye` instead (the
+        // leaves are not published). A cluster node's members are announced through
+        // the stream; after a crash, the next start announces them.
+        let closing_from = (self.outgoing.is_none() && self.log.is_some()).then(|| {
+            let from = self.room.last_seq() + 1;
+            self.room.close(&mut self.events);
+            self.take_events();
+            from
+        });
         self.hand_over();
         self.flush();
         // Whatever is on its way to the log is published once it is there.
@@ -628,6 +639,11 @@ impl Owner {
             while let Some(events) = acks.recv().await {
                 self.committed.extend(events);
             }
+        }
+        if let Some(from) = closing_from {
+            let before = self.committed.len();
+            self.committed.retain(|event| event.seq < from);
+            self.in_flight -= before - self.committed.len();
         }
         while !self.committed.is_empty() {
             self.publish_committed();

@@ -406,6 +406,20 @@ impl Room {
         true
     }
 
+    /// Everyone leaves (the server is stopping): each announced member's departure
+    /// is pushed to `out`, in the order of their names.
+    pub fn close(&mut self, out: &mut Vec<Event>) {
+        let mut ids: Vec<(Option<Arc<str>>, ConnId)> = self
+            .members
+            .iter()
+            .map(|(id, member)| (member.name.clone(), *id))
+            .collect();
+        ids.sort();
+        for (_, id) in ids {
+            self.leave(id, out);
+        }
+    }
+
     /// In a replica: whether `name` is in the room on any node, as applied so far.
     pub fn is_present(&self, name: &str) -> bool {
         self.everyone.contains_key(name)

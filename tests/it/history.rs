@@ -447,6 +447,46 @@ async fn a_restarted_server_goes_on_from_its_log() {
     );
 }
 
+/// A server stopped in order closes the room: its log says who was there and left
+/// then, so the next start has nobody to announce, and a replay shows the leave at
+/// the time it happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_stopped_in_order_logs_its_members_leaving() {
+    use tcpchat::store::Store as _;
+    let data = tempfile::tempdir().unwrap();
+    let server = start_server(Config {
+        data_dir: Some(data.path().to_owned()),
+        ..config()
+    })
+    .await;
+    let (mut alice, _, _) = tagged_chatter(server.addr, "alice", "").await;
+    alice.send(b"@id=k1 hello\n").await;
+    let said = lines(&mut alice, 2).await;
+    server.shutdown().await.unwrap();
+    let _ = alice.rest().await;
+    let stopped_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+
+    let options = tcpchat::store::sqlite::Options::new(1000, false);
+    let store = tcpchat::store::sqlite::SqliteStore::open(data.path(), &options)
+        .expect("the stopped server's log opens");
+    let recovered = store.recover().expect("the log reads");
+    assert!(recovered.present.is_empty(), "{:?}", recovered.present);
+    let events = store.read(0, 10).expect("the log reads");
+    let last = events.last().expect("events");
+    assert_eq!(last.seq, said[1].seq + 1);
+    assert!(
+        matches!(&last.kind, tcpchat::room::EventKind::Left { name } if &**name == "alice"),
+        "{last:?}"
+    );
+    assert!(
+        u128::from(last.time_ms) <= stopped_ms,
+        "written at the stop"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_history_off_nothing_is_kept_and_a_resume_is_one_gap() {
     let data = tempfile::tempdir().unwrap();
