@@ -22,8 +22,8 @@ MUTATIONS = [
         ("src/hub/member.rs", "let unfinished = if self.format.is_framed() && self.cut_short {",
          "let unfinished = if false && self.cut_short {")]),
     ("WebSocket clients that never answer pings kept", ["it::websocket::"], [
-        ("src/server/stream.rs", "if self.websocket && self.member.take_pinged() {",
-         "if false && self.member.take_pinged() {")]),
+        ("src/server/stream.rs", "        if self.member.take_pinged() {",
+         "        if false && self.member.take_pinged() {")]),
     ("WebSocket client frames not unmasked", ["it::websocket::", "lib::protocol::websocket"], [
         ("src/protocol/websocket.rs", "            unmask(&mut payload, header.mask);",
          "            let _ = header.mask;")]),
@@ -55,6 +55,15 @@ MUTATIONS = [
     ("cluster: a node on a trimmed stream ignores the anchors", ["it::cluster::", "lib::cluster::numbering"], [
         ("src/cluster/numbering.rs", "let Some(base) = anchor.and_then(|anchor| self.base(anchor)) else {",
          "let Some(base) = anchor.map(|_| 0) else {")]),
+    ("bans forgotten at a restart", ["it::admin::"], [
+        ("src/server/mod.rs", "Switch::On => Bans::open(config.data_dir().join(\"bans\")),",
+         "Switch::On => Ok(Bans::default()),")]),
+    ("a server stopped in order leaves its members present in the log", ["it::history::"], [
+        ("src/hub/mod.rs", "            self.room.close(&mut self.events);",
+         "            let _ = &self.events;")]),
+    ("a connection's place under the connection limit never given back", ["lib::server::admission"], [
+        ("src/server/admission.rs", "        self.counts.places.add_permits(1);\n",
+         "")]),
     ("password not checked", ["it::password::", "lib::server::password"], [
         ("src/server/password.rs", "        let Some(hash) = &self.hash else {\n            return Ok(());\n        };",
          "        let Some(hash) = self.hash.as_ref().filter(|_| false) else {\n            return Ok(());\n        };")]),
