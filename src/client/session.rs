@@ -20,10 +20,12 @@
 //! reading.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -195,8 +197,65 @@ enum Command {
 pub struct Session {
     commands: mpsc::UnboundedSender<Command>,
     updates: mpsc::UnboundedReceiver<Update>,
+    backlog: Arc<Backlog>,
     task: JoinHandle<Result<(), ClientError>>,
     max_line_bytes: usize,
+}
+
+/// Updates waiting for the program past which a session stops reading the server,
+/// until the program has taken half of them: a program that shows lines more slowly
+/// than the room makes them (a slow terminal, a pipe) holds this many, not the room.
+const MAX_QUEUED_UPDATES: usize = 4096;
+
+/// How many updates wait for the program, shared by the session's task and handle.
+#[derive(Debug, Default)]
+struct Backlog {
+    queued: AtomicUsize,
+    /// Told when the program has taken enough for reading to go on.
+    drained: Notify,
+}
+
+impl Backlog {
+    fn is_full(&self) -> bool {
+        self.queued.load(Ordering::Acquire) >= MAX_QUEUED_UPDATES
+    }
+
+    /// The program took one.
+    fn taken(&self) {
+        let before = self.queued.fetch_sub(1, Ordering::AcqRel);
+        if before.saturating_sub(1) <= MAX_QUEUED_UPDATES / 2 {
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// Returns once at most half of [`MAX_QUEUED_UPDATES`] wait.
+    async fn drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.queued.load(Ordering::Acquire) <= MAX_QUEUED_UPDATES / 2 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Where a session's task puts what the program should show, counted.
+#[derive(Debug, Clone)]
+struct Updates {
+    tx: mpsc::UnboundedSender<Update>,
+    backlog: Arc<Backlog>,
+}
+
+impl Updates {
+    fn send(&self, update: Update) {
+        // Counted first, so that the program never takes one not yet counted.
+        self.backlog.queued.fetch_add(1, Ordering::AcqRel);
+        // Nobody reads any more only when the handle is gone; then nobody cares.
+        let _ = self.tx.send(update);
+    }
 }
 
 impl Session {
@@ -209,12 +268,18 @@ impl Session {
         let (updates_tx, updates) = mpsc::unbounded_channel();
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let max_line_bytes = options.max_line_bytes;
+        let backlog = Arc::new(Backlog::default());
+        let updates_tx = Updates {
+            tx: updates_tx,
+            backlog: backlog.clone(),
+        };
         let mut runner = Runner::new(options, updates_tx);
         let link = runner.connect().await?;
         let task = tokio::spawn(runner.run(link, commands_rx));
         Ok(Self {
             commands,
             updates,
+            backlog,
             task,
             max_line_bytes,
         })
@@ -261,7 +326,15 @@ impl Session {
     /// The next thing to show; `None` once the session has ended (then
     /// [`Session::finish`] says how).
     pub async fn next(&mut self) -> Option<Update> {
-        self.updates.recv().await
+        let update = self.updates.recv().await?;
+        self.backlog.taken();
+        Some(update)
+    }
+
+    /// Updates waiting for [`Session::next`].
+    #[cfg(test)]
+    fn queued(&self) -> usize {
+        self.backlog.queued.load(Ordering::Acquire)
     }
 
     /// How the session ended: `Ok` when it left as asked.
@@ -344,7 +417,7 @@ async fn write_lines(
 /// The task that owns the connection and the state that outlives it.
 struct Runner {
     options: SessionOptions,
-    updates: mpsc::UnboundedSender<Update>,
+    updates: Updates,
     outbox: Outbox,
     backoff: Backoff,
     /// The seq of the last event shown, or passed over on purpose: the `since=`
@@ -377,7 +450,7 @@ struct Runner {
 }
 
 impl Runner {
-    fn new(options: SessionOptions, updates: mpsc::UnboundedSender<Update>) -> Self {
+    fn new(options: SessionOptions, updates: Updates) -> Self {
         let outbox = Outbox::new(options.ids.clone());
         let backoff = options.backoff.clone();
         let members = options.members;
@@ -402,8 +475,7 @@ impl Runner {
     }
 
     fn show(&self, update: Update) {
-        // Nobody reads any more only when the handle is gone; then nobody cares.
-        let _ = self.updates.send(update);
+        self.updates.send(update);
     }
 
     fn role(&self) -> Role {
@@ -557,7 +629,11 @@ impl Runner {
                         self.write_unsent(link);
                     }
                 }
-                line = tokio::time::timeout(self.options.silence_limit, link.reader.next_line()) => {
+                // The program is behind: the server waits (and drops a viewer that
+                // falls too far behind) rather than this process holding the room.
+                () = self.updates.backlog.drained(), if self.updates.backlog.is_full() => {}
+                line = tokio::time::timeout(self.options.silence_limit, link.reader.next_line()),
+                    if !self.updates.backlog.is_full() => {
                     let line = match line {
                         Err(_) => {
                             return Ok(Ending::Lost(ClientError::Silent(self.options.silence_limit)));
@@ -780,7 +856,7 @@ impl Runner {
                         command = commands.recv(), if !closed => {
                             match &command {
                                 Some(Command::Send(text)) if chatter => {
-                                    let _ = updates.send(Update::Queued { text: text.clone() });
+                                    updates.send(Update::Queued { text: text.clone() });
                                 }
                                 None => closed = true,
                                 _ => {}

@@ -723,3 +723,77 @@ async fn a_server_without_member_lists_is_joined_without_them() {
     bob.leave();
     assert!(finish(bob).await.is_ok());
 }
+
+/// A program that does not keep up (a slow terminal, a pipe) holds a bounded number
+/// of updates: the session stops reading, so the server is pushed back (and would drop
+/// a viewer too far behind); once the program reads, every line arrives, in order.
+#[tokio::test]
+async fn a_program_that_falls_behind_pushes_back_on_the_server() {
+    const LINES: u64 = 100_000;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (wrote_tx, mut wrote) = tokio::sync::watch::channel(0u64);
+    let flood = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let (read, mut write) = stream.into_split();
+        let mut lines = BufReader::new(read).lines();
+        let _hello = lines.next_line().await;
+        let welcome = "@seq=0 Welcome to the \"Flood\" Chat Server!\n";
+        write.write_all(welcome.as_bytes()).await.unwrap();
+        let mut chunk = String::new();
+        for seq in 1..=LINES {
+            chunk.push_str(&format!(
+                "@seq={seq};time=2026-11-29T05:41:07.123Z line {seq}\n"
+            ));
+            if seq % 100 == 0 {
+                if write.write_all(chunk.as_bytes()).await.is_err() {
+                    return;
+                }
+                chunk.clear();
+                let _ = wrote_tx.send(seq);
+            }
+        }
+        // Open until the viewer goes.
+        let _ = lines.next_line().await;
+    });
+    let server = Server {
+        host: "127.0.0.1".into(),
+        port,
+        tls: None,
+    };
+    let mut viewer = Session::start(SessionOptions::viewer(server))
+        .await
+        .unwrap();
+    // The program reads nothing until the server has stopped getting anywhere: its
+    // writes wait for the session, which waits for the program.
+    let mut stalled_at = 0;
+    loop {
+        match tokio::time::timeout(Duration::from_millis(500), wrote.changed()).await {
+            Ok(Ok(())) => stalled_at = *wrote.borrow(),
+            Ok(Err(_)) => panic!("the server gave up"),
+            Err(_) => break,
+        }
+    }
+    assert!(
+        stalled_at < LINES,
+        "the server wrote all {LINES} lines to a program that read none"
+    );
+    let queued = viewer.queued();
+    assert!(
+        queued <= MAX_QUEUED_UPDATES + 2,
+        "{queued} updates held for a program that reads none"
+    );
+    assert_eq!(
+        next(&mut viewer).await,
+        Update::Welcome("Welcome to the \"Flood\" Chat Server!".into())
+    );
+    for seq in 1..=LINES {
+        match next(&mut viewer).await {
+            Update::Event(event) => {
+                assert_eq!((event.seq, event.text), (seq, format!("line {seq}")));
+            }
+            other => panic!("{other:?} instead of event {seq}"),
+        }
+    }
+    flood.abort();
+}
