@@ -711,19 +711,17 @@ fn reload_on_sighup(
                 .into_iter()
                 .partition(|key| LIVE_SETTINGS.contains(&key.as_str()));
             reloader.apply(args.config.clone()).await;
-            if !later.is_empty() {
-                let keys = later
-                    .iter()
+            let listed = |keys: &[&String]| {
+                keys.iter()
                     .map(|key| key.as_str())
                     .collect::<Vec<_>>()
-                    .join(", ");
+                    .join(", ")
+            };
+            if !later.is_empty() {
+                let keys = listed(&later);
                 tracing::warn!(settings = %keys, "changed settings that take effect at the next restart");
             }
-            let keys = live
-                .iter()
-                .map(|key| key.as_str())
-                .collect::<Vec<_>>()
-                .join(", ");
+            let keys = listed(&live);
             tracing::info!(changed = %keys, "reloaded the settings");
             // What is in effect now: the live ones as read; the others as they run.
             let mut now = before.clone();

@@ -275,6 +275,11 @@ mod tests {
     use crate::protocol::handshake::{Mode, Options};
     use crate::room::Role;
 
+    /// What is banned, as `bans` lists it.
+    fn banned(bans: &Bans) -> Vec<String> {
+        bans.list().iter().map(|(ban, _)| ban.to_string()).collect()
+    }
+
     fn hello(name: Option<&str>) -> Hello {
         Hello {
             mode: Mode::Line,
@@ -314,13 +319,7 @@ mod tests {
             "{}",
             refused.1
         );
-        assert_eq!(
-            bans.list()
-                .iter()
-                .map(|(ban, _)| ban.to_string())
-                .collect::<Vec<_>>(),
-            ["192.0.2.7", "mallory"]
-        );
+        assert_eq!(banned(&bans), ["192.0.2.7", "mallory"]);
         assert!(bans.remove(&Ban::parse("mallory")).expect("in memory"));
         assert!(!bans.remove(&Ban::parse("mallory")).expect("in memory"));
         assert_eq!(bans.check(other, &hello(Some("mallory"))), Ok(()));
@@ -374,13 +373,7 @@ mod tests {
             "name\told\t2000-01-01T00:00:00Z\nname\tnew\t2999-01-01T00:00:00Z\n",
         )
         .expect("written");
-        let names: Vec<String> = Bans::open(file)
-            .expect("read")
-            .list()
-            .into_iter()
-            .map(|(ban, _)| ban.to_string())
-            .collect();
-        assert_eq!(names, ["new"]);
+        assert_eq!(banned(&Bans::open(file).expect("read")), ["new"]);
     }
 
     #[test]
@@ -395,13 +388,7 @@ mod tests {
         assert!(bans.list().is_empty(), "nothing was banned");
         bans.add(Ban::parse("eve"), MAX_BAN)
             .expect("a century is saved");
-        let names: Vec<String> = Bans::open(file)
-            .expect("read back")
-            .list()
-            .into_iter()
-            .map(|(ban, _)| ban.to_string())
-            .collect();
-        assert_eq!(names, ["eve"]);
+        assert_eq!(banned(&Bans::open(file).expect("read back")), ["eve"]);
     }
 
     #[test]

@@ -203,28 +203,14 @@ async fn admit<S: ByteStream>(mut stream: S, arrival: Arrival) -> Option<Session
                 hub.metrics().handshake_timeouts.inc();
             }
             drop(reservation);
-            let format = if websocket {
-                Format::websocket(false)
-            } else {
-                Format::of(mode, false)
-            };
-            let notice = format.notice(&Notice::error(code, &reason));
-            let farewell = Farewell {
-                last_words: websocket_close(notice, websocket.then_some((POLICY_VIOLATION, code))),
-                flush_within: LINGER,
-                linger: LINGER,
-            };
-            close_gracefully(&mut stream, farewell).await;
+            let format = format_for(websocket, mode, false);
+            refuse(&mut stream, format, code, &reason).await;
             return None;
         }
         Handshaken::Closed => return None,
     };
 
-    let format = if websocket {
-        Format::websocket(hello.options.tags)
-    } else {
-        Format::of(hello.mode, hello.options.tags)
-    };
+    let format = format_for(websocket, hello.mode, hello.options.tags);
     let request = JoinRequest {
         id,
         peer,
@@ -251,14 +237,7 @@ async fn admit<S: ByteStream>(mut stream: S, arrival: Arrival) -> Option<Session
                 "refused"
             );
             hub.metrics().refused(error.code());
-            let notice = format.notice(&Notice::error(error.code(), &error));
-            let close = websocket.then_some((POLICY_VIOLATION, error.code()));
-            let farewell = Farewell {
-                last_words: websocket_close(notice, close),
-                flush_within: LINGER,
-                linger: LINGER,
-            };
-            close_gracefully(&mut stream, farewell).await;
+            refuse(&mut stream, format, error.code(), &error.to_string()).await;
             return None;
         }
         Err(HubError::Stopped) => return None,
@@ -318,6 +297,28 @@ async fn admit<S: ByteStream>(mut stream: S, arrival: Arrival) -> Option<Session
         _admission: admission,
         _open: open,
     })
+}
+
+/// The wire format of a connection: WebSocket frames, or the handshake's mode.
+fn format_for(websocket: bool, mode: Mode, tags: bool) -> Format {
+    if websocket {
+        Format::websocket(tags)
+    } else {
+        Format::of(mode, tags)
+    }
+}
+
+/// Tells a connection refused at its handshake why (an error line, then for
+/// WebSocket a close frame with the code), and closes it.
+async fn refuse<S: ByteStream>(stream: &mut S, format: Format, code: &'static str, reason: &str) {
+    let notice = format.notice(&Notice::error(code, reason));
+    let close = format.is_framed().then_some((POLICY_VIOLATION, code));
+    let farewell = Farewell {
+        last_words: websocket_close(notice, close),
+        flush_within: LINGER,
+        linger: LINGER,
+    };
+    close_gracefully(stream, farewell).await;
 }
 
 /// A connection counted as open (`tcpchat_connections_open`, and the members of its

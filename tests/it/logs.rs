@@ -346,7 +346,6 @@ fn the_summary_line_counts_members_by_role_and_rates_since_the_last_one() {
     for n in 0..20 {
         erin.send(&format!("line {n}\n"));
         assert_eq!(viewer.line(), format!("erin: line {n}"));
-        std::thread::sleep(Duration::from_millis(20));
     }
     let busy = wait_record(&server, "summary", |r| {
         members(r) && r["events_per_s"].as_f64().is_some_and(|rate| rate > 0.0)
