@@ -30,7 +30,8 @@ pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// Password checks running at once.
 const CHECKS_AT_ONCE: usize = 2;
 
-/// Addresses tracked at most (the oldest entries are dropped past it).
+/// Addresses tracked at most (past it, those whose failures no longer count go, then
+/// the oldest).
 const MAX_TRACKED: usize = 64 * 1024;
 
 /// Why a client was not let in: a stable code and words for it.
@@ -80,14 +81,17 @@ impl Password {
             ));
         }
         let key = key_of(ip);
-        if self.is_locked_out(key) {
-            return Err((
+        let locked_out = || {
+            (
                 "too-many-attempts",
                 format!(
                     "too many wrong passwords from this address; try again in {} s",
                     FAILURE_WINDOW.as_secs()
                 ),
-            ));
+            )
+        };
+        if self.is_locked_out(key) {
+            return Err(locked_out());
         }
         let Some(given) = hello.options.pass.clone() else {
             self.failed(key);
@@ -97,6 +101,12 @@ impl Password {
             ));
         };
         let permit = self.checks.clone().acquire_owned().await;
+        // Again once its turn has come: guesses that waited together (up to the
+        // per-address limit of connections) must not all be checked once the first
+        // few have locked the address out.
+        if self.is_locked_out(key) {
+            return Err(locked_out());
+        }
         let matched = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             verify(&hash, &given)
@@ -138,8 +148,17 @@ impl Password {
             failures.retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
         }
         if failures.len() >= MAX_TRACKED {
-            warn!("too many addresses guessing the password to track them all; forgetting them");
-            failures.clear();
+            // Every one counts still: the oldest goes, and the lockouts stay.
+            let oldest = failures
+                .iter()
+                .min_by_key(|(_, (_, since))| *since)
+                .map(|(key, _)| *key);
+            if let Some(oldest) = oldest {
+                warn!(
+                    "too many addresses guessing the password to track them all; forgetting the oldest"
+                );
+                failures.remove(&oldest);
+            }
         }
         let entry = failures.entry(key).or_insert((0, Instant::now()));
         if entry.1.elapsed() >= FAILURE_WINDOW {
@@ -287,6 +306,55 @@ mod tests {
                 .await,
             Ok(())
         );
+    }
+
+    /// Guesses that arrive together wait for the checks together: only the first few
+    /// are checked, the rest find the address locked out when their turn comes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn guesses_that_wait_together_are_not_all_checked() {
+        let password = Arc::new(password(Some(hash("s3cret").expect("a hash")), false));
+        let guesses: Vec<_> = (0..20)
+            .map(|_| {
+                let password = password.clone();
+                tokio::spawn(async move {
+                    password
+                        .check(HOME, &hello(Mode::Line, Some("guess")))
+                        .await
+                        .map_err(|(code, _)| code)
+                })
+            })
+            .collect();
+        let mut checked = 0;
+        for guess in guesses {
+            match guess.await.expect("the check ends") {
+                Err("bad-password") => checked += 1,
+                Err("too-many-attempts") => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        // Up to MAX_FAILURES, plus the checks already running when the last of them
+        // failed.
+        assert!(
+            checked <= MAX_FAILURES as usize + CHECKS_AT_ONCE,
+            "{checked} of 20 guesses checked"
+        );
+    }
+
+    /// With every tracked address still counting, the oldest is forgotten, not every
+    /// lockout at once.
+    #[test]
+    fn a_full_table_forgets_the_oldest_address_only() {
+        let password = password(Some(hash("s3cret").expect("a hash")), false);
+        for _ in 0..MAX_FAILURES {
+            password.failed(HOME);
+        }
+        for n in 0..MAX_TRACKED as u32 {
+            password.failed(IpAddr::V4(std::net::Ipv4Addr::from_bits(0x0a00_0000 + n)));
+        }
+        let failures = password.failures.lock().expect("the table");
+        assert_eq!(failures.len(), MAX_TRACKED);
+        assert!(!failures.contains_key(&HOME), "the oldest went");
+        assert!(failures.contains_key(&IpAddr::V4(std::net::Ipv4Addr::from_bits(0x0a00_0001))));
     }
 
     #[test]

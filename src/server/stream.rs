@@ -180,7 +180,15 @@ async fn admit<S: ByteStream>(mut stream: S, arrival: Arrival) -> Option<Session
     let handshaken = match handshaken {
         Handshaken::Hello { hello, rest } => match async {
             bans.check(peer.ip(), &hello)?;
-            password.check(peer.ip(), &hello).await
+            // Within the handshake's deadline, however many guesses wait for a check.
+            tokio::time::timeout_at(deadline, password.check(peer.ip(), &hello))
+                .await
+                .unwrap_or_else(|_| {
+                    Err((
+                        "handshake-timeout",
+                        "the password could not be checked in time; try again".to_owned(),
+                    ))
+                })
         }
         .await
         {
