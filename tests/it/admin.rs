@@ -181,6 +181,31 @@ fn bans_outlive_a_restart() {
     assert!(stdout.ends_with("\n1 ban\n"), "{stdout}");
 }
 
+/// `--admin-socket` naming a file that is not a socket (a slip of the keyboard) is an
+/// error, and the file is left alone.
+#[test]
+fn an_admin_socket_path_that_is_a_file_is_refused_and_kept() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let file = dir.path().join("tcpchat.toml");
+    std::fs::write(&file, "name = \"mine\"\n").expect("written");
+    // Started as a server (bounded: before the fix it served on, the file gone).
+    let refused = Spec::tcpchat(env!("CARGO_BIN_EXE_tcpchat"))
+        .arg("--admin-socket")
+        .arg(&file)
+        .start()
+        .map(|_| ())
+        .expect_err("the server refuses the path");
+    let said = refused.to_string();
+    assert!(
+        said.contains("cannot use the admin socket") && said.contains("is not a socket"),
+        "{said}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("still there"),
+        "name = \"mine\"\n"
+    );
+}
+
 #[test]
 fn without_a_server_admin_says_where_it_looked() {
     let dir = tempfile::tempdir().expect("a directory");
