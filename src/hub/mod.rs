@@ -781,14 +781,13 @@ impl Owner {
             }
             Command::Release { id } => self.receivers.remove(id),
             Command::Kick { name, reply } => {
-                let holder = self.room.holder(&name);
-                if let Some(id) = holder {
-                    let subscriber = self.receivers.get(id).or_else(|| self.senders.get(id));
-                    if let Some(subscriber) = subscriber {
-                        subscriber.kick();
-                    }
-                }
-                let _ = reply.send(holder);
+                // Only a member that is in: a name merely reserved (a seed client's
+                // handshake) has nobody to disconnect yet.
+                let kicked = self.room.holder(&name).filter(|id| {
+                    let subscriber = self.receivers.get(*id).or_else(|| self.senders.get(*id));
+                    subscriber.inspect(|s| s.kick()).is_some()
+                });
+                let _ = reply.send(kicked);
             }
             Command::Who { reply } => {
                 let _ = reply.send(self.room.present());

@@ -426,8 +426,11 @@ impl Store for SqliteStore {
             .load(std::sync::atomic::Ordering::Relaxed)
             .max(1);
         let slack = (max_events / 8).max(1);
-        let trimmed = if last.seq.saturating_sub(first) + 1 > max_events + slack {
-            let keep_from = last.seq + 1 - max_events;
+        // Saturating: a bound near u64::MAX keeps everything (wrapping once turned it
+        // into a DELETE of the whole log).
+        let held = last.seq.saturating_sub(first).saturating_add(1);
+        let trimmed = if held > max_events.saturating_add(slack) {
+            let keep_from = last.seq.saturating_add(1).saturating_sub(max_events);
             tx.prepare_cached("DELETE FROM events WHERE seq < ?1")?
                 .execute([to_i64(keep_from)])?;
             Some(keep_from)
@@ -591,6 +594,18 @@ mod tests {
                 ("alice".to_owned(), "id4".to_owned())
             ]
         );
+    }
+
+    /// A bound near `u64::MAX` (any u64 is accepted, and a reload applies it) keeps
+    /// everything; it once wrapped into a bound that deleted the whole log.
+    #[test]
+    fn an_enormous_bound_keeps_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), &options(u64::MAX - 1)).unwrap();
+        for chunk in conversation(1, 50).chunks(7) {
+            store.append(chunk, None).unwrap();
+        }
+        assert_eq!(store.read(0, 100).unwrap().len(), 50);
     }
 
     #[test]
